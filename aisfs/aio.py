@@ -1,0 +1,98 @@
+"""Async facade over :class:`aisfs.client.AisClient` for the trio thread.
+
+This is the only module that calls ``trio.to_thread.run_sync``: every blocking HTTP call runs in a
+worker thread under one dedicated ``CapacityLimiter`` sized to the client's connection pool, so
+the trio thread never blocks and the pool never overflows. Arguments and results are plain values;
+worker threads touch no shared state. Cancellation: a call already in a thread is abandoned
+(``abandon_on_cancel``) and finishes on its own within the client's timeouts.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import trio
+
+from .client import AisClient, ListEntry, ListPage, ObjectProps, RangeResult
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncAis:
+    def __init__(self, client: AisClient) -> None:
+        self.client = client
+        self.limiter = trio.CapacityLimiter(client.config.max_connections)
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+        return await trio.to_thread.run_sync(call, limiter=self.limiter, abandon_on_cancel=True)
+
+    async def list_buckets(self) -> list[str]:
+        return await self._run(self.client.list_buckets)
+
+    async def head_bucket(self, bucket: str) -> None:
+        await self._run(self.client.head_bucket, bucket)
+
+    async def create_bucket(self, bucket: str) -> None:
+        await self._run(self.client.create_bucket, bucket)
+
+    async def destroy_bucket(self, bucket: str) -> None:
+        await self._run(self.client.destroy_bucket, bucket)
+
+    async def list_objects_page(
+        self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
+        uuid: str = "", continuation_token: str = "",
+    ) -> ListPage:
+        return await self._run(
+            self.client.list_objects_page, bucket, prefix, recursive=recursive,
+            page_size=page_size, uuid=uuid, continuation_token=continuation_token,
+        )
+
+    async def list_all(self, bucket: str, prefix: str, *, recursive: bool = False) -> list[ListEntry]:
+        """Every entry under ``prefix``, all pages, in the cluster's (lexicographic) order."""
+        entries: list[ListEntry] = []
+        uuid = token = ""
+        while True:
+            page = await self.list_objects_page(
+                bucket, prefix, recursive=recursive, uuid=uuid, continuation_token=token
+            )
+            entries.extend(page.entries)
+            if not page.continuation_token:
+                return entries
+            uuid, token = page.uuid, page.continuation_token
+
+    async def head_object(self, bucket: str, key: str) -> ObjectProps:
+        return await self._run(self.client.head_object, bucket, key)
+
+    async def get_range(self, bucket: str, key: str, start: int, length: int) -> RangeResult:
+        return await self._run(self.client.get_range, bucket, key, start, length)
+
+    async def put_object(
+        self, bucket: str, key: str, data: bytes | memoryview,
+        custom: dict[str, bytes] | None = None,
+    ) -> ObjectProps:
+        return await self._run(self.client.put_object, bucket, key, data, custom)
+
+    async def append(self, bucket: str, key: str, handle: str, data: bytes | memoryview) -> str:
+        return await self._run(self.client.append, bucket, key, handle, data)
+
+    async def flush(self, bucket: str, key: str, handle: str) -> None:
+        await self._run(self.client.flush, bucket, key, handle)
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        await self._run(self.client.delete_object, bucket, key)
+
+    async def rename_object(self, bucket: str, key: str, new_key: str) -> None:
+        await self._run(self.client.rename_object, bucket, key, new_key)
+
+    async def set_custom(
+        self, bucket: str, key: str, custom: dict[str, bytes], *, replace: bool = False
+    ) -> None:
+        await self._run(self.client.set_custom, bucket, key, custom, replace=replace)
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run a non-HTTP blocking call (local file I/O of the writer) off the trio thread."""
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=False)

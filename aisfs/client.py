@@ -1,0 +1,507 @@
+"""Synchronous AIS REST client (the only module that imports ``requests``).
+
+One :class:`AisClient` per mount. Every call has a (connect, read) timeout; idempotent calls are
+retried with capped exponential backoff on connection errors, timeouts, 429 and 5xx; requests that
+carry object data are retried only when the connection could not be established, because a
+repeated APPEND would duplicate bytes. AIS's error JSON (body, or ``Hdr-Error`` on HEAD) becomes a
+typed :mod:`aisfs.errors` exception.
+
+Concurrency: methods are called from trio worker threads (see ``aio.py``), several at once. The
+shared ``requests.Session`` holds no per-request state (cookies are refused) and its connection
+pool is sized to the worker-thread limit. Nothing here touches trio or the inode/metadata tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import email.utils
+import http.cookiejar
+import json
+import logging
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+import urllib3
+
+from . import errors
+from .config import ClientConfig
+
+log = logging.getLogger(__name__)
+
+LS_NO_RECURSION = 2048
+LS_ENTRY_IS_DIR = 256
+LIST_PROPS = "name,size,version,checksum,atime,custom"
+HEAD_PROPS = "name,size,version,checksum,atime,custom,last-modified"
+TIME_FORMAT = "2006-01-02T15:04:05.999999999Z07:00"  # Go layout: RFC 3339 with nanoseconds
+# Custom-metadata key under which aisfs keeps a file's mtime (nanoseconds since the epoch).
+MTIME_KEY = "aisfs.mtime"
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$"
+)
+_MTIME_IN_LISTING = re.compile(r"(?:^\[|\s)" + re.escape(MTIME_KEY) + r":(\d+)(?=[\s\]])")
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch for AIS's RFC 3339 time strings; 0 when unparsable."""
+    m = _RFC3339.match(text)
+    if not m:
+        return 0
+    y, mo, d, h, mi, s, frac, tz = m.groups()
+    secs = calendar.timegm((int(y), int(mo), int(d), int(h), int(mi), int(s)))
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        secs -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return secs * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+
+
+@dataclass(slots=True)
+class ObjectProps:
+    """What aisfs needs to know about one object."""
+
+    name: str
+    size: int
+    mtime_ns: int = 0
+    version: str = ""
+    checksum: str = ""
+    atime_ns: int = 0
+    custom: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ListEntry:
+    name: str  # full object name, or "prefix/child/" for a virtual directory
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    version: str = ""
+    checksum: str = ""
+
+
+@dataclass(slots=True)
+class ListPage:
+    entries: list[ListEntry]
+    uuid: str
+    continuation_token: str
+
+
+@dataclass(slots=True)
+class RangeResult:
+    data: bytes
+    total_size: int  # from Content-Range, -1 when absent
+    version: str
+
+
+def _quote_key(key: str) -> str:
+    return urllib.parse.quote(key, safe="/")
+
+
+def _decode_header(value: str) -> bytes:
+    # http.client decodes header bytes as Latin-1; this recovers the bytes the server sent.
+    return value.encode("latin-1", "replace")
+
+
+def _custom_from_headers(resp: requests.Response) -> dict[str, bytes]:
+    custom: dict[str, bytes] = {}
+    raw = getattr(resp.raw, "headers", None)
+    values = raw.getlist("Ais-Custom-Md") if raw is not None else []
+    for item in values:
+        key, sep, value = _decode_header(item).partition(b"=")
+        if sep:
+            custom[key.decode("utf-8", "surrogateescape")] = value
+    return custom
+
+
+def _mtime_from_custom(custom: dict[str, bytes]) -> int:
+    raw = custom.get(MTIME_KEY)
+    if raw and raw.isdigit():
+        return int(raw)
+    return 0
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+class AisClient:
+    """Blocking REST calls against one AIS cluster (through its proxy)."""
+
+    def __init__(self, config: ClientConfig, token: Callable[[], str | None] | None = None) -> None:
+        self.config = config
+        self._token = token or (lambda: None)
+        self._base = config.endpoint.rstrip("/") + "/v1"
+        self._timeout = (config.connect_timeout, config.read_timeout)
+        self.session = requests.Session()
+        self.session.cookies.set_policy(_NoCookies())
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=16, pool_maxsize=config.max_connections, max_retries=0
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        tls = config.tls
+        if tls.skip_verify:
+            self.session.verify = False
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        elif tls.ca_bundle:
+            self.session.verify = tls.ca_bundle
+        if tls.client_cert:
+            self.session.cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
+        self.session.headers["User-Agent"] = "aisfs"
+        # Observability hook: called as on_request(kind, status, seconds, nbytes_in, nbytes_out).
+        self.on_request: Callable[[str, int, float, int, int], None] | None = None
+        self.on_retry: Callable[[str], None] | None = None
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _raise_for(self, resp: requests.Response, what: str) -> None:
+        if resp.status_code < 400:
+            return
+        text = resp.headers.get("Hdr-Error") or ""
+        if not text:
+            try:
+                text = resp.text
+            except Exception:  # noqa: BLE001 - a broken error body must not hide the status
+                text = ""
+        message, tcode = text.strip(), ""
+        try:
+            doc = json.loads(text)
+            if isinstance(doc, dict):
+                message = str(doc.get("message") or message)
+                tcode = str(doc.get("tcode") or "")
+        except ValueError:
+            pass
+        if not message:
+            message = resp.reason or "request failed"
+        raise errors.error_for_status(resp.status_code, message, what, tcode)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        kind: str,
+        idempotent: bool = True,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        data: bytes | memoryview | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        ok_statuses: tuple[int, ...] = (),
+    ) -> requests.Response:
+        """Send one logical request, following AIS's proxy→target redirect, with retries."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                resp = self._send_once(method, url, params, json_body, data, headers, stream)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                never_sent = isinstance(exc, requests.ConnectTimeout) or _connect_failed(exc)
+                if attempt < self.config.retries and (idempotent or never_sent):
+                    attempt = self._backoff(attempt, kind, what, exc)
+                    continue
+                raise errors.Transient(f"{type(exc).__name__}: {_short(exc)}", 0, what) from None
+            status = resp.status_code
+            if self.on_request is not None:
+                self.on_request(kind, status, time.monotonic() - started, 0, len(data or b""))
+            if status in ok_statuses:
+                return resp
+            if (status == 429 or status >= 500) and status != 501 and attempt < self.config.retries:
+                # 5xx on a non-idempotent request means the target refused it, not half-applied
+                # it, except for a timeout in the middle (503 from a proxy is never mid-write).
+                if idempotent or status in (429, 503):
+                    resp.close()
+                    attempt = self._backoff(attempt, kind, what, f"HTTP {status}")
+                    continue
+            self._raise_for(resp, what)
+            return resp
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, str] | None,
+        json_body: Any,
+        data: bytes | memoryview | None,
+        headers: dict[str, str] | None,
+        stream: bool,
+    ) -> requests.Response:
+        hdrs = self._headers(headers)
+        if data is None:
+            return self.session.request(
+                method, url, params=params, json=json_body, headers=hdrs,
+                timeout=self._timeout, stream=stream, allow_redirects=True,
+            )
+        # Object data: ask the proxy where to send it with an empty body, then send the body
+        # once, straight to the target. Re-sending megabytes through a redirect wastes them
+        # and breaks on TLS when the proxy closes early (ais-protocol.md §2).
+        resp = self.session.request(
+            method, url, params=params, headers={**hdrs, "Content-Length": "0"},
+            timeout=self._timeout, allow_redirects=False,
+        )
+        if resp.status_code in (301, 302, 307, 308) and "Location" in resp.headers:
+            location = resp.headers["Location"]
+            resp.close()
+            return self.session.request(
+                method, location, data=data, headers=hdrs, timeout=self._timeout,
+                allow_redirects=False,
+            )
+        return resp
+
+    def _backoff(self, attempt: int, kind: str, what: str, why: object) -> int:
+        delay = min(5.0, self.config.retry_backoff * (2**attempt))
+        level = logging.DEBUG if attempt == 0 else logging.INFO if attempt == 1 else logging.WARNING
+        log.log(level, "%s %s: %s; retry %d in %.1fs", kind, what, why, attempt + 1, delay)
+        if self.on_retry is not None:
+            self.on_retry(kind)
+        time.sleep(delay)
+        return attempt + 1
+
+    def _bucket_url(self, bucket: str = "") -> str:
+        return f"{self._base}/buckets/{bucket}" if bucket else f"{self._base}/buckets"
+
+    def _object_url(self, bucket: str, key: str) -> str:
+        return f"{self._base}/objects/{bucket}/{_quote_key(key)}"
+
+    # ------------------------------------------------------------------ cluster and buckets
+
+    def health(self) -> None:
+        """Raise unless the proxy answers; used at mount time."""
+        self._request("GET", f"{self._base}/health", "cluster", kind="health")
+
+    def list_buckets(self) -> list[str]:
+        resp = self._request(
+            "GET", self._bucket_url(), "ais://", kind="list_buckets",
+            params={"provider": "ais"}, json_body={"action": "list", "name": ""},
+        )
+        return sorted(b["name"] for b in resp.json() or [] if b.get("provider", "ais") == "ais")
+
+    def head_bucket(self, bucket: str) -> None:
+        """Raise BucketNotFound when the bucket does not exist."""
+        try:
+            self._request(
+                "HEAD", self._bucket_url(bucket), f"ais://{bucket}", kind="head_bucket",
+                params={"provider": "ais"},
+            )
+        except errors.NotFound as exc:
+            raise errors.BucketNotFound(str(exc.args[0]), 404, f"ais://{bucket}") from None
+
+    def create_bucket(self, bucket: str) -> None:
+        self._request(
+            "POST", self._bucket_url(bucket), f"ais://{bucket}", kind="create_bucket",
+            idempotent=False, params={"provider": "ais"}, json_body={"action": "create-bck"},
+        )
+
+    def destroy_bucket(self, bucket: str) -> None:
+        self._request(
+            "DELETE", self._bucket_url(bucket), f"ais://{bucket}", kind="destroy_bucket",
+            params={"provider": "ais"}, json_body={"action": "destroy-bck"},
+        )
+
+    # ------------------------------------------------------------------ listing
+
+    def list_objects_page(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        recursive: bool = False,
+        page_size: int = 0,
+        uuid: str = "",
+        continuation_token: str = "",
+    ) -> ListPage:
+        """One page of a listing. Non-recursive pages include virtual-directory entries."""
+        value = {
+            "prefix": prefix,
+            "props": LIST_PROPS,
+            "time_format": TIME_FORMAT,
+            "flags": "0" if recursive else str(LS_NO_RECURSION),
+            "pagesize": page_size,
+            "uuid": uuid,
+            "continuation_token": continuation_token,
+        }
+        resp = self._request(
+            "GET", self._bucket_url(bucket), f"ais://{bucket}/{prefix}", kind="list_objects",
+            params={"provider": "ais"}, json_body={"action": "list", "name": bucket, "value": value},
+        )
+        doc = resp.json() or {}
+        entries = []
+        for raw in doc.get("entries") or []:
+            flags = int(raw.get("flags") or 0)
+            name = raw.get("name", "")
+            if flags & LS_ENTRY_IS_DIR:
+                entries.append(ListEntry(name if name.endswith("/") else name + "/", True))
+                continue
+            custom = raw.get("custom-md") or ""
+            m = _MTIME_IN_LISTING.search(custom) if custom else None
+            mtime = int(m.group(1)) if m else parse_rfc3339_ns(raw.get("atime") or "")
+            entries.append(
+                ListEntry(
+                    name, False, int(raw.get("size") or 0), mtime,
+                    str(raw.get("version") or ""), str(raw.get("checksum") or ""),
+                )
+            )
+        return ListPage(entries, doc.get("uuid") or "", doc.get("continuation_token") or "")
+
+    def iter_objects(
+        self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0
+    ) -> Iterator[ListEntry]:
+        uuid = token = ""
+        while True:
+            page = self.list_objects_page(
+                bucket, prefix, recursive=recursive, page_size=page_size,
+                uuid=uuid, continuation_token=token,
+            )
+            yield from page.entries
+            if not page.continuation_token:
+                return
+            uuid, token = page.uuid, page.continuation_token
+
+    # ------------------------------------------------------------------ objects
+
+    def head_object(self, bucket: str, key: str) -> ObjectProps:
+        resp = self._request(
+            "HEAD", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="head_object",
+            params={"provider": "ais", "props": HEAD_PROPS},
+        )
+        h = resp.headers
+        custom = _custom_from_headers(resp)
+        atime = int(h.get("Ais-Atime") or 0)
+        mtime = _mtime_from_custom(custom)
+        if not mtime and h.get("Last-Modified"):
+            parsed = email.utils.parsedate_to_datetime(h["Last-Modified"])
+            mtime = int(parsed.timestamp()) * 1_000_000_000
+        return ObjectProps(
+            key, int(h.get("Content-Length") or 0), mtime or atime, h.get("Ais-Version", ""),
+            h.get("Ais-Checksum-Value", ""), atime, custom,
+        )
+
+    def get_range(self, bucket: str, key: str, start: int, length: int) -> RangeResult:
+        """Bytes [start, start+length) of an object; shorter at EOF. 416 means start >= size."""
+        what = f"ais://{bucket}/{key}"
+        resp = self._request(
+            "GET", self._object_url(bucket, key), what, kind="get_range",
+            params={"provider": "ais"}, headers={"Range": f"bytes={start}-{start + length - 1}"},
+            stream=True,
+        )
+        try:
+            data = resp.raw.read(length + 1, decode_content=False)
+            if resp.status_code == 200 and start > 0:
+                # A server that ignored the Range header sent the whole object.
+                data = data[start:start + length]
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise errors.Transient(f"reading body failed: {_short(exc)}", 0, what) from None
+        finally:
+            resp.close()
+        total = -1
+        content_range = resp.headers.get("Content-Range", "")
+        if "/" in content_range:
+            tail = content_range.rsplit("/", 1)[1]
+            total = int(tail) if tail.isdigit() else -1
+        return RangeResult(bytes(data[:length]), total, resp.headers.get("Ais-Version", ""))
+
+    def put_object(
+        self, bucket: str, key: str, data: bytes | memoryview,
+        custom: dict[str, bytes] | None = None,
+    ) -> ObjectProps:
+        headers = _custom_headers(custom)
+        resp = self._request(
+            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="put_object",
+            params={"provider": "ais"}, data=data, headers=headers,
+        )
+        return ObjectProps(key, len(data), version=resp.headers.get("Ais-Version", ""))
+
+    def append(self, bucket: str, key: str, handle: str, data: bytes | memoryview) -> str:
+        """Append bytes to the object's pending append session; returns the new handle."""
+        resp = self._request(
+            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="append",
+            idempotent=False, data=data,
+            params={"provider": "ais", "append_type": "append", "append_handle": handle},
+        )
+        new_handle = resp.headers.get("Ais-Append-Handle", "")
+        if not new_handle:
+            raise errors.AisError("append returned no handle", resp.status_code, f"ais://{bucket}/{key}")
+        return new_handle
+
+    def flush(self, bucket: str, key: str, handle: str) -> None:
+        """Make the appended bytes the object's content (atomic replace)."""
+        self._request(
+            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="flush",
+            idempotent=False, data=b"",
+            params={"provider": "ais", "append_type": "flush", "append_handle": handle},
+        )
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        self._request(
+            "DELETE", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="delete_object",
+            params={"provider": "ais"},
+        )
+
+    def rename_object(self, bucket: str, key: str, new_key: str) -> None:
+        self._request(
+            "POST", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="rename_object",
+            idempotent=False, params={"provider": "ais"},
+            json_body={"action": "rename-obj", "name": new_key},
+        )
+
+    def set_custom(
+        self, bucket: str, key: str, custom: dict[str, bytes], *, replace: bool = False
+    ) -> None:
+        """Merge ``custom`` into the object's custom metadata, or replace it whole."""
+        params = {"provider": "ais"}
+        if replace:
+            params["set-new-custom"] = "true"
+        value = {k: v.decode("utf-8", "surrogateescape") for k, v in custom.items()}
+        self._request(
+            "PATCH", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="set_custom",
+            params=params, json_body={"action": "", "name": "", "value": value},
+        )
+
+
+def _custom_headers(custom: dict[str, bytes] | None) -> dict[str, str]:
+    if not custom:
+        return {}
+    # requests sends str header values as Latin-1; one header line carries all pairs because
+    # AIS splits a header value on "," into several key=value items (cmn/objattrs.go).
+    return {"Ais-Custom-Md": ",".join(f"{k}={v.decode('latin-1')}" for k, v in custom.items())}
+
+
+def _connect_failed(exc: BaseException) -> bool:
+    """True when the request never reached a server (safe to retry anything)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+            return True
+        cur = cur.__cause__ or cur.__context__ or (cur.args[0] if cur.args and isinstance(cur.args[0], BaseException) else None)
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, BaseException) and id(reason) not in seen:
+            cur = reason
+    return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def encode_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,98 @@
+"""Mount configuration: one frozen dataclass, and parsing of the mount source.
+
+Built once by the CLI and read everywhere else; immutable, so any thread may read it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from .errors import AisFsError
+
+DEFAULT_ENDPOINT = "http://localhost:8080"
+MIB = 1024 * 1024
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ConfigError(AisFsError):
+    """A bad option or source; the CLI prints it as one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What to mount: the whole cluster (bucket is None), a bucket, or a prefix in a bucket."""
+
+    bucket: str | None = None
+    prefix: str = ""  # "" or ends with "/"
+
+    def __str__(self) -> str:
+        return f"ais://{self.bucket or ''}{'/' + self.prefix if self.prefix else ''}"
+
+
+def parse_source(text: str) -> Source:
+    """``ais://``, ``ais://BUCKET`` or ``ais://BUCKET/PREFIX/``."""
+    if not text.startswith("ais://"):
+        raise ConfigError(f"source must look like ais://, ais://BUCKET or ais://BUCKET/PREFIX/: {text!r}")
+    rest = text[len("ais://"):]
+    if not rest:
+        return Source()
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ConfigError(f"invalid bucket name {bucket!r}: letters, digits, '.', '_', '-' only")
+    prefix = prefix.strip("/")
+    if prefix:
+        parts = prefix.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise ConfigError(f"invalid prefix {prefix!r}")
+        prefix += "/"
+    return Source(bucket, prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    ca_bundle: str | None = None  # AIS_CLIENT_CA
+    skip_verify: bool = False  # AIS_SKIP_VERIFY_CRT
+    client_cert: str | None = None  # AIS_CRT
+    client_key: str | None = None  # AIS_CRT_KEY
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Everything the HTTP client needs (no secrets stored here: the token comes from a provider)."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retries: int = 4  # attempts after the first, for idempotent requests
+    retry_backoff: float = 0.2  # seconds, doubled per attempt, capped at 5 s
+    max_connections: int = 16  # size of the HTTP pool == worker-thread limit
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class MountConfig:
+    source: Source
+    mountpoint: str
+    client: ClientConfig = field(default_factory=ClientConfig)
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    metadata_ttl: float = 5.0
+    negative_metadata_ttl: float = 1.0
+    read_only: bool = False
+    allow_other: bool = False
+    # read path
+    read_ahead_initial: int = 1 * MIB
+    read_ahead_max: int = 64 * MIB  # per handle
+    read_part_size: int = 8 * MIB  # one ranged GET
+    read_ahead_budget: int = 192 * MIB  # all handles together
+    kernel_read_ahead_kb: int = 1024  # bdi read_ahead_kb; 0 leaves the kernel default
+    # write path
+    write_part_size: int = 8 * MIB
+    spill_dir: str = "/var/tmp/aisfs-spill"
+    spill_max_bytes: int = 16 * 1024 * MIB
+    rename_dir_limit: int = 10000
+    debug: bool = False

@@ -1,0 +1,97 @@
+"""Daemonizing with a readiness pipe, and systemd's notify protocol.
+
+``daemonize()`` forks before trio, threads or HTTP sessions exist: the original process waits on
+a pipe and exits 0 only once the child reports the mount live, or prints the child's one-line
+error and exits 1. ``sd_notify`` is the few lines of the ``NOTIFY_SOCKET`` protocol we need, so
+python-systemd is not a dependency. Main thread only, before ``trio.run``; ``Readiness.report``
+may be called from any one thread once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+STARTUP_TIMEOUT = 180.0
+
+
+class Readiness:
+    """Tells whoever waits for this mount (a parent process, systemd) how start-up went."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        self._fd = fd
+
+    def report(self, error: str | None) -> None:
+        if error is None:
+            sd_notify("READY=1")
+        if self._fd is None:
+            return
+        message = ("ERR " + error) if error else "OK"
+        try:
+            os.write(self._fd, message.encode("utf-8", "replace")[:4000])
+            os.close(self._fd)
+        except OSError:
+            pass
+        self._fd = None
+
+
+def sd_notify(state: str) -> bool:
+    """Send one state line to systemd when started with Type=notify; False otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        return True
+    except OSError:
+        return False
+
+
+def daemonize(log_file: str | None) -> Readiness:
+    """Fork into the background; returns only in the daemon. The caller's process exits."""
+    read_fd, write_fd = os.pipe()
+    if os.fork() > 0:
+        os.close(write_fd)
+        sys.exit(_wait_for_child(read_fd))
+    os.close(read_fd)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)  # the intermediate child; the grandchild cannot reacquire a terminal
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    if log_file:
+        err = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        os.dup2(err, 2)
+        os.close(err)
+    else:
+        os.dup2(devnull, 2)
+    os.close(devnull)
+    return Readiness(write_fd)
+
+
+def _wait_for_child(read_fd: int) -> int:
+    import select
+
+    ready, _, _ = select.select([read_fd], [], [], STARTUP_TIMEOUT)
+    if not ready:
+        print(f"aisfs: the mount did not come up within {STARTUP_TIMEOUT:.0f} s", file=sys.stderr)
+        return 1
+    data = b""
+    while chunk := os.read(read_fd, 4096):
+        data += chunk
+    text = data.decode("utf-8", "replace")
+    if text == "OK":
+        return 0
+    if text.startswith("ERR "):
+        print(f"aisfs: {text[4:]}", file=sys.stderr)
+    else:
+        print("aisfs: the daemon exited during start-up (run with -f --debug to see why)",
+              file=sys.stderr)
+    return 1

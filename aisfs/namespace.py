@@ -1,0 +1,279 @@
+"""The directory tree over AIS: root → buckets → virtual directories → objects.
+
+Answers lookup, getattr and directory listings from the metadata cache, going to the cluster
+(through ``aio``) on a miss. A listing seeds the cache with every entry's attributes, so
+``ls -l`` and ``find`` cost one paged LIST per directory and no HEAD per entry.
+
+Name rules: a name that is both an object ``a`` and a prefix ``a/`` is shown once, as the
+directory (the object stays reachable only through other tools); object names that cannot be a
+POSIX path component (empty, ``.``, ``..``, longer than 255 bytes) are skipped with one warning per
+listing.
+
+Concurrency: trio thread only. Every ``await`` may let the world change, so the inode table is
+touched only after the awaited remote call returned, with no ``await`` in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from . import errors
+from .aio import AsyncAis
+from .cache import MISSING, Stat, TtlMap
+from .client import ListEntry, ObjectProps
+from .config import MountConfig
+from .inodes import Inode, InodeTable, Kind
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+_CACHE_ENTRIES = 200_000
+
+
+def valid_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name and (
+        len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """One directory entry: a file with its stat, or a subdirectory (stat None)."""
+
+    name: str
+    is_dir: bool
+    stat: Stat | None
+
+
+@dataclass(slots=True)
+class Listing:
+    """A directory's children in listing order, by name for lookups."""
+
+    children: list[Child]
+    by_name: dict[str, Child]
+
+
+def stat_of(props: ObjectProps) -> Stat:
+    return Stat(props.size, props.mtime_ns, props.version)
+
+
+class Namespace:
+    def __init__(
+        self, aio: AsyncAis, config: MountConfig, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.aio = aio
+        self.config = config
+        source = config.source
+        if source.bucket is None:
+            self.table = InodeTable(Kind.CLUSTER)
+        else:
+            self.table = InodeTable(Kind.DIR, source.bucket, source.prefix)
+        ttl, neg = config.metadata_ttl, config.negative_metadata_ttl
+        self.stats: TtlMap[Stat] = TtlMap(_CACHE_ENTRIES, ttl, neg, timer)
+        self.dirs: TtlMap[bool] = TtlMap(_CACHE_ENTRIES, ttl, neg, timer)
+        self.listings: TtlMap[Listing] = TtlMap(1024, ttl, neg, timer)
+        self.buckets: TtlMap[tuple[str, ...]] = TtlMap(1, ttl, neg, timer)
+        # Directories made with mkdir that have no object yet (AIS has no empty directories).
+        self.local_dirs: set[tuple[str, str]] = set()
+        self.mount_time_ns = time.time_ns()
+
+    @property
+    def root(self) -> Inode:
+        return self.table.root
+
+    # ------------------------------------------------------------------ lookups
+
+    async def lookup(self, parent: Inode, name: str) -> tuple[Inode, Stat | None]:
+        """The child ``name`` of ``parent`` (no lookup count change), or NotFound."""
+        if not valid_name(name):
+            if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+                raise errors.PosixError(36, f"name too long: {name[:40]}...")  # ENAMETOOLONG
+            raise errors.NotFound(f"invalid name {name!r}")
+        if parent.kind is Kind.CLUSTER:
+            if name not in await self.bucket_names():
+                raise errors.NotFound("no such bucket", 404, f"ais://{name}")
+            return self.table.child(parent, name, "", Kind.DIR), None
+        is_dir, stat = await self._resolve(parent.bucket, parent.key, name)
+        key = parent.child_key(name, is_dir)
+        inode = self.table.child(parent, parent.bucket, key, Kind.DIR if is_dir else Kind.FILE)
+        return inode, stat
+
+    async def _resolve(self, bucket: str, prefix: str, name: str) -> tuple[bool, Stat | None]:
+        """(is_dir, stat) for ``prefix + name``: the directory wins over an object of that name."""
+        if (bucket, prefix + name + "/") in self.local_dirs:
+            return True, None
+        listing = self.listings.get((bucket, prefix))
+        if listing is not None and listing is not MISSING:
+            child = listing.by_name.get(name)
+            if child is None:
+                raise errors.NotFound("not in listing", 404, f"ais://{bucket}/{prefix}{name}")
+            return child.is_dir, child.stat
+        key = prefix + name
+        dir_known = self.dirs.get((bucket, key + "/"))
+        stat_known = self.stats.get((bucket, key))
+        if dir_known is True:
+            return True, None
+        if dir_known is MISSING and stat_known is not None:
+            if stat_known is MISSING:
+                raise errors.NotFound("cached as missing", 404, f"ais://{bucket}/{key}")
+            return False, stat_known
+        results: dict[str, object] = {}
+
+        async def probe_dir() -> None:
+            results["dir"] = await self.dir_exists(bucket, key + "/")
+
+        async def probe_obj() -> None:
+            try:
+                results["stat"] = await self.object_stat(bucket, key)
+            except errors.NotFound:
+                results["stat"] = None
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe_dir)
+            nursery.start_soon(probe_obj)
+        if results["dir"]:
+            if results["stat"] is not None:
+                log.info("ais://%s/%s is both an object and a prefix; showing the directory",
+                         bucket, key)
+            return True, None
+        stat = results["stat"]
+        if stat is None:
+            raise errors.NotFound("no such object or prefix", 404, f"ais://{bucket}/{key}")
+        assert isinstance(stat, Stat)
+        return False, stat
+
+    async def dir_exists(self, bucket: str, prefix: str) -> bool:
+        """Whether any object lives under ``prefix`` (which ends with "/")."""
+        if (bucket, prefix) in self.local_dirs:
+            return True
+
+        async def fetch() -> bool:
+            # A recursive listing sees objects only: the non-recursive one may still show
+            # on-disk directories whose objects were deleted.
+            page = await self.aio.list_objects_page(bucket, prefix, recursive=True, page_size=1)
+            if page.entries:
+                self.dirs.put((bucket, prefix), True)
+                return True
+            self.dirs.put_missing((bucket, prefix))
+            return False
+
+        found = await self.dirs.get_or_fetch((bucket, prefix), fetch)
+        return found is True
+
+    async def object_stat(self, bucket: str, key: str) -> Stat:
+        """The object's attributes (cached); NotFound when it does not exist."""
+
+        async def fetch() -> Stat:
+            try:
+                props = await self.aio.head_object(bucket, key)
+            except errors.NotFound:
+                self.stats.put_missing((bucket, key))
+                raise
+            stat = stat_of(props)
+            self.stats.put((bucket, key), stat)
+            return stat
+
+        stat = await self.stats.get_or_fetch((bucket, key), fetch)
+        if stat is MISSING:
+            raise errors.NotFound("cached as missing", 404, f"ais://{bucket}/{key}")
+        return stat
+
+    async def fresh_stat(self, inode: Inode) -> Stat:
+        """A HEAD that bypasses the cache (used when a file is opened after the TTL)."""
+        self.stats.pop(inode.path)
+        return await self.object_stat(inode.bucket, inode.key)
+
+    async def getattr(self, inode: Inode) -> Stat | None:
+        """The file's stat, or None for directories (which have synthetic attributes)."""
+        if inode.is_dir:
+            return None
+        return await self.object_stat(inode.bucket, inode.key)
+
+    async def bucket_names(self) -> tuple[str, ...]:
+        async def fetch() -> tuple[str, ...]:
+            names = tuple(await self.aio.list_buckets())
+            self.buckets.put("buckets", names)
+            return names
+
+        return await self.buckets.get_or_fetch("buckets", fetch)
+
+    # ------------------------------------------------------------------ listings
+
+    async def list_dir(self, inode: Inode) -> list[tuple[Inode, Child]]:
+        """Every child of a directory, with a registered inode each (no lookup counts)."""
+        if inode.kind is Kind.CLUSTER:
+            names = await self.bucket_names()
+            return [
+                (self.table.child(inode, name, "", Kind.DIR), Child(name, True, None))
+                for name in names
+            ]
+        listing = await self.listing(inode.bucket, inode.key)
+        out = []
+        for child in listing.children:
+            kind = Kind.DIR if child.is_dir else Kind.FILE
+            key = inode.child_key(child.name, child.is_dir)
+            out.append((self.table.child(inode, inode.bucket, key, kind), child))
+        return out
+
+    async def listing(self, bucket: str, prefix: str) -> Listing:
+        async def fetch() -> Listing:
+            entries = await self.aio.list_all(bucket, prefix)
+            listing = self._make_listing(bucket, prefix, entries)
+            self.listings.put((bucket, prefix), listing)
+            return listing
+
+        return await self.listings.get_or_fetch((bucket, prefix), fetch)
+
+    def _make_listing(self, bucket: str, prefix: str, entries: list[ListEntry]) -> Listing:
+        by_name: dict[str, Child] = {}
+        order: list[str] = []
+        skipped: list[str] = []
+        for entry in entries:
+            rel = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
+            name = rel[:-1] if entry.is_dir else rel
+            if not valid_name(name):
+                skipped.append(entry.name)
+                continue
+            if entry.is_dir:
+                child = Child(name, True, None)
+                self.dirs.put((bucket, entry.name), True)
+            else:
+                child = Child(name, False, Stat(entry.size, entry.mtime_ns, entry.version))
+                self.stats.put((bucket, entry.name), child.stat)
+            previous = by_name.get(name)
+            if previous is None:
+                order.append(name)
+                by_name[name] = child
+            elif child.is_dir:
+                by_name[name] = child  # the directory wins over the object of the same name
+        for (b, p) in self.local_dirs:
+            if b == bucket and p.startswith(prefix) and p.count("/") == prefix.count("/") + 1:
+                name = p[len(prefix):-1]
+                if name not in by_name:
+                    order.append(name)
+                    by_name[name] = Child(name, True, None)
+        if skipped:
+            log.warning(
+                "ais://%s/%s: skipped %d object name(s) that cannot be a file name, e.g. %r",
+                bucket, prefix, len(skipped), skipped[0],
+            )
+        # Code-point order of names (= byte order of their UTF-8), as a local `ls -f` would give.
+        return Listing([by_name[n] for n in sorted(order)], by_name)
+
+    # ------------------------------------------------------------------ changes made here
+
+    def invalidate(self, bucket: str, key: str) -> None:
+        """Forget what is cached about ``key`` and its parent's listing."""
+        self.stats.pop((bucket, key))
+        self.dirs.pop((bucket, key if key.endswith("/") else key + "/"))
+        parent = key.rstrip("/").rpartition("/")[0]
+        self.listings.pop((bucket, parent + "/" if parent else ""))
+        # Every ancestor directory may have just come into (or gone out of) existence.
+        while parent:
+            self.dirs.pop((bucket, parent + "/"))
+            parent = parent.rpartition("/")[0]

@@ -1,0 +1,212 @@
+"""Per-handle object reader: ranged GETs with sequential detection and a growing read-ahead window.
+
+A handle that reads sequentially (each read starts inside or right after what was already
+fetched) gets a window that starts at ``read_ahead_initial`` and doubles per hit up to
+``read_ahead_max``, fetched as parallel ranged GETs of at most ``read_part_size`` bytes. A read
+anywhere else is a seek: the window is dropped and only what was asked for (at least
+``RANDOM_BLOCK``) is fetched. All handles share one :class:`ReadBudget`, so read-ahead memory stays
+under ``read_ahead_budget`` however many files are open; the bytes a read needs right now are
+always fetched, budget or not.
+
+Every response is checked against the version and size the file was opened with: an object
+replaced in AIS while open raises :class:`errors.StaleObject` (ESTALE) instead of mixing versions.
+
+Concurrency: trio thread only. Fetches run as tasks in the mount's nursery; state changes happen
+between awaits, so concurrent reads of one handle see a consistent chunk list.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import trio
+
+from . import errors
+from .aio import AsyncAis
+from .config import MountConfig
+
+log = logging.getLogger(__name__)
+
+RANDOM_BLOCK = 128 * 1024
+BACKWARD_KEEP = 1024 * 1024  # keep this much behind the reader for slightly reordered reads
+
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+class ReadBudget:
+    """Bytes of read-ahead held by all handles together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def try_reserve(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.force_reserve(n)
+        return True
+
+    def force_reserve(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        self.used -= n
+
+
+class _Chunk:
+    __slots__ = ("start", "end", "data", "error", "done", "scope")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+        self.scope = trio.CancelScope()
+
+
+class ObjectReader:
+    def __init__(
+        self, aio: AsyncAis, bucket: str, key: str, size: int, version: str,
+        config: MountConfig, budget: ReadBudget, spawn: Spawn,
+    ) -> None:
+        self.aio = aio
+        self.bucket = bucket
+        self.key = key
+        self.size = size
+        self.version = version
+        self.config = config
+        self.budget = budget
+        self.spawn = spawn
+        self.window = config.read_ahead_initial
+        self._chunks: list[_Chunk] = []  # sorted by start, non-overlapping
+        self._starts: list[int] = []
+        self.requests = 0  # ranged GETs sent (for tests and metrics)
+
+    @property
+    def what(self) -> str:
+        return f"ais://{self.bucket}/{self.key}"
+
+    async def read(self, off: int, size: int) -> bytes:
+        """Exactly ``size`` bytes from ``off``, fewer only at end of file."""
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        if self._covered(off) or off == 0:
+            self.window = min(self.window * 2, self.config.read_ahead_max) if off else self.window
+            self._fill(off, end, self.config.read_part_size)
+            self._prefetch(off)
+        else:
+            self._drop_all()
+            self.window = self.config.read_ahead_initial
+            self._fill(off, max(end, min(off + RANDOM_BLOCK, self.size)), RANDOM_BLOCK)
+        parts = []
+        pos = off
+        while pos < end:
+            chunk = self._chunks[bisect.bisect_right(self._starts, pos) - 1]
+            await chunk.done.wait()
+            if chunk.error is not None:
+                if chunk in self._chunks:
+                    self._remove(chunk)  # the next read tries again
+                raise chunk.error
+            if chunk.data is None:
+                # A concurrent seek on this handle dropped the chunk: fetch what is missing.
+                self._fill(pos, end, self.config.read_part_size)
+                continue
+            take = min(end, chunk.end) - pos
+            parts.append(chunk.data[pos - chunk.start : pos - chunk.start + take])
+            pos += take
+        self._evict_before(off - BACKWARD_KEEP)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        self._drop_all()
+
+    # ------------------------------------------------------------------ chunk bookkeeping
+
+    def _covered(self, off: int) -> bool:
+        i = bisect.bisect_right(self._starts, off) - 1
+        if i >= 0 and self._chunks[i].start <= off < self._chunks[i].end:
+            return True
+        # Right after the last chunk counts as sequential too (nothing was prefetched yet).
+        return bool(self._chunks) and off == self._chunks[-1].end
+
+    def _fill(self, start: int, end: int, part: int) -> None:
+        """Fetch whatever of [start, end) no chunk covers yet; always, budget or not."""
+        pos = start
+        for chunk in list(self._chunks):
+            if chunk.end <= pos:
+                continue
+            if chunk.start >= end:
+                break
+            if chunk.start > pos:
+                self._fetch_range(pos, chunk.start, part, force=True)
+            pos = max(pos, chunk.end)
+        if pos < end:
+            self._fetch_range(pos, end, part, force=True)
+
+    def _prefetch(self, off: int) -> None:
+        target = min(self.size, off + self.window)
+        pos = self._chunks[-1].end if self._chunks else off
+        if pos < target:
+            self._fetch_range(pos, target, self.config.read_part_size, force=False)
+
+    def _fetch_range(self, start: int, end: int, part: int, *, force: bool) -> None:
+        while start < end:
+            stop = min(end, start + part)
+            if force:
+                self.budget.force_reserve(stop - start)
+            elif not self.budget.try_reserve(stop - start):
+                return
+            chunk = _Chunk(start, stop)
+            i = bisect.bisect_left(self._starts, start)
+            self._chunks.insert(i, chunk)
+            self._starts.insert(i, start)
+            self.spawn(lambda chunk=chunk: self._run_fetch(chunk))  # type: ignore[misc]
+            start = stop
+
+    async def _run_fetch(self, chunk: _Chunk) -> None:
+        with chunk.scope:
+            try:
+                self.requests += 1
+                result = await self.aio.get_range(
+                    self.bucket, self.key, chunk.start, chunk.end - chunk.start
+                )
+                self._check(result.version, result.total_size, chunk, len(result.data))
+                chunk.data = result.data
+            except errors.RangeNotSatisfiable:
+                chunk.error = errors.StaleObject(f"{self.what} shrank while open")
+            except Exception as exc:  # noqa: BLE001 - delivered to the read that needs it
+                chunk.error = exc
+        chunk.done.set()
+
+    def _check(self, version: str, total: int, chunk: _Chunk, got: int) -> None:
+        if (self.version and version and version != self.version) or (
+            total >= 0 and total != self.size
+        ) or got != chunk.end - chunk.start:
+            log.warning(
+                "%s changed while open (version %s -> %s, size %d -> %d); failing reads "
+                "with ESTALE: reopen the file to read the new version",
+                self.what, self.version, version, self.size, total,
+            )
+            raise errors.StaleObject(f"{self.what} changed while open")
+
+    def _remove(self, chunk: _Chunk) -> None:
+        i = self._chunks.index(chunk)
+        del self._chunks[i]
+        del self._starts[i]
+        chunk.scope.cancel()
+        self.budget.release(chunk.end - chunk.start)
+
+    def _evict_before(self, pos: int) -> None:
+        while self._chunks and self._chunks[0].end <= pos:
+            self._remove(self._chunks[0])
+
+    def _drop_all(self) -> None:
+        while self._chunks:
+            self._remove(self._chunks[0])
