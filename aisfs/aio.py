@@ -67,8 +67,10 @@ class AsyncAis:
     async def head_object(self, bucket: str, key: str) -> ObjectProps:
         return await self._run(self.client.head_object, bucket, key)
 
-    async def get_range(self, bucket: str, key: str, start: int, length: int) -> RangeResult:
-        return await self._run(self.client.get_range, bucket, key, start, length)
+    async def get_range(
+        self, bucket: str, key: str, start: int, length: int, into: bytearray | None = None
+    ) -> RangeResult:
+        return await self._run(self.client.get_range, bucket, key, start, length, into)
 
     async def put_object(
         self, bucket: str, key: str, data: bytes | memoryview,

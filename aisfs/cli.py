@@ -93,7 +93,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("read-timeout", _seconds, "HTTP read timeout (default 30)", "S"),
     Option("retries", int, "retries of a failed idempotent request (default 4)", "N"),
     Option("read-ahead-max", _size, "largest read-ahead window per open file (default 64M)", "SIZE"),
-    Option("read-ahead-budget", _size, "read-ahead memory of all files together (default 192M)", "SIZE"),
+    Option("read-ahead-budget", _size, "read-ahead memory of all files together (default 128M)", "SIZE"),
     Option("read-part-size", _size, "bytes per ranged GET (default 8M)", "SIZE"),
     Option("kernel-read-ahead-kb", int, "kernel read-ahead for the mount, 0 = leave (default 1024)", "KB"),
     Option("write-part-size", _size, "bytes per APPEND request (default 8M)", "SIZE"),

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import base64
 import calendar
+import collections
 import email.utils
 import http.cookiejar
 import json
 import logging
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -93,7 +95,7 @@ class ListPage:
 
 @dataclass(slots=True)
 class RangeResult:
-    data: bytes
+    data: memoryview
     total_size: int  # from Content-Range, -1 when absent
     version: str
 
@@ -154,6 +156,10 @@ class AisClient:
         if tls.client_cert:
             self.session.cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
         self.session.headers["User-Agent"] = "aisfs"
+        # Where the proxy last redirected a GET of each object: later ranged GETs of the same
+        # object go straight to that target, saving a round trip and half the request cost.
+        self._locations: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._locations_lock = threading.Lock()
         # Observability hook: called as on_request(kind, status, seconds, nbytes_in, nbytes_out).
         self.on_request: Callable[[str, int, float, int, int], None] | None = None
         self.on_retry: Callable[[str], None] | None = None
@@ -205,13 +211,17 @@ class AisClient:
         headers: dict[str, str] | None = None,
         stream: bool = False,
         ok_statuses: tuple[int, ...] = (),
+        cache_location: bool = False,
     ) -> requests.Response:
         """Send one logical request, following AIS's proxy→target redirect, with retries."""
         attempt = 0
         while True:
             started = time.monotonic()
             try:
-                resp = self._send_once(method, url, params, json_body, data, headers, stream)
+                if cache_location:
+                    resp = self._get_via_cached_location(url, params, headers)
+                else:
+                    resp = self._send_once(method, url, params, json_body, data, headers, stream)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 never_sent = isinstance(exc, requests.ConnectTimeout) or _connect_failed(exc)
                 if attempt < self.config.retries and (idempotent or never_sent):
@@ -263,6 +273,36 @@ class AisClient:
                 method, location, data=data, headers=hdrs, timeout=self._timeout,
                 allow_redirects=False,
             )
+        return resp
+
+    def _get_via_cached_location(
+        self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None
+    ) -> requests.Response:
+        hdrs = self._headers(headers)
+        with self._locations_lock:
+            location = self._locations.get(url)
+        if location is not None:
+            try:
+                resp = self.session.get(location, headers=hdrs, timeout=self._timeout,
+                                        stream=True, allow_redirects=False)
+                if resp.status_code in (200, 206, 404, 416):
+                    return resp
+                resp.close()
+            except requests.ConnectionError:
+                pass  # the target may have left the cluster: ask the proxy again
+            with self._locations_lock:
+                self._locations.pop(url, None)
+        resp = self.session.get(url, params=params, headers=hdrs, timeout=self._timeout,
+                                stream=True, allow_redirects=False)
+        if resp.status_code in (301, 302, 307, 308) and "Location" in resp.headers:
+            location = resp.headers["Location"]
+            resp.close()
+            with self._locations_lock:
+                self._locations[url] = location
+                if len(self._locations) > 4096:
+                    self._locations.popitem(last=False)
+            resp = self.session.get(location, headers=hdrs, timeout=self._timeout, stream=True,
+                                    allow_redirects=True)
         return resp
 
     def _backoff(self, attempt: int, kind: str, what: str, why: object) -> int:
@@ -393,19 +433,28 @@ class AisClient:
             h.get("Ais-Checksum-Value", ""), atime, custom,
         )
 
-    def get_range(self, bucket: str, key: str, start: int, length: int) -> RangeResult:
-        """Bytes [start, start+length) of an object; shorter at EOF. 416 means start >= size."""
+    def get_range(
+        self, bucket: str, key: str, start: int, length: int, into: bytearray | None = None
+    ) -> RangeResult:
+        """Bytes [start, start+length) of an object; shorter at EOF. 416 means start >= size.
+
+        With ``into`` (at least ``length`` bytes) the body lands in that buffer, so a caller can
+        reuse buffers instead of faulting in fresh pages for every part.
+        """
         what = f"ais://{bucket}/{key}"
         resp = self._request(
             "GET", self._object_url(bucket, key), what, kind="get_range",
             params={"provider": "ais"}, headers={"Range": f"bytes={start}-{start + length - 1}"},
-            stream=True,
+            stream=True, cache_location=True,
         )
         try:
-            data = resp.raw.read(length + 1, decode_content=False)
             if resp.status_code == 200 and start > 0:
                 # A server that ignored the Range header sent the whole object.
-                data = data[start:start + length]
+                whole = resp.raw.read(decode_content=False)[start:start + length]
+                data = memoryview(bytearray(whole))
+            else:
+                buf = into if into is not None else bytearray(length)
+                data = memoryview(buf)[: _read_body_into(resp, buf, length)]
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise errors.Transient(f"reading body failed: {_short(exc)}", 0, what) from None
         finally:
@@ -415,7 +464,7 @@ class AisClient:
         if "/" in content_range:
             tail = content_range.rsplit("/", 1)[1]
             total = int(tail) if tail.isdigit() else -1
-        return RangeResult(bytes(data[:length]), total, resp.headers.get("Ais-Version", ""))
+        return RangeResult(data, total, resp.headers.get("Ais-Version", ""))
 
     def put_object(
         self, bucket: str, key: str, data: bytes | memoryview,
@@ -481,6 +530,23 @@ def _custom_headers(custom: dict[str, bytes] | None) -> dict[str, str]:
     # requests sends str header values as Latin-1; one header line carries all pairs because
     # AIS splits a header value on "," into several key=value items (cmn/objattrs.go).
     return {"Ais-Custom-Md": ",".join(f"{k}={v.decode('latin-1')}" for k, v in custom.items())}
+
+
+def _read_body_into(resp: requests.Response, buf: bytearray, length: int) -> int:
+    """Read up to ``length`` body bytes straight from the socket into ``buf`` (one copy)."""
+    view = memoryview(buf)
+    got = 0
+    fp = getattr(resp.raw, "_fp", None)  # http.client.HTTPResponse under urllib3
+    readinto = fp.readinto if fp is not None else resp.raw.readinto
+    try:
+        while got < length:
+            n = readinto(view[got:length])
+            if not n:
+                break
+            got += n
+    finally:
+        view.release()
+    return got
 
 
 def _connect_failed(exc: BaseException) -> bool:

@@ -88,7 +88,7 @@ class MountConfig:
     read_ahead_initial: int = 1 * MIB
     read_ahead_max: int = 64 * MIB  # per handle
     read_part_size: int = 8 * MIB  # one ranged GET
-    read_ahead_budget: int = 192 * MIB  # all handles together
+    read_ahead_budget: int = 128 * MIB  # all handles together
     kernel_read_ahead_kb: int = 1024  # bdi read_ahead_kb; 0 leaves the kernel default
     # write path
     write_part_size: int = 8 * MIB

@@ -31,7 +31,7 @@ from .cache import Stat
 from .config import MountConfig
 from .inodes import Inode, Kind
 from .namespace import Child, Namespace
-from .reader import ObjectReader, ReadBudget, Spawn
+from .reader import BufferPool, ObjectReader, ReadBudget, Spawn
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class Operations(pyfuse3.Operations):
         self.ns = Namespace(aio, config)
         self.table = self.ns.table
         self.budget = ReadBudget(config.read_ahead_budget)
+        self.pool = BufferPool(config.read_part_size, keep=8)
         self.spawn = spawn
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_fh = 1
@@ -250,7 +251,7 @@ class Operations(pyfuse3.Operations):
         st = await self.ns.object_stat(node.bucket, node.key)
         reader = ObjectReader(
             self.aio, node.bucket, node.key, st.size, st.version, self.config, self.budget,
-            self.spawn,
+            self.spawn, self.pool,
         )
         node.opens += 1
         fh = self._new_fh(FileHandle(node, reader))

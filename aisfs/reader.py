@@ -58,13 +58,32 @@ class ReadBudget:
         self.used -= n
 
 
+class BufferPool:
+    """Recycled part-size buffers: a fresh multi-MiB buffer costs a page fault per 4 KiB."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.size = size
+        self.keep = keep
+        self._free: list[bytearray] = []
+
+    def take(self, n: int) -> bytearray:
+        if n <= self.size and self._free:
+            return self._free.pop()
+        return bytearray(max(n, self.size) if n > self.size // 2 else n)
+
+    def give(self, buf: bytearray) -> None:
+        if len(buf) == self.size and len(self._free) < self.keep:
+            self._free.append(buf)
+
+
 class _Chunk:
-    __slots__ = ("start", "end", "data", "error", "done", "scope")
+    __slots__ = ("start", "end", "data", "buf", "error", "done", "scope")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
         self.end = end
-        self.data: bytes | None = None
+        self.data: memoryview | None = None
+        self.buf: bytearray | None = None  # set once the fetch finished: then it is reusable
         self.error: BaseException | None = None
         self.done = trio.Event()
         self.scope = trio.CancelScope()
@@ -73,7 +92,7 @@ class _Chunk:
 class ObjectReader:
     def __init__(
         self, aio: AsyncAis, bucket: str, key: str, size: int, version: str,
-        config: MountConfig, budget: ReadBudget, spawn: Spawn,
+        config: MountConfig, budget: ReadBudget, spawn: Spawn, pool: BufferPool,
     ) -> None:
         self.aio = aio
         self.bucket = bucket
@@ -83,6 +102,7 @@ class ObjectReader:
         self.config = config
         self.budget = budget
         self.spawn = spawn
+        self.pool = pool
         self.window = config.read_ahead_initial
         self._chunks: list[_Chunk] = []  # sorted by start, non-overlapping
         self._starts: list[int] = []
@@ -92,8 +112,12 @@ class ObjectReader:
     def what(self) -> str:
         return f"ais://{self.bucket}/{self.key}"
 
-    async def read(self, off: int, size: int) -> bytes:
-        """Exactly ``size`` bytes from ``off``, fewer only at end of file."""
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        """Exactly ``size`` bytes from ``off``, fewer only at end of file.
+
+        Returns a view into the fetched chunk when one chunk covers the request, so the bytes
+        are copied only once more, by the kernel.
+        """
         end = min(off + size, self.size)
         if off >= end:
             return b""
@@ -151,10 +175,13 @@ class ObjectReader:
             self._fetch_range(pos, end, part, force=True)
 
     def _prefetch(self, off: int) -> None:
-        target = min(self.size, off + self.window)
+        """Keep ``window`` bytes ahead of ``off`` requested, in GETs of whole parts."""
         pos = self._chunks[-1].end if self._chunks else off
-        if pos < target:
-            self._fetch_range(pos, target, self.config.read_part_size, force=False)
+        limit = min(self.size, off + self.window)
+        if pos < limit:
+            step = min(self.config.read_part_size, self.window)
+            self._fetch_range(pos, min(self.size, pos + step * -(-(limit - pos) // step)), step,
+                              force=False)
 
     def _fetch_range(self, start: int, end: int, part: int, *, force: bool) -> None:
         while start < end:
@@ -174,11 +201,13 @@ class ObjectReader:
         with chunk.scope:
             try:
                 self.requests += 1
+                buf = self.pool.take(chunk.end - chunk.start)
                 result = await self.aio.get_range(
-                    self.bucket, self.key, chunk.start, chunk.end - chunk.start
+                    self.bucket, self.key, chunk.start, chunk.end - chunk.start, buf
                 )
                 self._check(result.version, result.total_size, chunk, len(result.data))
                 chunk.data = result.data
+                chunk.buf = buf  # not on cancel: the abandoned thread may still write into it
             except errors.RangeNotSatisfiable:
                 chunk.error = errors.StaleObject(f"{self.what} shrank while open")
             except Exception as exc:  # noqa: BLE001 - delivered to the read that needs it
@@ -202,6 +231,12 @@ class ObjectReader:
         del self._starts[i]
         chunk.scope.cancel()
         self.budget.release(chunk.end - chunk.start)
+        if chunk.buf is not None:
+            # Safe to reuse: views handed to pyfuse3 were copied to the kernel before any
+            # await, and the fetch that filled the buffer has finished.
+            chunk.data = None
+            self.pool.give(chunk.buf)
+            chunk.buf = None
 
     def _evict_before(self, pos: int) -> None:
         while self._chunks and self._chunks[0].end <= pos:
