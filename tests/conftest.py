@@ -1,0 +1,109 @@
+"""Fixtures: the real local AIS cluster, the aistore SDK as an independent checker, real mounts.
+
+The cluster is the one at ``AIS_ENDPOINT`` when that answers; otherwise this session starts one
+with ``scripts/ais-local`` (state and port of its own) and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aistore.sdk import Client
+from aistore.sdk.bucket import Bucket
+
+from .util import AIS_LOCAL, Mount, endpoint_ready, have_fuse, mounted, unique
+
+
+def _free_port_block() -> int:
+    """A base port with base..base+2002 free for proxy and targets (ais-local's layout)."""
+    for base in range(18080, 30000, 97):
+        ports = [base, base + 1, base + 2, base + 1000, base + 1001, base + 1002,
+                 base + 2000, base + 2001, base + 2002]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port block for a local AIS cluster")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def ais_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("AIS_ENDPOINT")
+    if given and endpoint_ready(given):
+        yield given.rstrip("/")
+        return
+    port = _free_port_block()
+    state = Path("/var/tmp") / f"aisfs-test-{os.getpid()}"
+    env = {**os.environ, "AIS_LOCAL_PORT": str(port), "AIS_LOCAL_DIR": str(state)}
+    started = subprocess.run([str(AIS_LOCAL), "start"], env=env, capture_output=True, text=True,
+                             timeout=900)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the local AIS cluster:\n{started.stderr[-3000:]}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(AIS_LOCAL), "stop"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def sdk(ais_endpoint: str) -> Client:
+    return Client(ais_endpoint)
+
+
+@pytest.fixture
+def make_bucket(sdk: Client) -> Iterator[Callable[..., Bucket]]:
+    """Creates buckets with unique names, filled from ``{name: bytes}``; destroys them after."""
+    made: list[Bucket] = []
+
+    def make(objects: dict[str, bytes] | None = None, name: str | None = None) -> Bucket:
+        bucket = sdk.bucket(name or unique("b"))
+        bucket.create(exist_ok=True)
+        made.append(bucket)
+        for key, data in (objects or {}).items():
+            bucket.object(key).get_writer().put_content(data)
+        return bucket
+
+    yield make
+    for bucket in made:
+        try:
+            bucket.delete(missing_ok=True)
+        except Exception:  # noqa: BLE001 - clean-up must not hide the test's own result
+            pass
+
+
+@pytest.fixture
+def mount(
+    ais_endpoint: str, tmp_path: Path
+) -> Iterator[Callable[..., Mount]]:
+    """``mount("ais://b", *args)`` mounts in a subprocess; every mount is undone at the end."""
+    if not have_fuse():
+        pytest.fail("/dev/fuse or fusermount3 is missing: install fuse3 (the mount tests need it)")
+    stack: list[object] = []
+
+    def do_mount(source: str, *args: str, name: str = "mnt", check_log: bool = True) -> Mount:
+        ctx = mounted(source, tmp_path / name, ais_endpoint, args, tmp_path, check_log)
+        m = ctx.__enter__()
+        stack.append(ctx)
+        return m
+
+    yield do_mount
+    errors = []
+    for ctx in reversed(stack):
+        try:
+            ctx.__exit__(None, None, None)  # type: ignore[attr-defined]
+        except AssertionError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("\n".join(errors))

@@ -1,0 +1,263 @@
+"""Real mounts of the real local cluster, read path: every check is against what AIS holds."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import filecmp
+import hashlib
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .util import aisfs_cmd, is_mounted, unique
+
+MIB = 1024 * 1024
+TREE = {
+    "top.txt": b"top level\n",
+    "empty": b"",
+    "one": b"x",
+    "a/b/c.bin": os.urandom(MIB + 1),
+    "a/b/d.txt": b"d" * 1000,
+    "a/e.txt": b"e" * 10,
+    "a/b/deep/er/f.txt": b"f" * 77,
+    "z/last": b"last",
+}
+
+
+def sh(*args: str, **kw: object) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=300,
+                          **kw).stdout  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def tree_mount(make_bucket, mount):  # type: ignore[no-untyped-def]
+    bucket = make_bucket(TREE)
+    return bucket, mount(f"ais://{bucket.name}", "--metadata-ttl", "1")
+
+
+def test_ls_l_nested(tree_mount) -> None:  # type: ignore[no-untyped-def]
+    _, m = tree_mount
+    top = sh("ls", "-l", str(m.path)).splitlines()
+    names = [line.split()[-1] for line in top[1:]]
+    assert names == ["a", "empty", "one", "top.txt", "z"]
+    assert top[1].startswith("d") and top[2].startswith("-")
+    assert sorted(os.listdir(m.path / "a" / "b")) == ["c.bin", "d.txt", "deep"]
+    sizes = {e.name: e.stat().st_size for e in os.scandir(m.path / "a" / "b") if e.is_file()}
+    assert sizes == {"c.bin": MIB + 1, "d.txt": 1000}
+
+
+def test_find_and_du(tree_mount) -> None:  # type: ignore[no-untyped-def]
+    _, m = tree_mount
+    files = sh("find", str(m.path), "-type", "f").split()
+    assert sorted(os.path.relpath(f, m.path) for f in files) == sorted(TREE)
+    dirs = sh("find", str(m.path), "-mindepth", "1", "-type", "d").split()
+    assert sorted(os.path.relpath(d, m.path) for d in dirs) == sorted(
+        ["a", "a/b", "a/b/deep", "a/b/deep/er", "z"]
+    )
+    du = int(sh("du", "-sb", "--apparent-size", str(m.path)).split()[0])
+    assert du == sum(len(v) for v in TREE.values())
+
+
+def test_stat_sizes_and_mtimes(tree_mount) -> None:  # type: ignore[no-untyped-def]
+    bucket, m = tree_mount
+    for key, data in TREE.items():
+        st = os.stat(m.path / key)
+        assert st.st_size == len(data), key
+        assert st.st_blocks == (len(data) + 511) // 512
+        props = bucket.object(key).head()
+        assert props.size == len(data)
+        # AIS wrote these moments ago: the mtime is the write time, to the second.
+        assert abs(st.st_mtime - time.time()) < 600, key
+    assert os.stat(m.path / "a").st_mode & 0o170000 == 0o040000
+    assert os.stat(m.path / "top.txt").st_mode & 0o777 == 0o644
+    assert os.stat(m.path / "a").st_mode & 0o777 == 0o755
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path / "nope")
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path / "a" / "nope" / "deeper")
+
+
+def test_contents_match_sdk(make_bucket, mount, sdk) -> None:  # type: ignore[no-untyped-def]
+    big = os.urandom(MIB) * 300
+    objects = {"zero": b"", "one": b"\x01", "mib1": os.urandom(MIB + 1), "big": big}
+    bucket = make_bucket(objects)
+    m = mount(f"ais://{bucket.name}")
+    for key, data in objects.items():
+        remote = bucket.object(key).get_reader().read_all()
+        assert remote == data
+        path = m.path / key
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest == hashlib.sha256(data).hexdigest(), key
+    # Real tools, too.
+    out = sh("sha256sum", str(m.path / "big")).split()[0]
+    assert out == hashlib.sha256(big).hexdigest()
+    head = subprocess.run(["head", "-c", "1000", str(m.path / "mib1")], capture_output=True,
+                          check=True).stdout
+    assert head == objects["mib1"][:1000]
+    dd = subprocess.run(["dd", f"if={m.path / 'big'}", "bs=1M", "skip=299", "status=none"],
+                        capture_output=True, check=True).stdout
+    assert dd == big[299 * MIB:]
+
+
+def test_random_offset_reads(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(40 * MIB + 12345)
+    bucket = make_bucket({"r.bin": data})
+    m = mount(f"ais://{bucket.name}")
+    rng = random.Random(7)
+    with open(m.path / "r.bin", "rb", buffering=0) as f:
+        for _ in range(300):
+            off = rng.randrange(0, len(data) + 100)
+            size = rng.choice([1, 7, 4096, 65536, 131072, 1_000_000, 3 * MIB])
+            f.seek(off)
+            assert f.read(size) == data[off:off + size], (off, size)
+        # Sequential after random: read the rest in one go.
+        f.seek(123)
+        assert f.read() == data[123:]
+        assert f.read(10) == b""
+
+
+def test_cp_r_out_of_the_mount(tree_mount, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, m = tree_mount
+    out = tmp_path / "copy"
+    sh("cp", "-r", str(m.path), str(out))
+    for key, data in TREE.items():
+        assert (out / key).read_bytes() == data
+    cmp = filecmp.dircmp(m.path, out)
+    assert not cmp.left_only and not cmp.right_only
+
+
+def test_large_directory_lists_completely_in_order(make_bucket, mount, sdk) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket()
+    names = [f"big/f{i:05d}" for i in range(20_000)]
+
+    def put(key: str) -> None:
+        bucket.object(key).get_writer().put_content(key.encode())
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, names))
+    m = mount(f"ais://{bucket.name}")
+    listed = sh("ls", "-f", str(m.path / "big")).split()
+    listed = [n for n in listed if n not in (".", "..")]
+    assert listed == [n.split("/")[1] for n in names]  # complete, no duplicates, in order
+    with os.scandir(m.path / "big") as it:
+        entries = {e.name: e.stat().st_size for e in it}
+    assert len(entries) == 20_000 and entries["f12345"] == len("big/f12345")
+    assert (m.path / "big" / "f19999").read_bytes() == b"big/f19999"
+
+
+def test_remote_changes_show_after_ttl(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"c.txt": b"first", "gone.txt": b"bye"})
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "0.5", "--negative-metadata-ttl", "0.5")
+    assert (m.path / "c.txt").read_bytes() == b"first"
+    assert sorted(os.listdir(m.path)) == ["c.txt", "gone.txt"]
+    bucket.object("c.txt").get_writer().put_content(b"second version, longer")
+    bucket.object("gone.txt").delete()
+    bucket.object("new.txt").get_writer().put_content(b"new")
+    time.sleep(1.2)
+    assert (m.path / "c.txt").read_bytes() == b"second version, longer"
+    assert os.stat(m.path / "c.txt").st_size == len(b"second version, longer")
+    assert sorted(os.listdir(m.path)) == ["c.txt", "new.txt"]
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path / "gone.txt")
+
+
+def test_object_replaced_while_open_is_not_mixed(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
+    old = b"A" * (20 * MIB)
+    bucket = make_bucket({"v.bin": old})
+    m = mount(f"ais://{bucket.name}", "--read-ahead-max", "1M", "--read-part-size", "1M",
+              "--kernel-read-ahead-kb", "128")
+    with open(m.path / "v.bin", "rb", buffering=0) as f:
+        assert f.read(MIB) == old[:MIB]
+        bucket.object("v.bin").get_writer().put_content(b"B" * (20 * MIB))
+        with pytest.raises(OSError) as info:
+            f.seek(10 * MIB)
+            while f.read(MIB):
+                pass
+        assert info.value.errno == 116  # ESTALE: never a mix of A and B
+    time.sleep(5.5)  # the default metadata TTL: a new open sees the new version
+    assert (m.path / "v.bin").read_bytes() == b"B" * (20 * MIB)
+
+
+def test_whole_cluster_and_prefix_mounts(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
+    b1 = make_bucket({"x/y/z.txt": b"zzz", "x/w": b"w"})
+    b2 = make_bucket({"k": b"k"})
+    root = mount("ais://", name="root")
+    buckets = os.listdir(root.path)
+    assert b1.name in buckets and b2.name in buckets
+    assert (root.path / b1.name / "x" / "y" / "z.txt").read_bytes() == b"zzz"
+    assert (root.path / b2.name / "k").read_bytes() == b"k"
+    with pytest.raises(FileNotFoundError):
+        os.stat(root.path / unique("nobucket"))
+    sub = mount(f"ais://{b1.name}/x/", name="prefix")
+    assert sorted(os.listdir(sub.path)) == ["w", "y"]
+    assert (sub.path / "y" / "z.txt").read_bytes() == b"zzz"
+
+
+def test_object_and_prefix_with_one_name(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"same/inner": b"inner"})
+    try:
+        bucket.object("same").get_writer().put_content(b"file")
+    except Exception:  # noqa: BLE001
+        pytest.skip("this cluster cannot hold an object and a prefix of the same name")
+    m = mount(f"ais://{bucket.name}")
+    assert os.listdir(m.path) == ["same"]  # shown once: as the directory
+    assert (m.path / "same").is_dir()
+    assert (m.path / "same" / "inner").read_bytes() == b"inner"
+
+
+def test_daemon_mode_and_umount(make_bucket, tmp_path: Path, ais_endpoint: str) -> None:
+    bucket = make_bucket({"d.txt": b"daemon"})
+    mp = tmp_path / "bg"
+    mp.mkdir()
+    env = {**os.environ, "AIS_ENDPOINT": ais_endpoint}
+    done = subprocess.run([*aisfs_cmd(), f"ais://{bucket.name}", str(mp),
+                           "--log-file", str(tmp_path / "bg.log")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    try:
+        assert is_mounted(mp)  # live when the command returned
+        assert (mp / "d.txt").read_bytes() == b"daemon"
+    finally:
+        umount = subprocess.run([*aisfs_cmd(), "umount", str(mp)], capture_output=True,
+                                text=True, timeout=60)
+    assert umount.returncode == 0, umount.stderr
+    assert not is_mounted(mp)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no-bucket", "unreachable", "no-mountpoint", "busy", "bad-option", "bad-source"],
+)
+def test_mount_errors_are_one_line(case: str, make_bucket, mount, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                   ais_endpoint: str) -> None:
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    source, extra = "ais://" + unique("missing"), []
+    endpoint = ais_endpoint
+    if case == "unreachable":
+        source, endpoint = "ais://", "http://127.0.0.1:9"
+    elif case == "no-mountpoint":
+        source, mp = f"ais://{make_bucket().name}", tmp_path / "absent"
+    elif case == "busy":
+        b = make_bucket()
+        other = mount(f"ais://{b.name}", name="busy")
+        source, mp = f"ais://{b.name}", other.path
+    elif case == "bad-option":
+        source, extra = f"ais://{make_bucket().name}", ["-o", "frobnicate=1"]
+    elif case == "bad-source":
+        source = "s3://x"
+    env = {**os.environ, "AIS_ENDPOINT": endpoint}
+    done = subprocess.run([*aisfs_cmd(), source, str(mp), "--retries", "0", *extra], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aisfs: "), done.stderr
+    assert "Traceback" not in done.stderr
+    expected = {"no-bucket": "no such bucket", "unreachable": "cannot reach",
+                "no-mountpoint": "does not exist", "busy": "busy",
+                "bad-option": "unknown mount option", "bad-source": "source must"}[case]
+    assert expected in lines[0]

@@ -1,0 +1,108 @@
+"""Helpers shared by the test tiers: a local AIS cluster, and real aisfs mounts in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+AIS_LOCAL = REPO / "scripts" / "ais-local"
+
+
+def endpoint_ready(endpoint: str) -> bool:
+    try:
+        return requests.get(f"{endpoint}/v1/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def is_mounted(path: str | Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def fusermount_u(path: str | Path, lazy: bool = False) -> None:
+    args = ["fusermount3", "-uz" if lazy else "-u", str(path)]
+    subprocess.run(args, capture_output=True, timeout=30)
+
+
+class Mount:
+    """One aisfs process serving ``path`` in the foreground; its log is kept for assertions."""
+
+    def __init__(self, path: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.path = path
+        self.proc = proc
+        self.log_path = log
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if is_mounted(self.path):
+            fusermount_u(self.path)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            fusermount_u(self.path, lazy=True)
+            raise AssertionError(f"aisfs did not exit after unmount; log:\n{self.log()[-3000:]}")
+
+
+def aisfs_cmd() -> list[str]:
+    return [sys.executable, "-m", "aisfs"]
+
+
+@contextmanager
+def mounted(
+    source: str, path: Path, endpoint: str, args: Sequence[str] = (), log_dir: Path | None = None,
+    check_log: bool = True,
+) -> Iterator[Mount]:
+    """Mount ``source`` at ``path`` with ``aisfs -f`` and unmount at exit.
+
+    Fails the test when the daemon logged a traceback (an unexpected exception in a handler).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    log = (log_dir or path.parent) / f"{path.name}.log"
+    env = {**os.environ, "AIS_ENDPOINT": endpoint, "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*aisfs_cmd(), source, str(path), "-f", *args], stdout=out, stderr=subprocess.STDOUT,
+            env=env, cwd=str(REPO),
+        )
+    mount = Mount(path, proc, log)
+    deadline = time.monotonic() + 60
+    while not (is_mounted(path) and "mounted ais://" in mount.log()):
+        if proc.poll() is not None:
+            raise AssertionError(f"aisfs exited with {proc.returncode}:\n{mount.log()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"aisfs did not mount within 60 s:\n{mount.log()[-3000:]}")
+        time.sleep(0.05)
+    try:
+        yield mount
+    finally:
+        code = mount.stop()
+        text = mount.log()
+        if check_log:
+            assert "Traceback" not in text, f"aisfs logged a traceback:\n{text[-5000:]}"
+            assert code == 0, f"aisfs exited with {code}:\n{text[-3000:]}"
+
+
+def have_fuse() -> bool:
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
