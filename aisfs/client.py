@@ -148,13 +148,17 @@ class AisClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         tls = config.tls
+        # Passed on every request: a Session-level verify loses to REQUESTS_CA_BUNDLE.
+        self._verify: bool | str = True
         if tls.skip_verify:
-            self.session.verify = False
+            self._verify = False
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            log.warning("TLS certificate verification is off (skip-verify)")
         elif tls.ca_bundle:
-            self.session.verify = tls.ca_bundle
+            self._verify = tls.ca_bundle
+        self._cert: tuple[str, str] | str | None = None
         if tls.client_cert:
-            self.session.cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
+            self._cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
         self.session.headers["User-Agent"] = "aisfs"
         # Where the proxy last redirected a GET of each object: later ranged GETs of the same
         # object go straight to that target, saving a round trip and half the request cost.
@@ -168,6 +172,11 @@ class AisClient:
         self.session.close()
 
     # ------------------------------------------------------------------ plumbing
+
+    def _http(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        return self.session.request(
+            method, url, timeout=self._timeout, verify=self._verify, cert=self._cert, **kwargs
+        )
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})
@@ -255,23 +264,22 @@ class AisClient:
     ) -> requests.Response:
         hdrs = self._headers(headers)
         if data is None:
-            return self.session.request(
+            return self._http(
                 method, url, params=params, json=json_body, headers=hdrs,
-                timeout=self._timeout, stream=stream, allow_redirects=True,
+                stream=stream, allow_redirects=True,
             )
         # Object data: ask the proxy where to send it with an empty body, then send the body
         # once, straight to the target. Re-sending megabytes through a redirect wastes them
         # and breaks on TLS when the proxy closes early (ais-protocol.md §2).
-        resp = self.session.request(
+        resp = self._http(
             method, url, params=params, headers={**hdrs, "Content-Length": "0"},
-            timeout=self._timeout, allow_redirects=False,
+            allow_redirects=False,
         )
         if resp.status_code in (301, 302, 307, 308) and "Location" in resp.headers:
             location = resp.headers["Location"]
             resp.close()
-            return self.session.request(
-                method, location, data=data, headers=hdrs, timeout=self._timeout,
-                allow_redirects=False,
+            return self._http(
+                method, location, data=data, headers=hdrs, allow_redirects=False,
             )
         return resp
 
@@ -283,8 +291,8 @@ class AisClient:
             location = self._locations.get(url)
         if location is not None:
             try:
-                resp = self.session.get(location, headers=hdrs, timeout=self._timeout,
-                                        stream=True, allow_redirects=False)
+                resp = self._http("GET", location, headers=hdrs, stream=True,
+                                  allow_redirects=False)
                 if resp.status_code in (200, 206, 404, 416):
                     return resp
                 resp.close()
@@ -292,8 +300,8 @@ class AisClient:
                 pass  # the target may have left the cluster: ask the proxy again
             with self._locations_lock:
                 self._locations.pop(url, None)
-        resp = self.session.get(url, params=params, headers=hdrs, timeout=self._timeout,
-                                stream=True, allow_redirects=False)
+        resp = self._http("GET", url, params=params, headers=hdrs, stream=True,
+                          allow_redirects=False)
         if resp.status_code in (301, 302, 307, 308) and "Location" in resp.headers:
             location = resp.headers["Location"]
             resp.close()
@@ -301,8 +309,7 @@ class AisClient:
                 self._locations[url] = location
                 if len(self._locations) > 4096:
                     self._locations.popitem(last=False)
-            resp = self.session.get(location, headers=hdrs, timeout=self._timeout, stream=True,
-                                    allow_redirects=True)
+            resp = self._http("GET", location, headers=hdrs, stream=True, allow_redirects=True)
         return resp
 
     def _backoff(self, attempt: int, kind: str, what: str, why: object) -> int:

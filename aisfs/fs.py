@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import stat as statmod
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 BLOCK_SIZE = 1024 * 1024  # st_blksize: cp and Python size their buffers from it
 
+# Observability hook, set by the mount when metrics are on: observe(op, seconds, errno or 0).
+observe: Callable[[str, float, int], None] | None = None
+
 
 def handler(fn: F) -> F:
     """Map every exception of a FUSE handler to an errno; never let one escape to pyfuse3."""
@@ -45,19 +49,28 @@ def handler(fn: F) -> F:
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
+        started = time.monotonic()
+        err = 0
         try:
             return await fn(self, *args)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as exc:
+            err = exc.errno
             raise
         except errors.AisFsError as exc:
+            err = exc.errno
             log.log(exc.log_level, "%s%s: %s", name, _brief(args), exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
+            err = exc.errno or errno.EIO
             log.warning("%s%s: %s", name, _brief(args), exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+            raise pyfuse3.FUSEError(err) from None
         except Exception:
+            err = errno.EIO
             log.exception("unexpected error in %s%s; returning EIO", name, _brief(args))
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if observe is not None:
+                observe(name, time.monotonic() - started, err)
 
     return wrapper  # type: ignore[return-value]
 
