@@ -143,8 +143,11 @@ class ObjectReader:
                 self._fill(pos, end, self.config.read_part_size)
                 continue
             take = min(end, chunk.end) - pos
-            parts.append(chunk.data[pos - chunk.start : pos - chunk.start + take])
+            piece = chunk.data[pos - chunk.start : pos - chunk.start + take]
             pos += take
+            # A view must not live across the next await: a concurrent seek may recycle the
+            # chunk's buffer meanwhile. Only the last piece is returned without a copy.
+            parts.append(piece if pos >= end else bytes(piece))
         self._evict_before(off - BACKWARD_KEEP)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
