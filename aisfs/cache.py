@@ -54,6 +54,8 @@ class TtlMap(Generic[T]):
             maxsize, ttu, timer=timer
         )
         self._inflight: dict[Hashable, _Flight] = {}
+        self.hits = 0  # lookups answered from the cache (a value or MISSING)
+        self.misses = 0  # lookups that went to the cluster
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         return self._data.get(key, default)
@@ -89,6 +91,7 @@ class TtlMap(Generic[T]):
         while True:
             value = self._data.get(key, None)
             if value is not None:  # a value or MISSING
+                self.hits += 1
                 return value  # type: ignore[no-any-return]
             flight = self._inflight.get(key)
             if flight is None:
@@ -96,6 +99,7 @@ class TtlMap(Generic[T]):
             await flight.done.wait()
             if flight.ok:
                 return flight.result  # type: ignore[no-any-return]
+        self.misses += 1
         flight = _Flight()
         self._inflight[key] = flight
         try:
