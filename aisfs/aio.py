@@ -78,6 +78,11 @@ class AsyncAis:
     ) -> ObjectProps:
         return await self._run(self.client.put_object, bucket, key, data, custom)
 
+    async def put_file(
+        self, bucket: str, key: str, fd: int, size: int, custom: dict[str, bytes] | None = None
+    ) -> ObjectProps:
+        return await self._run(self.client.put_file, bucket, key, fd, size, custom)
+
     async def append(self, bucket: str, key: str, handle: str, data: bytes | memoryview) -> str:
         return await self._run(self.client.append, bucket, key, handle, data)
 

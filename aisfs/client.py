@@ -20,6 +20,7 @@ import email.utils
 import http.cookiejar
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -127,6 +128,30 @@ def _mtime_from_custom(custom: dict[str, bytes]) -> int:
     return 0
 
 
+class _FdBody:
+    """A file descriptor's first ``size`` bytes as a request body (read with pread)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.pos = 0
+
+    def __len__(self) -> int:
+        return self.size - self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self.size - self.pos:
+            n = self.size - self.pos
+        n = min(n, 4 * 1024 * 1024)
+        data = os.pread(self.fd, n, self.pos) if n > 0 else b""
+        self.pos += len(data)
+        return data
+
+
+# Request bodies: bytes, or a function that makes a fresh body stream for each attempt.
+Body = bytes | memoryview | Callable[[], Any]
+
+
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
         return False
@@ -216,7 +241,7 @@ class AisClient:
         idempotent: bool = True,
         params: dict[str, str] | None = None,
         json_body: Any = None,
-        data: bytes | memoryview | None = None,
+        data: Body | None = None,
         headers: dict[str, str] | None = None,
         stream: bool = False,
         ok_statuses: tuple[int, ...] = (),
@@ -239,7 +264,8 @@ class AisClient:
                 raise errors.Transient(f"{type(exc).__name__}: {_short(exc)}", 0, what) from None
             status = resp.status_code
             if self.on_request is not None:
-                self.on_request(kind, status, time.monotonic() - started, 0, len(data or b""))
+                sent = 0 if data is None or callable(data) else len(data)
+                self.on_request(kind, status, time.monotonic() - started, 0, sent)
             if status in ok_statuses:
                 return resp
             if (status == 429 or status >= 500) and status != 501 and attempt < self.config.retries:
@@ -258,7 +284,7 @@ class AisClient:
         url: str,
         params: dict[str, str] | None,
         json_body: Any,
-        data: bytes | memoryview | None,
+        data: Body | None,
         headers: dict[str, str] | None,
         stream: bool,
     ) -> requests.Response:
@@ -278,8 +304,9 @@ class AisClient:
         if resp.status_code in (301, 302, 307, 308) and "Location" in resp.headers:
             location = resp.headers["Location"]
             resp.close()
+            body = data() if callable(data) else data
             return self._http(
-                method, location, data=data, headers=hdrs, allow_redirects=False,
+                method, location, data=body, headers=hdrs, allow_redirects=False,
             )
         return resp
 
@@ -484,6 +511,18 @@ class AisClient:
         )
         return ObjectProps(key, len(data), version=resp.headers.get("Ais-Version", ""))
 
+    def put_file(
+        self, bucket: str, key: str, fd: int, size: int, custom: dict[str, bytes] | None = None
+    ) -> ObjectProps:
+        """PUT the first ``size`` bytes of an open file (read with pread: the fd's offset is
+        not used, so a retry sends the same bytes again)."""
+        resp = self._request(
+            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="put_object",
+            params={"provider": "ais"}, data=lambda: _FdBody(fd, size),
+            headers={**_custom_headers(custom), "Content-Length": str(size)},
+        )
+        return ObjectProps(key, size, version=resp.headers.get("Ais-Version", ""))
+
     def append(self, bucket: str, key: str, handle: str, data: bytes | memoryview) -> str:
         """Append bytes to the object's pending append session; returns the new handle."""
         resp = self._request(
@@ -532,11 +571,14 @@ class AisClient:
 
 
 def _custom_headers(custom: dict[str, bytes] | None) -> dict[str, str]:
+    """One ``Ais-Custom-Md: k=v`` header: AIS reads one key per header line, and requests
+    cannot repeat a header, so only a single key can ride on a PUT (more go by PATCH)."""
     if not custom:
         return {}
-    # requests sends str header values as Latin-1; one header line carries all pairs because
-    # AIS splits a header value on "," into several key=value items (cmn/objattrs.go).
-    return {"Ais-Custom-Md": ",".join(f"{k}={v.decode('latin-1')}" for k, v in custom.items())}
+    if len(custom) != 1:
+        raise ValueError("a PUT carries at most one custom-metadata key")
+    (key, value), = custom.items()
+    return {"Ais-Custom-Md": f"{key}={value.decode('latin-1')}"}  # requests sends Latin-1
 
 
 def _read_body_into(resp: requests.Response, buf: bytearray, length: int) -> int:

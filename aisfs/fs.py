@@ -20,7 +20,7 @@ import os
 import stat as statmod
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -29,10 +29,13 @@ import trio
 from . import errors
 from .aio import AsyncAis
 from .cache import Stat
+from .client import MTIME_KEY
 from .config import MountConfig
 from .inodes import Inode, Kind
 from .namespace import Child, Namespace
+from . import xattrs
 from .reader import BufferPool, ObjectReader, ReadBudget, Spawn
+from .writer import ObjectWriter, SpillArea
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +90,11 @@ class DirHandle:
     children: list[Child] | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class FileHandle:
     inode: Inode
     reader: ObjectReader | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    writer: ObjectWriter | None = None
 
 
 class Operations(pyfuse3.Operations):
@@ -112,6 +115,9 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         # (version, size) each inode's page cache holds, to keep it across opens when unchanged.
         self._cached_version: dict[int, tuple[str, int]] = {}
+        self.spill = SpillArea(config.spill_dir, config.spill_max_bytes)
+        # Open writers per inode: getattr, lookups and reads of the inode must see their bytes.
+        self._writers: dict[int, list[FileHandle]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -190,7 +196,9 @@ class Operations(pyfuse3.Operations):
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        return self.make_attr(node, await self.ns.getattr(node))
+        pending = self.ns.pending.get(node.path) if not node.is_dir else None
+        st = pending() if pending is not None else await self.ns.getattr(node)
+        return self.make_attr(node, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
@@ -233,7 +241,8 @@ class Operations(pyfuse3.Operations):
         for index in range(start_id, len(handle.children)):
             child = handle.children[index]
             inode = self._child_inode(parent, child)
-            attr = self.make_attr(inode, child.stat)
+            pending = self.ns.pending.get(inode.path) if not child.is_dir else None
+            attr = self.make_attr(inode, pending() if pending is not None else child.stat)
             if not pyfuse3.readdir_reply(token, os.fsencode(child.name), attr, index + 1):
                 self.table.drop_if_unused(inode)
                 break
@@ -259,31 +268,298 @@ class Operations(pyfuse3.Operations):
         node = self._inode(inode)
         if node.is_dir:
             raise errors.PosixError(errno.EISDIR, f"{node} is a directory")
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            return await self._open_for_write(node, flags, ctx)
-        st = await self.ns.object_stat(node.bucket, node.key)
-        reader = ObjectReader(
-            self.aio, node.bucket, node.key, st.size, st.version, self.config, self.budget,
-            self.spawn, self.pool,
-        )
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if writing and self.config.read_only:
+            raise errors.PosixError(errno.EROFS, "read-only mount")
+        # A reader must see what other handles wrote: upload their bytes first.
+        await self._flush_writers(node)
+        st = self.ns.pending[node.path]() if node.path in self.ns.pending else (
+            await self.ns.object_stat(node.bucket, node.key))
+        handle = FileHandle(node)
+        if writing:
+            handle.writer = ObjectWriter(
+                self.aio, node.bucket, node.key, self.config, self.spill, exists=True,
+                size=st.size, truncate=bool(flags & os.O_TRUNC),
+            )
+            self._add_writer(handle)
+        if not flags & os.O_WRONLY:
+            handle.reader = self._reader(node, st)
         node.opens += 1
-        fh = self._new_fh(FileHandle(node, reader))
+        fh = self._new_fh(handle)
         # Keep the kernel's pages only when they hold this very version of the object.
         cached = (st.version, st.size)
-        keep = bool(st.version) and self._cached_version.get(node.ino) == cached
+        keep = not writing and bool(st.version) and self._cached_version.get(node.ino) == cached
         self._cached_version[node.ino] = cached
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep)
 
-    async def _open_for_write(
-        self, node: Inode, flags: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.FileInfo:
-        raise errors.PosixError(errno.EROFS, f"{node}: writing is not supported by this mount")
+    def _reader(self, node: Inode, st: Stat) -> ObjectReader:
+        return ObjectReader(
+            self.aio, node.bucket, node.key, st.size, st.version, self.config, self.budget,
+            self.spawn, self.pool,
+        )
+
+    def _add_writer(self, handle: FileHandle) -> None:
+        node, writer = handle.inode, handle.writer
+        assert writer is not None
+        self._writers.setdefault(node.ino, []).append(handle)
+
+        def current() -> Stat:
+            sizes = [h.writer.size for h in self._writers.get(node.ino, ()) if h.writer]
+            return Stat(max(sizes, default=writer.size), time.time_ns())
+
+        if writer.dirty or node.path not in self.ns.pending:
+            self.ns.pending[node.path] = current
+
+    def _drop_writer(self, handle: FileHandle) -> None:
+        handles = self._writers.get(handle.inode.ino, [])
+        if handle in handles:
+            handles.remove(handle)
+        if not handles:
+            self._writers.pop(handle.inode.ino, None)
+            self.ns.pending.pop(handle.inode.path, None)
+
+    async def _flush_writers(self, node: Inode) -> None:
+        for handle in list(self._writers.get(node.ino, ())):
+            await self._upload(handle)
+
+    async def _upload(self, handle: FileHandle) -> None:
+        writer = handle.writer
+        if writer is None:
+            return
+        node = handle.inode
+        done = await writer.flush()
+        if done is not None and not writer.discarded:
+            self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
+            self._cached_version.pop(node.ino, None)
+            if handle.reader is not None:
+                # This handle's reader must follow the object it just replaced.
+                handle.reader.close()
+                handle.reader = self._reader(node, await self.ns.fresh_stat(node))
+
+    @handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._inode(parent_inode)
+        if parent.kind is Kind.CLUSTER:
+            raise errors.PosixError(errno.EPERM, "only directories (buckets) live at the root")
+        text = self._name(name)
+        key = parent.key + text
+        exists = True
+        try:
+            await self.ns.object_stat(parent.bucket, key)
+        except errors.NotFound:
+            exists = False
+        node = self.table.child(parent, parent.bucket, key, Kind.FILE)
+        handle = FileHandle(node)
+        handle.writer = ObjectWriter(
+            self.aio, node.bucket, key, self.config, self.spill, exists=exists, size=0,
+            truncate=True,
+        )
+        self._add_writer(handle)
+        self.ns.invalidate(node.bucket, key)
+        if not flags & os.O_WRONLY:
+            handle.reader = self._reader(node, Stat(0, time.time_ns()))
+        node.opens += 1
+        fh = self._new_fh(handle)
+        self.table.add_lookup(node)
+        self._cached_version.pop(node.ino, None)
+        return (pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh)),
+                self.make_attr(node, self.ns.pending[node.path]()))
+
+    def _name(self, name: bytes) -> str:
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.PosixError(errno.EINVAL, f"name {name!r} is not UTF-8") from None
+        if len(name) > 255:
+            raise errors.PosixError(errno.ENAMETOOLONG, f"name too long: {text[:40]}...")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            # AIS mangles control characters in object names (scripts/PROTOCOL-CHECKS.md).
+            raise errors.PosixError(errno.EINVAL, f"name {text!r} has control characters")
+        return text
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._file(fh)
+        if handle.writer is None:
+            raise errors.PosixError(errno.EBADF, "file not open for writing")
+        return await handle.writer.write(off, buf)
+
+    @handler
+    async def flush(self, fh: int) -> None:
+        # close(2) waits for this: the upload result reaches the writer here, not in release.
+        handle = self._file(fh)
+        if handle.writer is not None and handle.writer.dirty:
+            await self._upload(handle)
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._file(fh)
+        if handle.writer is not None:
+            await self._upload(handle)
+
+    @handler
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+        fh: int | None, ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self._inode(inode)
+        if node.is_dir:
+            # Directories are prefixes: nothing to store. Accepted so cp -a/rsync -a work.
+            return self.make_attr(node, None)
+        handle = self._handles.get(fh) if fh is not None else None
+        writer_handle = handle if isinstance(handle, FileHandle) and handle.writer else None
+        if writer_handle is None and fields.update_size:
+            writer_handle = next(iter(self._writers.get(node.ino, ())), None)
+        if fields.update_size:
+            await self._truncate(node, writer_handle, attr.st_size)
+        if fields.update_mtime:
+            await self._set_mtime(node, writer_handle, attr.st_mtime_ns)
+        # chmod/chown are accepted without effect (modes and owners come from mount options),
+        # so cp -p, rsync -a and shutil.copy2 do not fail; see README "Semantics".
+        pending = self.ns.pending.get(node.path)
+        st = pending() if pending is not None else await self.ns.object_stat(node.bucket, node.key)
+        return self.make_attr(node, st)
+
+    async def _truncate(self, node: Inode, handle: FileHandle | None, size: int) -> None:
+        if self.config.read_only:
+            raise errors.PosixError(errno.EROFS, "read-only mount")
+        if handle is not None and handle.writer is not None:
+            await handle.writer.truncate(size)
+            return
+        st = await self.ns.object_stat(node.bucket, node.key)
+        writer = ObjectWriter(self.aio, node.bucket, node.key, self.config, self.spill,
+                              exists=True, size=st.size, truncate=size == 0)
+        try:
+            await writer.truncate(size)
+            done = await writer.flush()
+        finally:
+            writer.close()
+        if done is not None:
+            self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
+            self._cached_version.pop(node.ino, None)
+
+    async def _set_mtime(self, node: Inode, handle: FileHandle | None, mtime_ns: int) -> None:
+        writers = [h.writer for h in self._writers.get(node.ino, ()) if h.writer]
+        if handle is not None and handle.writer is not None:
+            writers = [handle.writer]
+        dirty = [w for w in writers if w.dirty]
+        if dirty:
+            for w in dirty:
+                w.pending_mtime_ns = mtime_ns  # stored with the upload
+            return
+        await self.ns.set_custom(node, {MTIME_KEY: str(mtime_ns).encode()})
+
+    @handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._inode(parent_inode)
+        text = os.fsdecode(name)
+        key = parent.key + text
+        handles = [h for h in self._writers_by_path(parent.bucket, key)]
+        for h in handles:
+            assert h.writer is not None
+            h.writer.discarded = True  # writes to an unlinked file go nowhere
+        inode = await self.ns.remove_file(parent, text, pending=bool(handles))
+        self.ns.pending.pop(inode.path, None)
+        self._cached_version.pop(inode.ino, None)
+
+    def _writers_by_path(self, bucket: str, key: str) -> list[FileHandle]:
+        inode = self.table.find(bucket, key)
+        return list(self._writers.get(inode.ino, ())) if inode is not None else []
+
+    @handler
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        node = await self.ns.make_dir(parent, self._name(name))
+        self.table.add_lookup(node)
+        return self.make_attr(node, None)
+
+    @handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.ns.remove_dir(self._inode(parent_inode), os.fsdecode(name))
+
+    @handler
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+        flags: int, ctx: pyfuse3.RequestContext,
+    ) -> None:
+        old_parent = self._inode(parent_inode_old)
+        new_parent = self._inode(parent_inode_new)
+        new_name = self._name(name_new)
+        old_key = old_parent.key + os.fsdecode(name_old)
+        # Bytes still being written under the old name are uploaded first, then moved.
+        for handle in self._writers_by_path(old_parent.bucket, old_key):
+            await self._upload(handle)
+        await self.ns.rename(old_parent, os.fsdecode(name_old), new_parent, new_name, flags)
+
+    # ------------------------------------------------------------------ extended attributes
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        text = os.fsdecode(name)
+        if text.startswith(xattrs.LOCAL_NAMESPACES):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # answered here: no network round trip
+        node = self._inode(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        await self._flush_writers(node)
+        props = await self.ns.object_props(node)
+        if text in xattrs.READ_ONLY:
+            value = {"ais.version": props.version, "ais.checksum": props.checksum,
+                     "ais.atime": str(props.atime_ns)}[text]
+            return value.encode()
+        try:
+            key = xattrs.custom_key(text)
+        except errors.PosixError:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+        if key not in props.custom:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return xattrs.decode_value(props.custom[key])
+
+    @handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = self._inode(inode)
+        if node.is_dir:
+            return []
+        await self._flush_writers(node)
+        props = await self.ns.object_props(node)
+        return xattrs.visible_names(props.custom) + [n.encode() for n in xattrs.READ_ONLY]
+
+    @handler
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        node = self._inode(inode)
+        key = xattrs.custom_key(os.fsdecode(name))
+        if node.is_dir:
+            raise errors.PosixError(errno.EOPNOTSUPP, "directories have no object to hold xattrs")
+        await self._flush_writers(node)
+        await self.ns.set_custom(node, {key: xattrs.encode_value(value)})
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self._inode(inode)
+        text = os.fsdecode(name)
+        if text.startswith(xattrs.LOCAL_NAMESPACES) or node.is_dir:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        key = xattrs.custom_key(text)
+        await self._flush_writers(node)
+        if not await self.ns.remove_custom(node, key):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._file(fh)
         if handle.reader is None:
             raise errors.PosixError(errno.EBADF, "file not open for reading")
+        writer = handle.writer
+        if writer is not None and writer.staged is not None:
+            return await writer.read(off, size)
+        if writer is not None and writer.dirty:
+            await self._upload(handle)  # read what this handle wrote: upload it first
         try:
             return await handle.reader.read(off, size)
         except errors.StaleObject:
@@ -296,19 +572,32 @@ class Operations(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if not isinstance(handle, FileHandle):
             return
-        if handle.reader is not None:
-            handle.reader.close()
-        handle.inode.opens -= 1
-        self.table.drop_if_unused(handle.inode)
+        try:
+            if handle.writer is not None and handle.writer.dirty:
+                await self._upload(handle)  # flush() normally did this; errors here are lost
+        finally:
+            if handle.reader is not None:
+                handle.reader.close()
+            if handle.writer is not None:
+                handle.writer.close()
+                self._drop_writer(handle)
+            handle.inode.opens -= 1
+            self.table.drop_if_unused(handle.inode)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def shutdown(self) -> None:
         """Called once after the FUSE main loop ended: drop every handle."""
         for fh in list(self._handles):
-            handle = self._handles.pop(fh)
-            if isinstance(handle, FileHandle) and handle.reader is not None:
+            handle = self._handles.get(fh)
+            if isinstance(handle, FileHandle) and handle.writer is not None:
+                try:
+                    await self.release(fh)
+                except pyfuse3.FUSEError:
+                    pass  # logged by the handler; the mount is going away
+            elif isinstance(handle, FileHandle) and handle.reader is not None:
                 handle.reader.close()
+            self._handles.pop(fh, None)
 
 
 def make_spawn(nursery: trio.Nursery) -> Spawn:

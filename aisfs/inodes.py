@@ -119,3 +119,20 @@ class InodeTable:
         inode.key = key
         inode.parent = parent.ino
         self.by_path[inode.path] = inode
+
+    def move_prefix(
+        self, bucket: str, old_prefix: str, new_prefix: str, new_parent: Inode, top: Inode
+    ) -> None:
+        """A directory was renamed: re-key it and every inode under it."""
+        moved = [i for (b, k), i in self.by_path.items()
+                 if b == bucket and k.startswith(old_prefix)]
+        for inode in moved:
+            del self.by_path[inode.path]
+        self.unlink_path(bucket, new_prefix)
+        for inode in moved:
+            inode.key = new_prefix + inode.key[len(old_prefix):]
+            old = self.by_path.get(inode.path)
+            if old is not None and old is not inode:
+                self.unlink_path(bucket, inode.key)
+            self.by_path[inode.path] = inode
+        top.parent = new_parent.ino

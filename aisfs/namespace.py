@@ -15,6 +15,7 @@ touched only after the awaited remote call returned, with no ``await`` in betwee
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 
 import trio
 
-from . import errors
+from . import errors, xattrs
 from .aio import AsyncAis
 from .cache import MISSING, Stat, TtlMap
 from .client import ListEntry, ObjectProps
-from .config import MountConfig
+from .config import TMP_MARKER, MountConfig
 from .inodes import Inode, InodeTable, Kind
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,11 @@ class Namespace:
         self.buckets: TtlMap[tuple[str, ...]] = TtlMap(1, ttl, neg, timer)
         # Directories made with mkdir that have no object yet (AIS has no empty directories).
         self.local_dirs: set[tuple[str, str]] = set()
+        # Files open for writing here, with their current attributes, whether or not AIS has
+        # them yet: lookups and listings must show them at once.
+        self.pending: dict[tuple[str, str], Callable[[], Stat]] = {}
+        # Directories removed here: AIS keeps listing emptied on-disk directories for a while.
+        self.removed_dirs: set[tuple[str, str]] = set()
         self.mount_time_ns = time.time_ns()
 
     @property
@@ -107,6 +113,9 @@ class Namespace:
         """(is_dir, stat) for ``prefix + name``: the directory wins over an object of that name."""
         if (bucket, prefix + name + "/") in self.local_dirs:
             return True, None
+        pending = self.pending.get((bucket, prefix + name))
+        if pending is not None:
+            return False, pending()
         listing = self.listings.get((bucket, prefix))
         if listing is not None and listing is not MISSING:
             child = listing.by_name.get(name)
@@ -150,6 +159,8 @@ class Namespace:
     async def dir_exists(self, bucket: str, prefix: str) -> bool:
         """Whether any object lives under ``prefix`` (which ends with "/")."""
         if (bucket, prefix) in self.local_dirs:
+            return True
+        if any(b == bucket and k.startswith(prefix) for (b, k) in self.pending):
             return True
 
         async def fetch() -> bool:
@@ -223,6 +234,16 @@ class Namespace:
     async def listing(self, bucket: str, prefix: str) -> Listing:
         async def fetch() -> Listing:
             entries = await self.aio.list_all(bucket, prefix)
+            for entry in entries:
+                if entry.is_dir and (bucket, entry.name) in self.removed_dirs:
+                    # Removed here: believe the listing only once objects are back under it.
+                    page = await self.aio.list_objects_page(
+                        bucket, entry.name, recursive=True, page_size=1
+                    )
+                    if page.entries:
+                        self.removed_dirs.discard((bucket, entry.name))
+            entries = [e for e in entries
+                       if not (e.is_dir and (bucket, e.name) in self.removed_dirs)]
             listing = self._make_listing(bucket, prefix, entries)
             self.listings.put((bucket, prefix), listing)
             return listing
@@ -239,6 +260,8 @@ class Namespace:
             if not valid_name(name):
                 skipped.append(entry.name)
                 continue
+            if TMP_MARKER in name:
+                continue  # an upload of this mount in progress
             if entry.is_dir:
                 child = Child(name, True, None)
                 self.dirs.put((bucket, entry.name), True)
@@ -257,6 +280,12 @@ class Namespace:
                 if name not in by_name:
                     order.append(name)
                     by_name[name] = Child(name, True, None)
+        for (b, key), stat in self.pending.items():
+            if b == bucket and key.startswith(prefix) and "/" not in key[len(prefix):]:
+                name = key[len(prefix):]
+                if name not in by_name:
+                    order.append(name)
+                by_name[name] = Child(name, False, stat())
         if skipped:
             log.warning(
                 "ais://%s/%s: skipped %d object name(s) that cannot be a file name, e.g. %r",
@@ -277,3 +306,181 @@ class Namespace:
         while parent:
             self.dirs.pop((bucket, parent + "/"))
             parent = parent.rpartition("/")[0]
+
+    def note_written(self, bucket: str, key: str, size: int, mtime_ns: int, version: str) -> None:
+        """An upload through this mount finished: show its result without asking AIS."""
+        self.invalidate(bucket, key)
+        self.stats.put((bucket, key), Stat(size, mtime_ns, version))
+        parent = key.rpartition("/")[0]
+        while parent:
+            self.removed_dirs.discard((bucket, parent + "/"))
+            self.local_dirs.discard((bucket, parent + "/"))  # it exists in AIS now
+            parent = parent.rpartition("/")[0]
+
+    # ------------------------------------------------------------------ changes made here
+
+    async def make_dir(self, parent: Inode, name: str) -> Inode:
+        """mkdir: a bucket at the cluster root; elsewhere a directory kept in this mount until
+        it gets its first object (AIS has no empty directories)."""
+        try:
+            await self.lookup(parent, name)
+        except errors.NotFound:
+            pass
+        else:
+            raise errors.PosixError(errno.EEXIST, f"{name} exists")
+        if parent.kind is Kind.CLUSTER:
+            await self.aio.create_bucket(name)
+            self.buckets.clear()
+            return self.table.child(parent, name, "", Kind.DIR)
+        prefix = parent.key + name + "/"
+        self.local_dirs.add((parent.bucket, prefix))
+        self.removed_dirs.discard((parent.bucket, prefix))
+        self.invalidate(parent.bucket, prefix)
+        return self.table.child(parent, parent.bucket, prefix, Kind.DIR)
+
+    async def remove_dir(self, parent: Inode, name: str) -> None:
+        """rmdir: refuses (ENOTEMPTY) while anything is under it; never destroys a bucket that
+        holds objects."""
+        inode, _ = await self.lookup(parent, name)
+        if not inode.is_dir:
+            raise errors.PosixError(errno.ENOTDIR, f"{inode} is not a directory")
+        bucket, prefix = inode.bucket, inode.key
+        page = await self.aio.list_objects_page(bucket, prefix, recursive=True, page_size=1)
+        local = [p for (b, p) in self.local_dirs if b == bucket and p.startswith(prefix)
+                 and p != prefix]
+        if page.entries or local or any(
+            b == bucket and k.startswith(prefix) for (b, k) in self.pending
+        ):
+            raise errors.PosixError(errno.ENOTEMPTY, f"{inode} is not empty")
+        if parent.kind is Kind.CLUSTER:
+            await self.aio.destroy_bucket(bucket)
+            self.buckets.clear()
+        else:
+            self.local_dirs.discard((bucket, prefix))
+            self.removed_dirs.add((bucket, prefix))
+            self.invalidate(bucket, prefix)
+        self.table.unlink_path(bucket, prefix)
+
+    async def remove_file(self, parent: Inode, name: str, *, pending: bool) -> Inode:
+        """unlink: deletes the object (``pending``: it may not be in AIS yet)."""
+        inode, _ = await self.lookup(parent, name)
+        if inode.is_dir:
+            raise errors.PosixError(errno.EISDIR, f"{inode} is a directory")
+        try:
+            await self.aio.delete_object(inode.bucket, inode.key)
+        except errors.NotFound:
+            if not pending:
+                raise
+        self.invalidate(inode.bucket, inode.key)
+        self.stats.put_missing((inode.bucket, inode.key))
+        self.table.unlink_path(inode.bucket, inode.key)
+        return inode
+
+    async def rename(
+        self, old_parent: Inode, old_name: str, new_parent: Inode, new_name: str, flags: int
+    ) -> None:
+        if flags & 2:  # RENAME_EXCHANGE
+            raise errors.PosixError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        if old_parent.kind is Kind.CLUSTER or new_parent.kind is Kind.CLUSTER:
+            raise errors.PosixError(errno.EPERM, "buckets cannot be renamed through the mount")
+        inode, _ = await self.lookup(old_parent, old_name)
+        if old_parent.bucket != new_parent.bucket:
+            # rename-obj works within a bucket; EXDEV makes mv(1) copy and delete instead.
+            raise errors.PosixError(errno.EXDEV, "rename across buckets")
+        try:
+            target, _ = await self.lookup(new_parent, new_name)
+        except errors.NotFound:
+            target = None
+        if target is not None:
+            if flags & 1:  # RENAME_NOREPLACE
+                raise errors.PosixError(errno.EEXIST, f"{target} exists")
+            if target.is_dir != inode.is_dir:
+                raise errors.PosixError(
+                    errno.EISDIR if target.is_dir else errno.ENOTDIR, f"{target} is in the way"
+                )
+        bucket = inode.bucket
+        if not inode.is_dir:
+            new_key = new_parent.key + new_name
+            if new_key != inode.key:
+                await self.aio.rename_object(bucket, inode.key, new_key)
+            self.invalidate(bucket, inode.key)
+            self.invalidate(bucket, new_key)
+            self.stats.put_missing((bucket, inode.key))
+            self.table.move(inode, new_parent, new_key)
+            return
+        await self._rename_dir(inode, new_parent, new_name, target)
+
+    async def _rename_dir(
+        self, inode: Inode, new_parent: Inode, new_name: str, target: Inode | None
+    ) -> None:
+        bucket, old_prefix = inode.bucket, inode.key
+        new_prefix = new_parent.key + new_name + "/"
+        if new_prefix.startswith(old_prefix):
+            raise errors.PosixError(errno.EINVAL, "cannot move a directory into itself")
+        if target is not None:
+            page = await self.aio.list_objects_page(bucket, new_prefix, recursive=True,
+                                                    page_size=1)
+            if page.entries:
+                raise errors.PosixError(errno.ENOTEMPTY, f"{target} is not empty")
+        keys: list[str] = []
+        uuid = token = ""
+        while True:
+            page = await self.aio.list_objects_page(
+                bucket, old_prefix, recursive=True, uuid=uuid, continuation_token=token
+            )
+            keys += [e.name for e in page.entries if not e.is_dir]
+            if len(keys) > self.config.rename_dir_limit:
+                raise errors.PosixError(
+                    errno.EXDEV,
+                    f"{inode} holds more than {self.config.rename_dir_limit} objects "
+                    "(--rename-dir-limit): renaming it would move each one; mv copies instead",
+                )
+            if not page.continuation_token:
+                break
+            uuid, token = page.uuid, page.continuation_token
+        # Object by object: AIS has no prefix rename. A failure midway leaves both prefixes
+        # partly filled; the error names the object, and a repeated mv finishes the job.
+        for key in keys:
+            await self.aio.rename_object(bucket, key, new_prefix + key[len(old_prefix):])
+        for (b, p) in list(self.local_dirs):
+            if b == bucket and p.startswith(old_prefix):
+                self.local_dirs.discard((b, p))
+                self.local_dirs.add((b, new_prefix + p[len(old_prefix):]))
+        self.removed_dirs.add((bucket, old_prefix))
+        self.removed_dirs.discard((bucket, new_prefix))
+        self.invalidate(bucket, old_prefix)
+        self.invalidate(bucket, new_prefix)
+        self.stats.pop_where(lambda k: isinstance(k, tuple) and k[0] == bucket
+                             and str(k[1]).startswith((old_prefix, new_prefix)))
+        self.dirs.pop_where(lambda k: isinstance(k, tuple) and k[0] == bucket
+                            and str(k[1]).startswith((old_prefix, new_prefix)))
+        self.listings.pop_where(lambda k: isinstance(k, tuple) and k[0] == bucket
+                                and str(k[1]).startswith((old_prefix, new_prefix)))
+        self.table.move_prefix(bucket, old_prefix, new_prefix, new_parent, inode)
+
+    # ------------------------------------------------------------------ custom metadata
+
+    async def object_props(self, inode: Inode) -> ObjectProps:
+        """A fresh HEAD (custom metadata is not cached: xattrs must read what was set)."""
+        props = await self.aio.head_object(inode.bucket, inode.key)
+        self.stats.put(inode.path, stat_of(props))
+        return props
+
+    async def set_custom(self, inode: Inode, update: dict[str, bytes]) -> None:
+        """Merge keys into the object's custom metadata, refusing what AIS would drop."""
+        props = await self.aio.head_object(inode.bucket, inode.key)
+        xattrs.check_size({**props.custom, **update})
+        await self.aio.set_custom(inode.bucket, inode.key, update)
+        self.stats.pop(inode.path)
+        self.listings.pop((inode.bucket, inode.key.rpartition("/")[0] + "/"
+                           if "/" in inode.key else ""))
+
+    async def remove_custom(self, inode: Inode, key: str) -> bool:
+        """Drop one key (AIS deletes keys only by replacing the whole map)."""
+        props = await self.aio.head_object(inode.bucket, inode.key)
+        if key not in props.custom:
+            return False
+        rest = {k: v for k, v in props.custom.items() if k != key}
+        await self.aio.set_custom(inode.bucket, inode.key, rest, replace=True)
+        self.stats.pop(inode.path)
+        return True

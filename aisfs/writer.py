@@ -1,0 +1,358 @@
+"""Per-handle object writer: streamed through AIS's append/flush protocol, staged when not sequential.
+
+Modes of one handle:
+- STREAM: writes arrive at the end of the file. Bytes collect in a buffer of ``write_part_size``;
+  each full buffer is one APPEND with the latest handle (ais-protocol.md §1.e). ``flush()``
+  appends the rest and sends FLUSH: only then does the object change in AIS, atomically. A file
+  that ends within one part is a single PUT instead. Overwriting an existing object streams into a
+  hidden temporary object (``.aisfs-tmp.*``) that is renamed over the target at flush, because an
+  append session on an existing name would continue its old content. Memory per handle is bounded
+  by one part.
+- STAGED: after a write anywhere but the end, or a truncate to a non-zero size, the content lives
+  in a local spill file (the existing object is downloaded first) and is PUT whole at flush.
+  If parts were already streamed, the partial object is flushed and read back: until close it is
+  visible in AIS with the bytes written so far (documented in the README).
+
+Errors are latched: after a failed append, flush or upload every later call on the handle raises
+the same error, and nothing partial is left visible (an abandoned append session stays an invisible
+work file on the target until AIS's space clean-up removes it).
+
+Concurrency: trio thread only; one ``trio.Lock`` per handle serializes writes, truncates and
+flushes, because each of them awaits network calls. Spill-file I/O runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+import trio
+
+from . import errors
+from .aio import AsyncAis
+from .client import MTIME_KEY
+from .config import TMP_MARKER, MountConfig
+from .xattrs import custom_size, CUSTOM_MD_MAX
+
+log = logging.getLogger(__name__)
+
+class Mode(enum.Enum):
+    LAZY = "lazy"  # existing content, nothing written yet: the first write picks a mode
+    STREAM = "stream"
+    STAGED = "staged"
+
+
+class SpillArea:
+    """The spill directory and the cap on bytes staged by all handles together."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        self.path = path
+        self.limit = limit
+        self.used = 0
+
+    def create(self) -> SpillFile:
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        name = os.path.join(self.path, f"spill-{os.getpid()}-{secrets.token_hex(8)}")
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.unlink(name)  # nothing to clean up after a crash; the fd keeps the data
+        return SpillFile(self, fd)
+
+
+class SpillFile:
+    def __init__(self, area: SpillArea, fd: int) -> None:
+        self.area = area
+        self.fd = fd
+        self.size = 0
+
+    def _account(self, new_size: int) -> None:
+        grow = new_size - self.size
+        if grow > 0 and self.area.used + grow > self.area.limit:
+            raise errors.PosixError(
+                errno.ENOSPC, f"spill area {self.area.path} is full ({self.area.limit} bytes)"
+            )
+        self.area.used += grow
+        self.size = new_size
+
+    def pwrite(self, off: int, data: bytes | memoryview) -> None:
+        """Blocking: call from a worker thread (the accounting is done by the caller first)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, off)
+            view = view[n:]
+            off += n
+
+    def pread(self, off: int, size: int) -> bytes:
+        return os.pread(self.fd, size, off)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.area.used -= self.size
+            self.size = 0
+
+
+@dataclass(slots=True)
+class Uploaded:
+    size: int
+    mtime_ns: int
+    version: str
+
+
+class ObjectWriter:
+    def __init__(
+        self, aio: AsyncAis, bucket: str, key: str, config: MountConfig, spill: SpillArea, *,
+        exists: bool, size: int, truncate: bool, had_custom_mtime: bool = False,
+    ) -> None:
+        self.aio = aio
+        self.bucket = bucket
+        self.key = key
+        self.part = config.write_part_size
+        self.spill = spill
+        self.exists = exists  # an object with this name is in AIS (to be replaced at flush)
+        self.had_custom_mtime = had_custom_mtime
+        self.lock = trio.Lock()
+        self.error: BaseException | None = None
+        self.discarded = False  # unlinked while open: nothing is uploaded
+        self.pending_mtime_ns: int | None = None
+        self._reset_stream(continue_existing=False)
+        if truncate or not exists:
+            self.mode = Mode.STREAM
+            self.size = 0
+            self.dirty = True  # creating or truncating makes (an empty) object even without writes
+        else:
+            self.mode = Mode.LAZY
+            self.size = size
+            self.dirty = False
+        self.staged: SpillFile | None = None
+
+    @property
+    def what(self) -> str:
+        return f"ais://{self.bucket}/{self.key}"
+
+    def _reset_stream(self, *, continue_existing: bool) -> None:
+        self.buffer = bytearray()
+        self.sent = 0  # bytes appended in the current session
+        self.handle = ""
+        self.session_key: str | None = None
+        self.continues_existing = continue_existing  # the session starts from the object's bytes
+
+    # ------------------------------------------------------------------ public operations
+
+    async def write(self, off: int, data: bytes) -> int:
+        async with self.lock:
+            self._check()
+            try:
+                if self.mode is Mode.LAZY:
+                    if off == self.size:
+                        self.mode = Mode.STREAM
+                        self._reset_stream(continue_existing=self.size > 0)
+                    else:
+                        await self._to_staged()
+                if self.mode is Mode.STREAM and off != self.size:
+                    await self._to_staged()
+                if self.mode is Mode.STAGED:
+                    await self._staged_write(off, data)
+                else:
+                    self.buffer += data
+                    self.size += len(data)
+                    while len(self.buffer) >= self.part:
+                        await self._send_part()
+                self.dirty = True
+                return len(data)
+            except BaseException as exc:
+                self._latch(exc)
+                raise
+
+    async def truncate(self, size: int) -> None:
+        async with self.lock:
+            self._check()
+            try:
+                if size == self.size and self.mode is not Mode.LAZY:
+                    return
+                if size == 0:
+                    # A new, empty content: any streamed session is abandoned (never flushed,
+                    # so never visible), a staged file is dropped.
+                    if self.staged is not None:
+                        self.staged.close()
+                        self.staged = None
+                    self.mode = Mode.STREAM
+                    self._reset_stream(continue_existing=False)
+                    self.size = 0
+                else:
+                    if self.mode is not Mode.STAGED:
+                        await self._to_staged()
+                    assert self.staged is not None
+                    self.staged._account(max(self.staged.size, size))
+                    await self.aio.run_blocking(lambda: os.ftruncate(self.staged.fd, size))  # type: ignore[union-attr]
+                    self.staged.size = size
+                    self.size = size
+                self.dirty = True
+            except BaseException as exc:
+                self._latch(exc)
+                raise
+
+    async def read(self, off: int, size: int) -> bytes:
+        """Bytes of a staged handle (what this handle wrote, not yet uploaded)."""
+        assert self.staged is not None
+        staged = self.staged
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        data = await self.aio.run_blocking(lambda: staged.pread(off, end - off))
+        return data + b"\0" * (end - off - len(data))
+
+    async def flush(self) -> Uploaded | None:
+        """Make AIS hold exactly what was written. Returns what was uploaded, if anything."""
+        async with self.lock:
+            self._check()
+            if self.discarded or not self.dirty:
+                return None
+            try:
+                result = await self._upload()
+            except BaseException as exc:
+                self._latch(exc)
+                raise
+            self.dirty = False
+            self.exists = True
+            return result
+
+    def close(self) -> None:
+        if self.staged is not None:
+            self.staged.close()
+            self.staged = None
+        self.buffer = bytearray()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _latch(self, exc: BaseException) -> None:
+        if isinstance(exc, errors.AisFsError | OSError) and self.error is None:
+            log.warning("%s: write failed, failing this file handle from now on: %s",
+                        self.what, exc)
+            self.error = exc
+
+    async def _send_part(self) -> None:
+        if self.session_key is None:
+            if self.exists and not self.continues_existing:
+                head, _, tail = self.key.rpartition("/")
+                name = f"{TMP_MARKER}{tail[:80]}.{secrets.token_hex(6)}"
+                self.session_key = f"{head}/{name}" if head else name
+            else:
+                self.session_key = self.key
+        chunk = bytes(self.buffer[: self.part])
+        del self.buffer[: self.part]
+        self.handle = await self.aio.append(self.bucket, self.session_key, self.handle, chunk)
+        self.sent += len(chunk)
+
+    async def _to_staged(self) -> None:
+        """Move the content so far into a spill file."""
+        staged = await self.aio.run_blocking(self.spill.create)
+        try:
+            if self.mode is Mode.LAZY or (self.mode is Mode.STREAM and self.continues_existing
+                                          and self.sent == 0):
+                base = self.size - len(self.buffer) if self.mode is Mode.STREAM else self.size
+                await self._download(staged, self.key, base)
+                if self.mode is Mode.STREAM:
+                    staged._account(self.size)
+                    await self.aio.run_blocking(lambda: staged.pwrite(base, self.buffer))
+            elif self.sent > 0:
+                # Bytes already sit in an append session that cannot be read: flush it (the
+                # partial object becomes visible) and read it back.
+                assert self.session_key is not None
+                if self.buffer:
+                    self.handle = await self.aio.append(
+                        self.bucket, self.session_key, self.handle, bytes(self.buffer)
+                    )
+                await self.aio.flush(self.bucket, self.session_key, self.handle)
+                log.info("%s: non-sequential write after %d streamed bytes: staging locally",
+                         self.what, self.size)
+                await self._download(staged, self.session_key, self.size)
+                if self.session_key != self.key:
+                    await self.aio.delete_object(self.bucket, self.session_key)
+            else:
+                staged._account(len(self.buffer))
+                await self.aio.run_blocking(lambda: staged.pwrite(0, self.buffer))
+        except BaseException:
+            staged.close()
+            raise
+        self.staged = staged
+        self.mode = Mode.STAGED
+        self._reset_stream(continue_existing=False)
+
+    async def _download(self, staged: SpillFile, key: str, size: int) -> None:
+        staged._account(size)
+        pos = 0
+        while pos < size:
+            length = min(self.part, size - pos)
+            result = await self.aio.get_range(self.bucket, key, pos, length)
+            if len(result.data) != length:
+                raise errors.StaleObject(f"ais://{self.bucket}/{key} changed while staging")
+            data, at = result.data, pos
+            await self.aio.run_blocking(lambda: staged.pwrite(at, data))
+            pos += length
+
+    async def _custom_of(self, key: str) -> dict[str, bytes]:
+        try:
+            return (await self.aio.head_object(self.bucket, key)).custom
+        except errors.NotFound:
+            return {}
+
+    async def _staged_write(self, off: int, data: bytes) -> None:
+        assert self.staged is not None
+        staged = self.staged
+        staged._account(max(staged.size, off + len(data)))
+        await self.aio.run_blocking(lambda: staged.pwrite(off, data))
+        self.size = max(self.size, off + len(data))
+
+    async def _upload(self) -> Uploaded:
+        mtime_ns = self.pending_mtime_ns or time.time_ns()
+        custom = {MTIME_KEY: str(mtime_ns).encode()}
+        if self.mode is Mode.STAGED:
+            assert self.staged is not None
+            props = await self.aio.put_file(self.bucket, self.key, self.staged.fd, self.size,
+                                            custom)
+            version = props.version
+        elif self.mode is Mode.LAZY:
+            raise AssertionError("a LAZY writer is never dirty")
+        elif self.sent == 0 and not self.continues_existing:
+            props = await self.aio.put_object(self.bucket, self.key, bytes(self.buffer), custom)
+            version = props.version
+        else:
+            if self.session_key is None:
+                self.session_key = self.key  # continuing an existing object, one short part
+            if self.buffer:
+                self.handle = await self.aio.append(
+                    self.bucket, self.session_key, self.handle, bytes(self.buffer)
+                )
+            carried: dict[str, bytes] = {}
+            if self.session_key != self.key:
+                # The rename below replaces the object with one that has no custom metadata:
+                # carry the old xattrs over, as an overwrite in place would keep them.
+                carried = await self._custom_of(self.key)
+            await self.aio.flush(self.bucket, self.session_key, self.handle)
+            if self.session_key != self.key:
+                await self.aio.rename_object(self.bucket, self.session_key, self.key)
+            # FLUSH ignores custom-metadata headers: set the mtime (and carried keys) now,
+            # unless that would overflow AIS's limit, which would drop every key.
+            now_custom = await self._custom_of(self.key)
+            wanted = {**carried, **custom}
+            if custom_size({**now_custom, **wanted}) <= CUSTOM_MD_MAX:
+                await self.aio.set_custom(self.bucket, self.key, wanted)
+            else:
+                log.warning("%s: custom metadata is full; mtime not stored", self.what)
+            version = ""
+        self.had_custom_mtime = True
+        self.pending_mtime_ns = None
+        if self.mode is Mode.STREAM:
+            # Later writes on this handle continue the object now in AIS.
+            self._reset_stream(continue_existing=True)
+        return Uploaded(self.size, mtime_ns, version)
