@@ -1,10 +1,11 @@
-"""Daemonizing with a readiness pipe, and systemd's notify protocol.
+"""How the process runs: daemonizing with a readiness pipe, systemd's notify protocol, settings.
 
 ``daemonize()`` forks before trio, threads or HTTP sessions exist: the original process waits on
 a pipe and exits 0 only once the child reports the mount live, or prints the child's one-line
-error and exits 1. ``sd_notify`` is the few lines of the ``NOTIFY_SOCKET`` protocol we need, so
-python-systemd is not a dependency. Main thread only, before ``trio.run``; ``Readiness.report``
-may be called from any one thread once.
+error and exits 1. ``sd_notify`` is the few lines of the ``NOTIFY_SOCKET`` protocol we need
+(``READY=1``, ``STOPPING=1``, ``STATUS=...``), so python-systemd is not a dependency.
+Main thread only, before ``trio.run``, except ``Readiness.report`` and ``sd_notify``, which any
+one thread may call (the report only once).
 """
 
 from __future__ import annotations
@@ -12,20 +13,40 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from dataclasses import dataclass
 
 STARTUP_TIMEOUT = 180.0
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """How the mount process runs, next to MountConfig (which says what it mounts)."""
+
+    systemd: bool = False  # Type=notify service: foreground, READY=1/STOPPING=1, journal prefixes
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # SIGTERM/SIGINT: finish uploads, unmount
+    metrics_addr: tuple[str, int] | None = None  # Prometheus endpoint, off when None
 
 
 class Readiness:
     """Tells whoever waits for this mount (a parent process, systemd) how start-up went."""
 
-    def __init__(self, fd: int | None = None) -> None:
+    def __init__(self, fd: int | None = None, prog: str = "aisfs") -> None:
         self._fd = fd
+        self._prog = prog
+        self._done = False
 
     def report(self, error: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
         if error is None:
             sd_notify("READY=1")
+        else:
+            sd_notify("STATUS=" + error.replace("\n", " ")[:500])
         if self._fd is None:
+            if error is not None:  # foreground: nobody else will print it
+                print(f"{self._prog}: {error}", file=sys.stderr, flush=True)
             return
         message = ("ERR " + error) if error else "OK"
         try:
@@ -45,6 +66,7 @@ def sd_notify(state: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5.0)
             sock.connect(address)
             sock.sendall(state.encode())
         return True
@@ -52,12 +74,12 @@ def sd_notify(state: str) -> bool:
         return False
 
 
-def daemonize(log_file: str | None) -> Readiness:
+def daemonize(log_file: str | None, prog: str = "aisfs") -> Readiness:
     """Fork into the background; returns only in the daemon. The caller's process exits."""
     read_fd, write_fd = os.pipe()
     if os.fork() > 0:
         os.close(write_fd)
-        sys.exit(_wait_for_child(read_fd))
+        sys.exit(_wait_for_child(read_fd, prog))
     os.close(read_fd)
     os.setsid()
     if os.fork() > 0:
@@ -73,25 +95,31 @@ def daemonize(log_file: str | None) -> Readiness:
     else:
         os.dup2(devnull, 2)
     os.close(devnull)
-    return Readiness(write_fd)
+    return Readiness(write_fd, prog)
 
 
-def _wait_for_child(read_fd: int) -> int:
+def _wait_for_child(read_fd: int, prog: str) -> int:
     import select
 
     ready, _, _ = select.select([read_fd], [], [], STARTUP_TIMEOUT)
     if not ready:
-        print(f"aisfs: the mount did not come up within {STARTUP_TIMEOUT:.0f} s", file=sys.stderr)
+        print(f"{prog}: the mount did not come up within {STARTUP_TIMEOUT:.0f} s", file=sys.stderr)
         return 1
     data = b""
-    while chunk := os.read(read_fd, 4096):
+    # The child writes at most 4000 bytes, then closes: a few reads, each waited for briefly.
+    for _ in range(16):
+        chunk = os.read(read_fd, 4096)
+        if not chunk or len(data) > 4000:
+            break
         data += chunk
+        if not select.select([read_fd], [], [], 5.0)[0]:
+            break
     text = data.decode("utf-8", "replace")
     if text == "OK":
         return 0
     if text.startswith("ERR "):
-        print(f"aisfs: {text[4:]}", file=sys.stderr)
+        print(f"{prog}: {text[4:]}", file=sys.stderr)
     else:
-        print("aisfs: the daemon exited during start-up (run with -f --debug to see why)",
+        print(f"{prog}: the daemon exited during start-up (run with -f --debug to see why)",
               file=sys.stderr)
     return 1

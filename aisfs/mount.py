@@ -1,9 +1,17 @@
 """Mount runtime: pre-flight checks, pyfuse3 session, the trio main loop, kernel tuning, shutdown.
 
-``check_mountable`` runs in the CLI process before forking (plain blocking calls, no threads yet).
-``serve`` runs in the daemon (or foreground) process: it calls ``pyfuse3.init`` before
-``trio.run``, reports readiness only after the mount answered a ``stat`` from another thread,
-and unmounts on SIGINT/SIGTERM or when the kernel ends the session.
+``check_mountpoint``/``check_cluster`` run in the CLI process before forking (plain blocking
+calls, no threads yet) and turn every start-up failure into one ConfigError line (no token,
+refused token, untrusted certificate, missing bucket, ...). ``serve`` runs in the daemon (or
+foreground) process: it calls ``pyfuse3.init`` before ``trio.run``, reports readiness (and
+systemd's ``READY=1``) only after the mount answered a ``stat`` from another thread, and on
+SIGINT/SIGTERM or when the kernel ends the session sends ``STOPPING=1``, finishes uploads in
+flight within ``--shutdown-timeout`` (a second signal gives up at once) and unmounts.
+SIGUSR2 cycles the log level; SIGUSR1 dumps every thread's stack to stderr (faulthandler).
+
+Concurrency: ``_main`` and its tasks run on the trio thread. The metrics snapshot runs in the
+exposition thread and only reads ints and ``len()`` of trio-owned objects (``list()`` of a
+dict's values is one C-level copy under the GIL, so it never sees a dict mid-change).
 """
 
 from __future__ import annotations
@@ -13,21 +21,36 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
+import ssl
 import sys
+import urllib.parse
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import pyfuse3
 import trio
 
-from . import errors
+from . import __version__, errors, fs
 from .aio import AsyncAis
-from .client import AisClient
+from .cache import TtlMap
+from .client import AisClient, RangeResult
 from .config import ConfigError, MountConfig
-from .daemon import Readiness, sd_notify
-from .fs import Operations, make_spawn
+from .daemon import Readiness, ServiceSettings, sd_notify
+from .fs import FileHandle, Operations, make_spawn
 from .logsetup import cycle_level
+from .metrics import Metrics, Snapshot
 
 log = logging.getLogger(__name__)
+
+
+class TokenInfo(Protocol):
+    """What check_cluster needs to know about the token (auth.TokenSource has it)."""
+
+    @property
+    def has_token(self) -> bool: ...
+
+    def describe(self) -> str: ...
 
 
 def is_mounted(path: str) -> bool:
@@ -67,9 +90,12 @@ def check_mountpoint(path: str) -> None:
         raise ConfigError(f"mountpoint {path} is busy: something is already mounted there")
 
 
-def check_cluster(client: AisClient, config: MountConfig) -> None:
-    """Fail early, with one line, when the endpoint or the bucket is not there."""
+def check_cluster(
+    client: AisClient, config: MountConfig, token: TokenInfo | None = None
+) -> None:
+    """Fail early, with one line, when the endpoint, the token, TLS or the bucket is wrong."""
     endpoint = config.client.endpoint
+    what = str(config.source)
     try:
         if config.source.bucket is None:
             client.list_buckets()
@@ -78,11 +104,59 @@ def check_cluster(client: AisClient, config: MountConfig) -> None:
     except errors.BucketNotFound:
         raise ConfigError(f"no such bucket: ais://{config.source.bucket} at {endpoint}") from None
     except errors.AccessDenied as exc:
-        raise ConfigError(f"access denied by {endpoint}: {exc.args[0]}") from None
+        if exc.status == 401 and (token is None or not token.has_token):
+            raise ConfigError(
+                f"{endpoint} requires an AuthN token and none was found: set AIS_AUTHN_TOKEN "
+                "or AIS_AUTHN_TOKEN_FILE (or --token-file), or log in with 'ais auth login'"
+            ) from None
+        source = token.describe() if token is not None and token.has_token else "no token"
+        raise ConfigError(
+            f"access to {what} denied by {endpoint} (HTTP {exc.status}, {source}): {exc.args[0]}"
+        ) from None
     except errors.Transient as exc:
+        if endpoint.startswith("https://") and "SSL" in str(exc.args[0]):
+            reason = tls_problem(config)
+            if reason:
+                raise ConfigError(reason) from None
         raise ConfigError(f"cannot reach AIS at {endpoint}: {exc.args[0]}") from None
     except errors.AisError as exc:
         raise ConfigError(f"AIS at {endpoint} refused: {exc}") from None
+
+
+def tls_problem(config: MountConfig) -> str | None:
+    """Why a TLS handshake with the endpoint fails, as one line with the fix; None if it works.
+
+    One handshake with the same trust settings as the client (an explicit CA bundle, else
+    REQUESTS_CA_BUNDLE or the system store), only to name the reason.
+    """
+    url = urllib.parse.urlsplit(config.client.endpoint)
+    host, port = url.hostname or "", url.port or 443
+    tls = config.client.tls
+    cafile = tls.ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get(
+        "CURL_CA_BUNDLE") or None
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)
+        if tls.client_cert:
+            ctx.load_cert_chain(tls.client_cert, tls.client_key)
+    except (ssl.SSLError, OSError) as exc:
+        return f"TLS set-up failed (CA bundle or client certificate): {exc}"
+    if tls.skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=config.client.connect_timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host):
+                return None
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"the TLS certificate of {config.client.endpoint} is not trusted "
+            f"({exc.verify_message}): give its CA with --ca-bundle FILE or AIS_CLIENT_CA, "
+            "or turn verification off with --skip-verify (AIS_SKIP_VERIFY_CRT=true)"
+        )
+    except ssl.SSLError as exc:
+        return f"TLS handshake with {config.client.endpoint} failed: {exc.reason or exc}"
+    except OSError:
+        return None
 
 
 def tune_kernel(st_dev: int, config: MountConfig) -> None:
@@ -94,7 +168,8 @@ def tune_kernel(st_dev: int, config: MountConfig) -> None:
     major, minor = os.major(st_dev), os.minor(st_dev)
     writes = []
     if config.kernel_read_ahead_kb > 0:
-        writes.append((f"/sys/class/bdi/{major}:{minor}/read_ahead_kb", config.kernel_read_ahead_kb))
+        bdi = f"/sys/class/bdi/{major}:{minor}/read_ahead_kb"
+        writes.append((bdi, config.kernel_read_ahead_kb))
     conn = f"/sys/fs/fuse/connections/{minor}"
     if not os.path.isdir(conn) and os.path.isdir("/sys/fs/fuse/connections"):
         try:
@@ -112,7 +187,9 @@ def tune_kernel(st_dev: int, config: MountConfig) -> None:
 
 def fuse_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
-    options.add(f"fsname={config.client.endpoint.split('://', 1)[-1]}")
+    # The source as the mount's "device", like fstab's first field: findmnt and df show it,
+    # and `mount -a` recognises an fstab line as already mounted.
+    options.add(f"fsname={config.source}")
     options.add("subtype=aisfs")
     if config.read_only:
         options.add("ro")
@@ -121,8 +198,12 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
-def serve(config: MountConfig, client: AisClient, readiness: Readiness) -> int:
+def serve(
+    config: MountConfig, client: AisClient, readiness: Readiness,
+    service: ServiceSettings | None = None,
+) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns the exit code."""
+    service = service or ServiceSettings()
     aio = AsyncAis(client)
     spawn_box: list[Callable[..., None]] = []
 
@@ -130,51 +211,140 @@ def serve(config: MountConfig, client: AisClient, readiness: Readiness) -> int:
         spawn_box[0](fn)
 
     ops = Operations(config, aio, spawn)  # type: ignore[arg-type]
+    metrics: Metrics | None = None
+    if service.metrics_addr is not None:
+        host, port = service.metrics_addr
+        metrics = _metrics_for(ops, client, config)
+        try:
+            metrics.serve(host, port)
+        except OSError as exc:
+            readiness.report(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}")
+            return 1
     try:
         pyfuse3.init(ops, config.mountpoint, fuse_options(config))
     except RuntimeError as exc:
         readiness.report(f"cannot mount on {config.mountpoint}: {exc}")
+        if metrics is not None:
+            metrics.stop()
         return 1
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    stopper = _Stopper(service.shutdown_timeout)
     clean = False
     try:
-        trio.run(_main, ops, config, readiness, spawn_box)
+        trio.run(_main, ops, config, readiness, spawn_box, stopper)
         clean = True
     except BaseException:
         log.exception("the FUSE main loop failed")
         readiness.report("the FUSE main loop failed at start (see the log)")
         raise
     finally:
-        sd_notify("STOPPING=1")
+        stopper.notify_stopping()
         pyfuse3.close(unmount=True)
         client.close()
+        if metrics is not None:
+            fs.observe = None
+            metrics.stop()
         log.info("unmounted %s (%s)", config.mountpoint, "clean" if clean else "after an error")
     return 0
 
 
+def _metrics_for(ops: Operations, client: AisClient, config: MountConfig) -> Metrics:
+    metrics = Metrics(str(config.source), config.client.endpoint, __version__)
+    fs.observe = metrics.fuse_op
+    client.on_request = metrics.request
+    client.on_retry = metrics.retry
+    get_range = client.get_range
+
+    def counted_get_range(*args: Any, **kwargs: Any) -> RangeResult:
+        result = get_range(*args, **kwargs)
+        metrics.read_bytes(len(result.data))
+        return result
+
+    client.get_range = counted_get_range  # type: ignore[method-assign]
+
+    def snapshot() -> Snapshot:
+        caches: dict[str, TtlMap[Any]] = {
+            "stats": ops.ns.stats, "dirs": ops.ns.dirs, "listings": ops.ns.listings,
+        }
+        handles = list(ops._handles.values())  # one C-level copy: see the module docstring
+        writers = [h.writer for h in handles if isinstance(h, FileHandle) and h.writer]
+        return Snapshot(
+            cache_hits={name: c.hits for name, c in caches.items()},
+            cache_misses={name: c.misses for name, c in caches.items()},
+            cache_entries={name: len(c) for name, c in caches.items()},
+            open_handles=len(handles),
+            inodes=len(ops.table),
+            read_ahead_bytes=ops.budget.used,
+            read_ahead_limit=ops.budget.limit,
+            write_buffer_bytes=sum(len(w.buffer) for w in writers),
+            spill_bytes=ops.spill.used,
+        )
+
+    metrics.set_snapshot(snapshot)
+    return metrics
+
+
+class _Stopper:
+    """Shutdown state shared by the signal task and the main task (trio thread only)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.signals = 0
+        self.scope: trio.CancelScope | None = None
+        self._notified = False
+
+    def notify_stopping(self) -> None:
+        if not self._notified:
+            self._notified = True
+            sd_notify("STOPPING=1")
+
+    async def finish(self, ops: Operations) -> None:
+        """Finalize open files (uploads in flight) within the timeout; shielded from cancel."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.timeout) as scope:
+                self.scope = scope
+                if self.signals > 1:
+                    scope.cancel()
+                await ops.shutdown()
+        if scope.cancelled_caught:
+            log.error("gave up finishing uploads after %s: data written to files still open "
+                      "may be lost", "a second signal" if self.signals > 1
+                      else f"{self.timeout:.0f} s (--shutdown-timeout)")
+
+
 async def _main(
     ops: Operations, config: MountConfig, readiness: Readiness,
-    spawn_box: list[Callable[..., None]],
+    spawn_box: list[Callable[..., None]], stopper: _Stopper,
 ) -> None:
     async with trio.open_nursery() as nursery:
         spawn_box.append(make_spawn(nursery))
-        nursery.start_soon(_signals)
+        nursery.start_soon(_signals, stopper)
         nursery.start_soon(_announce_ready, config, readiness)
         try:
             await pyfuse3.main()
         finally:
-            await ops.shutdown()
+            stopper.notify_stopping()
+            await stopper.finish(ops)
             nursery.cancel_scope.cancel()
 
 
-async def _signals() -> None:
+async def _signals(stopper: _Stopper) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR2) as signals:
         async for signum in signals:
             if signum == signal.SIGUSR2:
                 cycle_level()
                 continue
-            log.info("received %s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
+            name = signal.Signals(signum).name
+            stopper.signals += 1
+            if stopper.signals == 1:
+                log.info("received %s: finishing uploads (at most %.0f s), then unmounting",
+                         name, stopper.timeout)
+                stopper.notify_stopping()
+                pyfuse3.terminate()
+            else:
+                log.warning("received %s again: unmounting without waiting for uploads", name)
+                if stopper.scope is not None:
+                    stopper.scope.cancel()
 
 
 async def _announce_ready(config: MountConfig, readiness: Readiness) -> None:
@@ -189,4 +359,5 @@ async def _announce_ready(config: MountConfig, readiness: Readiness) -> None:
     log.info("mounted %s at %s (endpoint %s)", config.source, config.mountpoint,
              config.client.endpoint)
     readiness.report(None)
+    sd_notify(f"STATUS=serving {config.source} at {config.mountpoint}")
     sys.stdout.flush()
