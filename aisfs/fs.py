@@ -299,16 +299,8 @@ class Operations(pyfuse3.Operations):
         )
 
     def _add_writer(self, handle: FileHandle) -> None:
-        node, writer = handle.inode, handle.writer
-        assert writer is not None
-        self._writers.setdefault(node.ino, []).append(handle)
-
-        def current() -> Stat:
-            sizes = [h.writer.size for h in self._writers.get(node.ino, ()) if h.writer]
-            return Stat(max(sizes, default=writer.size), time.time_ns())
-
-        if writer.dirty or node.path not in self.ns.pending:
-            self.ns.pending[node.path] = current
+        self._writers.setdefault(handle.inode.ino, []).append(handle)
+        self._refresh_pending(handle.inode)
 
     def _drop_writer(self, handle: FileHandle) -> None:
         handles = self._writers.get(handle.inode.ino, [])
@@ -316,7 +308,23 @@ class Operations(pyfuse3.Operations):
             handles.remove(handle)
         if not handles:
             self._writers.pop(handle.inode.ino, None)
-            self.ns.pending.pop(handle.inode.path, None)
+        self._refresh_pending(handle.inode)
+
+    def _refresh_pending(self, node: Inode) -> None:
+        """Lookups, listings and getattr show a file from its writers while any of them holds
+        bytes AIS does not have yet; otherwise from AIS (and the cache)."""
+        handles = [h for h in self._writers.get(node.ino, ()) if h.writer and h.writer.dirty]
+        if not handles:
+            self.ns.pending.pop(node.path, None)
+            return
+
+        def current() -> Stat:
+            writers = [h.writer for h in self._writers.get(node.ino, ()) if h.writer]
+            mtimes = [w.pending_mtime_ns for w in writers if w.pending_mtime_ns is not None]
+            size = max((w.size for w in writers), default=0)
+            return Stat(size, mtimes[-1] if mtimes else time.time_ns())
+
+        self.ns.pending[node.path] = current
 
     async def _flush_writers(self, node: Inode) -> None:
         for handle in list(self._writers.get(node.ino, ())):
@@ -328,13 +336,30 @@ class Operations(pyfuse3.Operations):
             return
         node = handle.inode
         done = await writer.flush()
+        self._refresh_pending(node)
         if done is not None and not writer.discarded:
             self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
             self._cached_version.pop(node.ino, None)
+            self._invalidate_kernel_attrs(node)
             if handle.reader is not None:
                 # This handle's reader must follow the object it just replaced.
                 handle.reader.close()
                 handle.reader = self._reader(node, await self.ns.fresh_stat(node))
+
+    def _invalidate_kernel_attrs(self, node: Inode) -> None:
+        """Drop the kernel's cached attributes of ``node`` (from a thread: inside a handler the
+        notification can deadlock, design-notes §8.30)."""
+        ino = node.ino
+
+        async def invalidate() -> None:
+            try:
+                await trio.to_thread.run_sync(
+                    lambda: pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), attr_only=True)
+                )
+            except OSError as exc:
+                log.debug("invalidate_inode(%d): %s", ino, exc)
+
+        self.spawn(invalidate)
 
     @handler
     async def create(
@@ -382,9 +407,14 @@ class Operations(pyfuse3.Operations):
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._file(fh)
-        if handle.writer is None:
+        writer = handle.writer
+        if writer is None:
             raise errors.PosixError(errno.EBADF, "file not open for writing")
-        return await handle.writer.write(off, buf)
+        was_dirty = writer.dirty
+        written = await writer.write(off, buf)
+        if not was_dirty:
+            self._refresh_pending(handle.inode)
+        return written
 
     @handler
     async def flush(self, fh: int) -> None:
@@ -526,7 +556,8 @@ class Operations(pyfuse3.Operations):
             return []
         await self._flush_writers(node)
         props = await self.ns.object_props(node)
-        return xattrs.visible_names(props.custom) + [n.encode() for n in xattrs.READ_ONLY]
+        # ais.* are readable by name but not listed: cp -a and mv would copy them and fail.
+        return xattrs.visible_names(props.custom)
 
     @handler
     async def setxattr(

@@ -374,7 +374,14 @@ class Namespace:
         self.invalidate(inode.bucket, inode.key)
         self.stats.put_missing((inode.bucket, inode.key))
         self.table.unlink_path(inode.bucket, inode.key)
+        self._keep_parent(inode.bucket, inode.key)
         return inode
+
+    def _keep_parent(self, bucket: str, key: str) -> None:
+        """The parent directory outlives its last object here until rmdir (as on a disk)."""
+        parent = key.rstrip("/").rpartition("/")[0]
+        if parent:
+            self.local_dirs.add((bucket, parent + "/"))
 
     async def rename(
         self, old_parent: Inode, old_name: str, new_parent: Inode, new_name: str, flags: int
@@ -406,6 +413,7 @@ class Namespace:
             self.invalidate(bucket, inode.key)
             self.invalidate(bucket, new_key)
             self.stats.put_missing((bucket, inode.key))
+            self._keep_parent(bucket, inode.key)
             self.table.move(inode, new_parent, new_key)
             return
         await self._rename_dir(inode, new_parent, new_name, target)
@@ -448,6 +456,7 @@ class Namespace:
                 self.local_dirs.add((b, new_prefix + p[len(old_prefix):]))
         self.removed_dirs.add((bucket, old_prefix))
         self.removed_dirs.discard((bucket, new_prefix))
+        self._keep_parent(bucket, old_prefix)
         self.invalidate(bucket, old_prefix)
         self.invalidate(bucket, new_prefix)
         self.stats.pop_where(lambda k: isinstance(k, tuple) and k[0] == bucket
