@@ -1,0 +1,429 @@
+"""Helpers shared by the aisfs benchmarks (scripts/bench-read, later scripts/bench-write).
+
+- :func:`cluster`: the AIS cluster to measure (AIS_ENDPOINT when healthy, else a fresh local
+  one from scripts/ais-local on a free port block, stopped afterwards);
+- :class:`Direct`: a plain ``requests`` client that goes straight to the target (proxy redirect
+  resolved once per object), with parallel ranged GETs into one preallocated buffer, parallel PUTs
+  and the raw paged listing aisfs itself issues;
+- :class:`Mounts`: real aisfs mounts in subprocesses (tests/util.py ``mounted``) that record each
+  daemon's peak RSS (VmHWM) before it exits;
+- measurement and report helpers: :func:`drop_caches`, :func:`median`, :class:`Row`,
+  :func:`markdown_table`, :func:`machine_info`.
+
+Import it from a script already running under the project's .venv (it needs requests and
+aisfs): see the re-exec lines at the top of scripts/bench-read.
+Benchmarks are not tests: nothing here asserts; the scripts print pass/fail per target.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+AIS_LOCAL = REPO / "scripts" / "ais-local"
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+# What aisfs asks a listing for (aisfs/client.py): the raw-listing baseline asks for the same.
+try:
+    sys.path.insert(0, str(REPO))
+    from aisfs.client import LIST_PROPS, LS_NO_RECURSION, TIME_FORMAT
+except ImportError:  # pragma: no cover - an aisfs without these names
+    LIST_PROPS = "name,size,version,checksum,atime,custom"
+    LS_NO_RECURSION = 2048
+    TIME_FORMAT = "2006-01-02T15:04:05.999999999Z07:00"
+
+import requests  # noqa: E402
+import requests.adapters  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------- cluster
+
+
+def endpoint_ready(endpoint: str) -> bool:
+    try:
+        return requests.get(f"{endpoint}/v1/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_block(start: int = 21080) -> int:
+    """A base port with base..base+2, +1000, +2000 free (scripts/ais-local's layout)."""
+    for base in range(start, 40000, 83):
+        if all(_port_free(base + d + o) for d in (0, 1000, 2000) for o in (0, 1, 2)):
+            return base
+    raise RuntimeError("no free port block for a local AIS cluster")
+
+
+@contextlib.contextmanager
+def cluster(endpoint: str | None = None) -> Iterator[str]:
+    """Yields a healthy endpoint: ``endpoint`` / $AIS_ENDPOINT, else a local cluster of our own."""
+    given = endpoint or os.environ.get("AIS_ENDPOINT")
+    if given and endpoint_ready(given):
+        log(f"using the AIS cluster at {given}")
+        yield given.rstrip("/")
+        return
+    if given:
+        log(f"{given} does not answer: starting a local cluster")
+    port = free_port_block()
+    env = {**os.environ, "AIS_LOCAL_PORT": str(port),
+           "AIS_LOCAL_DIR": f"/var/tmp/aisfs-bench-{os.getpid()}"}
+    if shutil.which("go") is None and os.path.exists("/usr/local/go/bin/go"):
+        env["PATH"] = env.get("PATH", "") + ":/usr/local/go/bin"
+    log(f"starting a local AIS cluster on port {port} (scripts/ais-local)")
+    started = subprocess.run([str(AIS_LOCAL), "start"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        if started.returncode != 0:
+            raise SystemExit("could not start the local AIS cluster (see above)")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        log("stopping the local AIS cluster")
+        subprocess.run([str(AIS_LOCAL), "stop"], env=env, stdout=subprocess.DEVNULL)
+        with contextlib.suppress(OSError):
+            os.unlink(env["AIS_LOCAL_DIR"] + ".lock")
+
+
+# ---------------------------------------------------------------------------------- direct client
+
+
+def _session(pool: int) -> requests.Session:
+    s = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool, max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
+def _readinto_exact(resp: requests.Response, view: memoryview) -> int:
+    """Body bytes straight from the socket into ``view`` (one copy, no intermediate bytes)."""
+    fp = getattr(resp.raw, "_fp", None)
+    readinto = fp.readinto if fp is not None else resp.raw.readinto
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+class Direct:
+    """The fastest plain client: ``requests``, target URLs from the proxy's redirect, pooled."""
+
+    def __init__(self, endpoint: str, pool: int = 32) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.base = self.endpoint + "/v1"
+        self.pool = pool
+        self._local = threading.local()
+        self.session = _session(pool)  # for the calling thread
+
+    def _thread_session(self) -> requests.Session:
+        s = getattr(self._local, "s", None)
+        if s is None:
+            s = self._local.s = _session(4)
+        return s
+
+    def object_url(self, bucket: str, key: str) -> str:
+        return f"{self.base}/objects/{bucket}/{requests.utils.quote(key, safe='/')}?provider=ais"
+
+    # -- buckets
+    def create_bucket(self, bucket: str) -> None:
+        r = self.session.post(f"{self.base}/buckets/{bucket}", params={"provider": "ais"},
+                              json={"action": "create-bck"}, timeout=60)
+        if r.status_code != 200 and "already exists" not in r.text:
+            raise RuntimeError(f"create bucket {bucket}: {r.status_code} {r.text[:200]}")
+
+    def destroy_bucket(self, bucket: str) -> None:
+        self.session.delete(f"{self.base}/buckets/{bucket}", params={"provider": "ais"},
+                            json={"action": "destroy-bck"}, timeout=120)
+
+    # -- objects
+    def locate(self, bucket: str, key: str, session: requests.Session | None = None) -> str:
+        """The target URL the proxy redirects a GET of this object to."""
+        r = (session or self.session).get(self.object_url(bucket, key), allow_redirects=False,
+                                          timeout=30)
+        r.close()
+        if r.status_code not in (301, 302, 307, 308) or "Location" not in r.headers:
+            raise RuntimeError(f"GET ais://{bucket}/{key}: no redirect ({r.status_code})")
+        return r.headers["Location"]
+
+    def head_size(self, bucket: str, key: str) -> int:
+        r = self.session.head(self.object_url(bucket, key), timeout=30)
+        return int(r.headers.get("Content-Length", -1)) if r.status_code == 200 else -1
+
+    def put(self, bucket: str, key: str, data: bytes | memoryview,
+            session: requests.Session | None = None) -> None:
+        """PUT with the body sent once, straight to the target the proxy names."""
+        s = session or self.session
+        r = s.put(self.object_url(bucket, key), data=b"", allow_redirects=False, timeout=60)
+        r.close()
+        url = r.headers.get("Location") if r.status_code in (301, 302, 307, 308) else None
+        if url is None:
+            raise RuntimeError(f"PUT ais://{bucket}/{key}: no redirect ({r.status_code})")
+        r = s.put(url, data=data, timeout=600)
+        if r.status_code != 200:
+            raise RuntimeError(f"PUT ais://{bucket}/{key}: {r.status_code} {r.text[:200]}")
+
+    def put_many(self, bucket: str, items: Sequence[tuple[str, bytes]], threads: int = 16) -> None:
+        def one(item: tuple[str, bytes]) -> None:
+            self.put(bucket, item[0], item[1], self._thread_session())
+
+        with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+            for _ in ex.map(one, items):
+                pass
+
+    def get_parallel(self, bucket: str, key: str, size: int, buf: bytearray, threads: int,
+                     part: int, pool: concurrent.futures.ThreadPoolExecutor | None = None) -> int:
+        """Whole object into ``buf`` with ranged GETs of ``part`` bytes on ``threads`` threads."""
+        url = self.locate(bucket, key)
+        view = memoryview(buf)
+
+        def one(start: int) -> int:
+            end = min(size, start + part)
+            r = self._thread_session().get(
+                url, headers={"Range": f"bytes={start}-{end - 1}"}, stream=True,
+                allow_redirects=False, timeout=60,
+            )
+            try:
+                if r.status_code != 206:
+                    raise RuntimeError(f"ranged GET: {r.status_code}")
+                return _readinto_exact(r, view[start:end])
+            finally:
+                r.close()
+
+        own = pool is None
+        ex = pool or concurrent.futures.ThreadPoolExecutor(threads)
+        try:
+            return sum(ex.map(one, range(0, size, part)))
+        finally:
+            if own:
+                ex.shutdown()
+
+    def get_first_byte(self, bucket: str, key: str) -> bytes:
+        """A 1-byte ranged GET through the proxy (proxy -> redirect -> target)."""
+        r = self.session.get(self.object_url(bucket, key), headers={"Range": "bytes=0-0"},
+                             timeout=30)
+        if r.status_code not in (200, 206):
+            raise RuntimeError(f"GET first byte: {r.status_code}")
+        return r.content
+
+    # -- listing
+    def list_page(self, bucket: str, prefix: str, uuid: str = "", token: str = "",
+                  recursive: bool = False) -> dict[str, Any]:
+        """One page of the listing aisfs asks for (same props, flags, time format)."""
+        value = {
+            "prefix": prefix, "props": LIST_PROPS, "time_format": TIME_FORMAT,
+            "flags": "0" if recursive else str(LS_NO_RECURSION), "pagesize": 0,
+            "uuid": uuid, "continuation_token": token,
+        }
+        r = self.session.get(f"{self.base}/buckets/{bucket}", params={"provider": "ais"},
+                             json={"action": "list", "name": bucket, "value": value}, timeout=120)
+        if r.status_code != 200:
+            raise RuntimeError(f"list ais://{bucket}/{prefix}: {r.status_code} {r.text[:200]}")
+        doc: dict[str, Any] = r.json() or {}
+        return doc
+
+    def list_all(self, bucket: str, prefix: str, recursive: bool = False) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        uuid = token = ""
+        while True:
+            doc = self.list_page(bucket, prefix, uuid, token, recursive)
+            entries.extend(doc.get("entries") or [])
+            token = doc.get("continuation_token") or ""
+            if not token:
+                return entries
+            uuid = doc.get("uuid") or ""
+
+
+# ---------------------------------------------------------------------------------- mounts
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """Peak resident set size (VmHWM) of a live process, in KiB; 0 if unavailable."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Mounts:
+    """Real aisfs mounts (``python -m aisfs SOURCE MP -f``) with their peak RSS recorded."""
+
+    def __init__(self, endpoint: str, args: Sequence[str] = ()) -> None:
+        self.endpoint = endpoint
+        self.args = list(args)
+        self.workdir = Path(tempfile.mkdtemp(prefix="aisfs-bench-"))
+        self.peak_rss_kib: list[int] = []  # one per mount, taken just before unmounting
+        self._n = 0
+
+    @contextlib.contextmanager
+    def mount(self, source: str, extra: Sequence[str] = ()) -> Iterator[Any]:
+        from tests.util import mounted  # the mount helper the test suite uses
+
+        self._n += 1
+        path = self.workdir / f"mnt{self._n}"
+        with mounted(source, path, self.endpoint, [*self.args, *extra], self.workdir) as m:
+            try:
+                yield m
+            finally:
+                self.peak_rss_kib.append(vm_hwm_kib(m.proc.pid))
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+
+def drop_caches() -> None:
+    """Drop the page cache (FUSE pages and the targets' object files alike); needs root."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def mb_per_s(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6 if seconds > 0 else float("nan")
+
+
+def read_file_dd(path: Path, bs: str = "1M") -> int:
+    """Read ``path`` with dd to /dev/null; returns the bytes dd reports copied."""
+    out = subprocess.run(["dd", f"if={path}", "of=/dev/null", f"bs={bs}"], check=True,
+                         capture_output=True, text=True).stderr
+    for line in out.splitlines():
+        if "bytes" in line and "copied" in line:
+            return int(line.split()[0])
+    raise RuntimeError(f"unexpected dd output: {out!r}")
+
+
+def read_file_readinto(path: Path, block: int = MIB) -> int:
+    """Read ``path`` with unbuffered ``readinto`` of ``block``-byte blocks; returns the bytes."""
+    buf = bytearray(block)
+    view = memoryview(buf)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(view)
+            if not n:
+                return total
+            total += n
+
+
+# ---------------------------------------------------------------------------------- reporting
+
+
+@dataclass
+class Row:
+    metric: str
+    mount: float  # median, in `unit`
+    baseline: float  # median of the direct/baseline measurement (nan: none)
+    unit: str
+    ratio: float | None = None  # mount/baseline as the target defines it
+    target: str = ""  # e.g. ">= 0.7"
+    passed: bool | None = None
+    note: str = ""
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+
+def check(value: float, op: str, limit: float) -> bool:
+    return value >= limit if op == ">=" else value <= limit if op == "<=" else value < limit
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None or v != v:  # None or nan
+        return "—"
+    text = f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
+    return f"{text} {unit}".strip()
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    lines = ["| metric | mount | direct/baseline | ratio | target | pass/fail |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        verdict = "—" if r.passed is None else "PASS" if r.passed else "FAIL"
+        metric = f"{r.metric} ({r.note})" if r.note else r.metric
+        lines.append(f"| {metric} | {_fmt(r.mount, r.unit)} | {_fmt(r.baseline, r.unit)} | "
+                     f"{_fmt(r.ratio)} | {r.target or '—'} | {verdict} |")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    def first(path: str, prefix: str) -> str:
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                for line in f:
+                    if line.startswith(prefix):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return ""
+
+    try:
+        import pyfuse3  # noqa: PLC0415
+
+        pyfuse3_version = getattr(pyfuse3, "__version__", "?")
+    except ImportError:
+        pyfuse3_version = "-"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "mem_total": first("/proc/meminfo", "MemTotal"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pyfuse3": pyfuse3_version,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def save_json(path: str, doc: dict[str, Any]) -> None:
+    def default(o: Any) -> Any:
+        if isinstance(o, Row):
+            return asdict(o)
+        raise TypeError(type(o).__name__)
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, default=default)
+        f.write("\n")
