@@ -15,7 +15,7 @@ from typing import ParamSpec, TypeVar
 
 import trio
 
-from .client import AisClient, ListEntry, ListPage, ObjectProps, RangeResult
+from .client import AisClient, Body, ListEntry, ListPage, ObjectProps, RangeResult
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -83,7 +83,7 @@ class AsyncAis:
     ) -> ObjectProps:
         return await self._run(self.client.put_file, bucket, key, fd, size, custom)
 
-    async def append(self, bucket: str, key: str, handle: str, data: bytes | memoryview) -> str:
+    async def append(self, bucket: str, key: str, handle: str, data: Body) -> str:
         return await self._run(self.client.append, bucket, key, handle, data)
 
     async def flush(self, bucket: str, key: str, handle: str) -> None:

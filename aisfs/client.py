@@ -148,8 +148,23 @@ class _FdBody:
         return data
 
 
-# Request bodies: bytes, or a function that makes a fresh body stream for each attempt.
-Body = bytes | memoryview | Callable[[], Any]
+class Chunks:
+    """A request body made of several byte strings, sent one after the other without joining
+    them (a retry iterates again)."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.size = sum(len(p) for p in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.parts)
+
+
+# Request bodies: bytes, chunks, or a function that makes a fresh body stream for each attempt.
+Body = bytes | bytearray | memoryview | Chunks | Callable[[], Any]
 
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
@@ -523,7 +538,7 @@ class AisClient:
         )
         return ObjectProps(key, size, version=resp.headers.get("Ais-Version", ""))
 
-    def append(self, bucket: str, key: str, handle: str, data: bytes | memoryview) -> str:
+    def append(self, bucket: str, key: str, handle: str, data: Body) -> str:
         """Append bytes to the object's pending append session; returns the new handle."""
         resp = self._request(
             "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="append",

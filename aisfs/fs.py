@@ -278,7 +278,7 @@ class Operations(pyfuse3.Operations):
         handle = FileHandle(node)
         if writing:
             handle.writer = ObjectWriter(
-                self.aio, node.bucket, node.key, self.config, self.spill, exists=True,
+                self.aio, node.bucket, node.key, self.config, self.spill, self.spawn, exists=True,
                 size=st.size, truncate=bool(flags & os.O_TRUNC),
             )
             self._add_writer(handle)
@@ -378,7 +378,7 @@ class Operations(pyfuse3.Operations):
         node = self.table.child(parent, parent.bucket, key, Kind.FILE)
         handle = FileHandle(node)
         handle.writer = ObjectWriter(
-            self.aio, node.bucket, key, self.config, self.spill, exists=exists, size=0,
+            self.aio, node.bucket, key, self.config, self.spill, self.spawn, exists=exists, size=0,
             truncate=True,
         )
         self._add_writer(handle)
@@ -460,7 +460,7 @@ class Operations(pyfuse3.Operations):
             return
         st = await self.ns.object_stat(node.bucket, node.key)
         writer = ObjectWriter(self.aio, node.bucket, node.key, self.config, self.spill,
-                              exists=True, size=st.size, truncate=size == 0)
+                              self.spawn, exists=True, size=st.size, truncate=size == 0)
         try:
             await writer.truncate(size)
             done = await writer.flush()

@@ -35,9 +35,10 @@ import trio
 
 from . import errors
 from .aio import AsyncAis
-from .client import MTIME_KEY
+from .client import MTIME_KEY, Chunks
 from .config import TMP_MARKER, MountConfig
-from .xattrs import custom_size, CUSTOM_MD_MAX
+from .reader import Spawn
+from .xattrs import CUSTOM_MD_MAX, custom_size
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,14 @@ class Uploaded:
 
 class ObjectWriter:
     def __init__(
-        self, aio: AsyncAis, bucket: str, key: str, config: MountConfig, spill: SpillArea, *,
-        exists: bool, size: int, truncate: bool, had_custom_mtime: bool = False,
+        self, aio: AsyncAis, bucket: str, key: str, config: MountConfig, spill: SpillArea,
+        spawn: Spawn, *, exists: bool, size: int, truncate: bool,
+        had_custom_mtime: bool = False,
     ) -> None:
         self.aio = aio
+        self.spawn = spawn
+        # The APPEND in flight: the next part fills while it is sent (at most two parts held).
+        self._inflight: trio.Event | None = None
         self.bucket = bucket
         self.key = key
         self.part = config.write_part_size
@@ -136,7 +141,9 @@ class ObjectWriter:
         return f"ais://{self.bucket}/{self.key}"
 
     def _reset_stream(self, *, continue_existing: bool) -> None:
-        self.buffer = bytearray()
+        # Bytes not yet appended, kept as the objects pyfuse3 handed us: no copy until sent.
+        self.buffer: list[bytes] = []
+        self.buffered = 0
         self.sent = 0  # bytes appended in the current session
         self.handle = ""
         self.session_key: str | None = None
@@ -159,9 +166,10 @@ class ObjectWriter:
                 if self.mode is Mode.STAGED:
                     await self._staged_write(off, data)
                 else:
-                    self.buffer += data
+                    self.buffer.append(data)
+                    self.buffered += len(data)
                     self.size += len(data)
-                    while len(self.buffer) >= self.part:
+                    while self.buffered >= self.part:
                         await self._send_part()
                 self.dirty = True
                 return len(data)
@@ -175,6 +183,7 @@ class ObjectWriter:
             try:
                 if size == self.size and self.mode is not Mode.LAZY:
                     return
+                await self._settle()
                 if size == 0:
                     # A new, empty content: any streamed session is abandoned (never flushed,
                     # so never visible), a staged file is dropped.
@@ -226,7 +235,8 @@ class ObjectWriter:
         if self.staged is not None:
             self.staged.close()
             self.staged = None
-        self.buffer = bytearray()
+        self.buffer = []
+        self.buffered = 0
 
     # ------------------------------------------------------------------ internals
 
@@ -235,12 +245,17 @@ class ObjectWriter:
             raise self.error
 
     def _latch(self, exc: BaseException) -> None:
-        if isinstance(exc, errors.AisFsError | OSError) and self.error is None:
-            log.warning("%s: write failed, failing this file handle from now on: %s",
-                        self.what, exc)
-            self.error = exc
+        if self.error is not None or not isinstance(exc, Exception):
+            return
+        if not isinstance(exc, errors.AisFsError | OSError):
+            log.error("%s: unexpected error while writing", self.what, exc_info=exc)
+            exc = errors.AisError(f"unexpected {type(exc).__name__}", 0, self.what)
+        log.warning("%s: write failed, failing this file handle from now on: %s", self.what, exc)
+        self.error = exc
 
     async def _send_part(self) -> None:
+        """Start the APPEND of one part in the background, after the previous one finished."""
+        await self._settle()
         if self.session_key is None:
             if self.exists and not self.continues_existing:
                 head, _, tail = self.key.rpartition("/")
@@ -248,29 +263,69 @@ class ObjectWriter:
                 self.session_key = f"{head}/{name}" if head else name
             else:
                 self.session_key = self.key
-        chunk = bytes(self.buffer[: self.part])
-        del self.buffer[: self.part]
-        self.handle = await self.aio.append(self.bucket, self.session_key, self.handle, chunk)
-        self.sent += len(chunk)
+        chunk = self._take(self.part)
+        done = trio.Event()
+        self._inflight = done
+        key = self.session_key
+
+        async def send() -> None:
+            try:
+                self.handle = await self.aio.append(self.bucket, key, self.handle, chunk)
+                self.sent += len(chunk)
+            except Exception as exc:  # noqa: BLE001 - delivered to the next call on the handle
+                self._latch(exc)
+            except BaseException:
+                self._latch(errors.AisError("upload interrupted by shutdown", 0, self.what))
+                raise
+            finally:
+                done.set()
+
+        self.spawn(send)
+
+    def _take(self, limit: int) -> Chunks:
+        """Up to ``limit`` buffered bytes, as a body that is not copied again."""
+        parts: list[bytes] = []
+        taken = 0
+        while self.buffer and taken < limit:
+            piece = self.buffer[0]
+            if taken + len(piece) > limit:
+                cut = limit - taken
+                parts.append(piece[:cut])
+                self.buffer[0] = piece[cut:]
+                taken = limit
+                break
+            parts.append(self.buffer.pop(0))
+            taken += len(piece)
+        self.buffered -= taken
+        return Chunks(parts)
+
+    async def _settle(self) -> None:
+        """Wait for the APPEND in flight; raise its error, if any."""
+        if self._inflight is not None:
+            await self._inflight.wait()
+            self._inflight = None
+        self._check()
 
     async def _to_staged(self) -> None:
         """Move the content so far into a spill file."""
+        await self._settle()
         staged = await self.aio.run_blocking(self.spill.create)
         try:
             if self.mode is Mode.LAZY or (self.mode is Mode.STREAM and self.continues_existing
                                           and self.sent == 0):
-                base = self.size - len(self.buffer) if self.mode is Mode.STREAM else self.size
+                base = self.size - self.buffered if self.mode is Mode.STREAM else self.size
                 await self._download(staged, self.key, base)
                 if self.mode is Mode.STREAM:
                     staged._account(self.size)
-                    await self.aio.run_blocking(lambda: staged.pwrite(base, self.buffer))
+                    pending = b"".join(self.buffer)
+                    await self.aio.run_blocking(lambda: staged.pwrite(base, pending))
             elif self.sent > 0:
                 # Bytes already sit in an append session that cannot be read: flush it (the
                 # partial object becomes visible) and read it back.
                 assert self.session_key is not None
                 if self.buffer:
                     self.handle = await self.aio.append(
-                        self.bucket, self.session_key, self.handle, bytes(self.buffer)
+                        self.bucket, self.session_key, self.handle, self._take(self.buffered)
                     )
                 await self.aio.flush(self.bucket, self.session_key, self.handle)
                 log.info("%s: non-sequential write after %d streamed bytes: staging locally",
@@ -279,8 +334,9 @@ class ObjectWriter:
                 if self.session_key != self.key:
                     await self.aio.delete_object(self.bucket, self.session_key)
             else:
-                staged._account(len(self.buffer))
-                await self.aio.run_blocking(lambda: staged.pwrite(0, self.buffer))
+                pending = b"".join(self.buffer)
+                staged._account(len(pending))
+                await self.aio.run_blocking(lambda: staged.pwrite(0, pending))
         except BaseException:
             staged.close()
             raise
@@ -314,6 +370,7 @@ class ObjectWriter:
         self.size = max(self.size, off + len(data))
 
     async def _upload(self) -> Uploaded:
+        await self._settle()
         mtime_ns = self.pending_mtime_ns or time.time_ns()
         custom = {MTIME_KEY: str(mtime_ns).encode()}
         if self.mode is Mode.STAGED:
@@ -324,14 +381,14 @@ class ObjectWriter:
         elif self.mode is Mode.LAZY:
             raise AssertionError("a LAZY writer is never dirty")
         elif self.sent == 0 and not self.continues_existing:
-            props = await self.aio.put_object(self.bucket, self.key, bytes(self.buffer), custom)
+            props = await self.aio.put_object(self.bucket, self.key, b"".join(self.buffer), custom)
             version = props.version
         else:
             if self.session_key is None:
                 self.session_key = self.key  # continuing an existing object, one short part
             if self.buffer:
                 self.handle = await self.aio.append(
-                    self.bucket, self.session_key, self.handle, bytes(self.buffer)
+                    self.bucket, self.session_key, self.handle, self._take(self.buffered)
                 )
             carried: dict[str, bytes] = {}
             if self.session_key != self.key:
