@@ -51,7 +51,9 @@ class AsyncAis:
             page_size=page_size, uuid=uuid, continuation_token=continuation_token,
         )
 
-    async def list_all(self, bucket: str, prefix: str, *, recursive: bool = False) -> list[ListEntry]:
+    async def list_all(
+        self, bucket: str, prefix: str, *, recursive: bool = False
+    ) -> list[ListEntry]:
         """Every entry under ``prefix``, all pages, in the cluster's (lexicographic) order."""
         entries: list[ListEntry] = []
         uuid = token = ""

@@ -428,7 +428,8 @@ class AisClient:
         }
         resp = self._request(
             "GET", self._bucket_url(bucket), f"ais://{bucket}/{prefix}", kind="list_objects",
-            params={"provider": "ais"}, json_body={"action": "list", "name": bucket, "value": value},
+            params={"provider": "ais"},
+            json_body={"action": "list", "name": bucket, "value": value},
         )
         doc = resp.json() or {}
         entries = []
@@ -621,10 +622,11 @@ def _connect_failed(exc: BaseException) -> bool:
         seen.add(id(cur))
         if isinstance(cur, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
             return True
-        cur = cur.__cause__ or cur.__context__ or (cur.args[0] if cur.args and isinstance(cur.args[0], BaseException) else None)
-        reason = getattr(cur, "reason", None)
-        if isinstance(reason, BaseException) and id(reason) not in seen:
-            cur = reason
+        reason = getattr(cur, "reason", None)  # urllib3 wraps the cause in .reason
+        first_arg = cur.args[0] if cur.args else None
+        cur = (cur.__cause__ or cur.__context__
+               or (reason if isinstance(reason, BaseException) else None)
+               or (first_arg if isinstance(first_arg, BaseException) else None))
     return False
 
 

@@ -36,7 +36,9 @@ class Source:
 def parse_source(text: str) -> Source:
     """``ais://``, ``ais://BUCKET`` or ``ais://BUCKET/PREFIX/``."""
     if not text.startswith("ais://"):
-        raise ConfigError(f"source must look like ais://, ais://BUCKET or ais://BUCKET/PREFIX/: {text!r}")
+        raise ConfigError(
+            f"source must look like ais://, ais://BUCKET or ais://BUCKET/PREFIX/: {text!r}"
+        )
     rest = text[len("ais://"):]
     if not rest:
         return Source()
@@ -62,7 +64,7 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
-    """Everything the HTTP client needs (no secrets stored here: the token comes from a provider)."""
+    """Everything the HTTP client needs (no secrets: the token comes from a callable)."""
 
     endpoint: str = DEFAULT_ENDPOINT
     connect_timeout: float = 5.0

@@ -26,14 +26,13 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from . import errors
+from . import errors, xattrs
 from .aio import AsyncAis
 from .cache import Stat
 from .client import MTIME_KEY
 from .config import MountConfig
 from .inodes import Inode, Kind
 from .namespace import Child, Namespace
-from . import xattrs
 from .reader import BufferPool, ObjectReader, ReadBudget, Spawn
 from .writer import ObjectWriter, SpillArea
 
@@ -252,7 +251,8 @@ class Operations(pyfuse3.Operations):
         kind = Kind.DIR if child.is_dir else Kind.FILE
         if parent.kind is Kind.CLUSTER:
             return self.table.child(parent, child.name, "", Kind.DIR)
-        return self.table.child(parent, parent.bucket, parent.child_key(child.name, child.is_dir), kind)
+        key = parent.child_key(child.name, child.is_dir)
+        return self.table.child(parent, parent.bucket, key, kind)
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -582,7 +582,9 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 takes any buffer: no copy
+        self, fh: int, off: int, size: int
+    ) -> bytes | memoryview:
         handle = self._file(fh)
         if handle.reader is None:
             raise errors.PosixError(errno.EBADF, "file not open for reading")

@@ -266,8 +266,9 @@ class Namespace:
                 child = Child(name, True, None)
                 self.dirs.put((bucket, entry.name), True)
             else:
-                child = Child(name, False, Stat(entry.size, entry.mtime_ns, entry.version))
-                self.stats.put((bucket, entry.name), child.stat)
+                stat = Stat(entry.size, entry.mtime_ns, entry.version)
+                child = Child(name, False, stat)
+                self.stats.put((bucket, entry.name), stat)
             previous = by_name.get(name)
             if previous is None:
                 order.append(name)
@@ -280,12 +281,12 @@ class Namespace:
                 if name not in by_name:
                     order.append(name)
                     by_name[name] = Child(name, True, None)
-        for (b, key), stat in self.pending.items():
+        for (b, key), current in self.pending.items():
             if b == bucket and key.startswith(prefix) and "/" not in key[len(prefix):]:
                 name = key[len(prefix):]
                 if name not in by_name:
                     order.append(name)
-                by_name[name] = Child(name, False, stat())
+                by_name[name] = Child(name, False, current())
         if skipped:
             log.warning(
                 "ais://%s/%s: skipped %d object name(s) that cannot be a file name, e.g. %r",

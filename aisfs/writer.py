@@ -1,4 +1,4 @@
-"""Per-handle object writer: streamed through AIS's append/flush protocol, staged when not sequential.
+"""Per-handle object writer: streamed through AIS's append/flush protocol, else staged locally.
 
 Modes of one handle:
 - STREAM: writes arrive at the end of the file. Bytes collect in a buffer of ``write_part_size``;
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import logging
 import os
 import secrets
@@ -352,8 +353,7 @@ class ObjectWriter:
             result = await self.aio.get_range(self.bucket, key, pos, length)
             if len(result.data) != length:
                 raise errors.StaleObject(f"ais://{self.bucket}/{key} changed while staging")
-            data, at = result.data, pos
-            await self.aio.run_blocking(lambda: staged.pwrite(at, data))
+            await self.aio.run_blocking(functools.partial(staged.pwrite, pos, result.data))
             pos += length
 
     async def _custom_of(self, key: str) -> dict[str, bytes]:

@@ -68,7 +68,7 @@ def custom_size(custom: dict[str, bytes]) -> int:
 
 
 def check_size(custom: dict[str, bytes]) -> None:
-    """AIS answers 200 to a merge that overflows 2 KiB and drops ALL custom metadata: check first."""
+    """Refuse what AIS would accept and then lose: a merge over 2 KiB drops ALL custom keys."""
     total = custom_size(custom)
     if total > CUSTOM_MD_MAX:
         raise PosixError(
