@@ -1,0 +1,448 @@
+"""aisfs/namespace.py against a fake async client (no HTTP): listings, lookups, caching."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import Counter
+
+import pytest
+import trio
+import trio.testing
+
+from aisfs import errors
+from aisfs.cache import Stat
+from aisfs.client import ListEntry, ListPage, ObjectProps
+from aisfs.config import MountConfig, parse_source
+from aisfs.inodes import Kind
+from aisfs.namespace import Namespace, valid_name
+
+
+class FakeTimer:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeAis:
+    """A bucket as {key: size}; non-recursive listings derived from it, or given verbatim."""
+
+    def __init__(self, objects: dict[str, int] | None = None, buckets: tuple[str, ...] = ("b",)):
+        self.objects: dict[tuple[str, str], int] = {("b", k): v for k, v in (objects or {}).items()}
+        self.buckets = list(buckets)
+        self.raw_listings: dict[tuple[str, str], list[ListEntry]] = {}
+        self.calls: Counter[str] = Counter()
+        self.log: list[tuple[str, ...]] = []
+        self.gate: trio.Event | None = None
+
+    async def _maybe_wait(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+
+    async def list_buckets(self) -> list[str]:
+        self.calls["list_buckets"] += 1
+        await self._maybe_wait()
+        return sorted(self.buckets)
+
+    def _entries(self, bucket: str, prefix: str, recursive: bool) -> list[ListEntry]:
+        if not recursive and (bucket, prefix) in self.raw_listings:
+            return list(self.raw_listings[(bucket, prefix)])
+        out: dict[str, ListEntry] = {}
+        for (b, key), size in sorted(self.objects.items()):
+            if b != bucket or not key.startswith(prefix):
+                continue
+            rest = key[len(prefix):]
+            if not recursive and "/" in rest:
+                name = prefix + rest.split("/", 1)[0] + "/"
+                out[name] = ListEntry(name, True)
+            else:
+                out[key] = ListEntry(key, False, size, 1_000_000_000 * size, "1")
+        return [out[k] for k in sorted(out)]
+
+    async def list_objects_page(
+        self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
+        uuid: str = "", continuation_token: str = "",
+    ) -> ListPage:
+        self.calls["list_objects_page"] += 1
+        self.log.append(("page", bucket, prefix, str(recursive), str(page_size)))
+        await self._maybe_wait()
+        entries = self._entries(bucket, prefix, recursive)
+        if page_size:
+            entries = entries[:page_size]
+        return ListPage(entries, "u", "")
+
+    async def list_all(
+        self, bucket: str, prefix: str, *, recursive: bool = False
+    ) -> list[ListEntry]:
+        self.calls["list_all"] += 1
+        self.log.append(("all", bucket, prefix, str(recursive)))
+        await self._maybe_wait()
+        return self._entries(bucket, prefix, recursive)
+
+    async def head_object(self, bucket: str, key: str) -> ObjectProps:
+        self.calls["head_object"] += 1
+        self.log.append(("head", bucket, key))
+        await self._maybe_wait()
+        if (bucket, key) not in self.objects:
+            raise errors.NotFound(f"{key} does not exist", 404, f"ais://{bucket}/{key}")
+        size = self.objects[(bucket, key)]
+        return ObjectProps(key, size, 7_000_000_000, "3")
+
+
+def make_ns(fake: FakeAis, source: str = "ais://b", ttl: float = 5.0,
+            neg: float = 1.0) -> tuple[Namespace, FakeTimer]:
+    config = MountConfig(source=parse_source(source), mountpoint="/x", metadata_ttl=ttl,
+                         negative_metadata_ttl=neg)
+    timer = FakeTimer()
+    return Namespace(fake, config, timer), timer  # type: ignore[arg-type]
+
+
+def names(children: list) -> list[tuple[str, bool]]:  # type: ignore[type-arg]
+    return [(c.name, c.is_dir) for c in children]
+
+
+# ---------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("a", True), ("", False), (".", False), ("..", False), ("...", True), ("a/b", False),
+     ("x" * 255, True), ("x" * 256, False), ("é" * 127, True), ("é" * 128, False),
+     ("nul\0", False)],
+)
+def test_valid_name(name: str, ok: bool) -> None:
+    assert valid_name(name) is ok
+
+
+# ---------------------------------------------------------------------- listings
+
+
+async def test_listing_gives_child_names() -> None:
+    fake = FakeAis({"d/a": 1, "d/b/c": 2, "d/b/x/y": 3, "d/e": 4, "top": 5, "dd": 6})
+    ns, _ = make_ns(fake)
+    root = await ns.list_dir(ns.root)
+    assert [(c.name, c.is_dir) for _, c in root] == [("d", True), ("dd", False), ("top", False)]
+    d_inode = root[0][0]
+    assert d_inode.kind is Kind.DIR and d_inode.key == "d/"
+    children = await ns.list_dir(d_inode)
+    assert [(c.name, c.is_dir) for _, c in children] == [("a", False), ("b", True), ("e", False)]
+    inodes = {c.name: i for i, c in children}
+    assert inodes["a"].key == "d/a" and inodes["a"].kind is Kind.FILE
+    assert inodes["b"].key == "d/b/" and inodes["b"].kind is Kind.DIR
+    assert inodes["a"].lookups == 0  # list_dir registers inodes but takes no references
+    stat_a = next(c.stat for _, c in children if c.name == "a")
+    assert stat_a == Stat(1, 1_000_000_000, "1")
+    assert ("all", "b", "d/", "False") in fake.log
+
+
+async def test_listing_seeds_the_stat_cache() -> None:
+    fake = FakeAis({"f1": 10, "f2": 20})
+    ns, _ = make_ns(fake)
+    await ns.list_dir(ns.root)
+    inode, st = await ns.lookup(ns.root, "f2")
+    assert st == Stat(20, 20_000_000_000, "1")
+    assert await ns.getattr(inode) == st
+    assert fake.calls["head_object"] == 0
+
+
+@pytest.mark.parametrize("order", ["file-first", "dir-first"])
+async def test_dir_and_object_with_one_name_are_one_dir(order: str) -> None:
+    fake = FakeAis()
+    entries = [ListEntry("x", False, 3, 0, "1"), ListEntry("x/", True), ListEntry("y", False, 1)]
+    if order == "dir-first":
+        entries[0], entries[1] = entries[1], entries[0]
+    fake.raw_listings[("b", "")] = entries
+    ns, _ = make_ns(fake)
+    listing = await ns.listing("b", "")
+    assert names(listing.children) == [("x", True), ("y", False)]
+    inode, st = await ns.lookup(ns.root, "x")
+    assert inode.kind is Kind.DIR and inode.key == "x/" and st is None
+
+
+async def test_dir_wins_in_lookup_without_listing(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeAis({"x": 3, "x/y": 4})
+    ns, _ = make_ns(fake)
+    with caplog.at_level(logging.INFO, logger="aisfs.namespace"):
+        inode, st = await ns.lookup(ns.root, "x")
+    assert inode.kind is Kind.DIR and inode.key == "x/" and st is None
+    assert any("both an object and a prefix" in r.getMessage() for r in caplog.records)
+
+
+async def test_invalid_names_skipped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeAis()
+    long = "y" * 300
+    fake.raw_listings[("b", "p/")] = [
+        ListEntry("p/", False, 1),  # the prefix itself: empty name
+        ListEntry("p//", True),  # from a//b: an empty component
+        ListEntry("p/.", False, 1),
+        ListEntry("p/..", False, 1),
+        ListEntry("p/../", True),
+        ListEntry("p/" + long, False, 1),
+        ListEntry("p/x/y", False, 1),  # a slash in a file name
+        ListEntry("other/z", False, 1),  # not under the prefix at all
+        ListEntry("p/ok", False, 2),
+        ListEntry("p/sub/", True),
+    ]
+    ns, _ = make_ns(fake)
+    with caplog.at_level(logging.WARNING, logger="aisfs.namespace"):
+        listing = await ns.listing("b", "p/")
+    assert names(listing.children) == [("ok", False), ("sub", True)]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "skipped 8" in warnings[0].getMessage()
+
+
+async def test_no_warning_for_a_clean_listing(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeAis({"a": 1, "b/c": 2})
+    ns, _ = make_ns(fake)
+    with caplog.at_level(logging.WARNING, logger="aisfs.namespace"):
+        await ns.listing("b", "")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_listing_sorted_by_name() -> None:
+    fake = FakeAis()
+    fake.raw_listings[("b", "")] = [
+        ListEntry("z", False, 1), ListEntry("a/", True), ListEntry("é", False, 1),
+        ListEntry("B", False, 1), ListEntry("a-/", True), ListEntry("a.txt", False, 1),
+    ]
+    ns, _ = make_ns(fake)
+    listing = await ns.listing("b", "")
+    assert [c.name for c in listing.children] == ["B", "a", "a-", "a.txt", "z", "é"]
+    assert sorted(listing.by_name) == ["B", "a", "a-", "a.txt", "z", "é"]
+
+
+async def test_listing_is_cached_until_ttl() -> None:
+    fake = FakeAis({"a": 1})
+    ns, timer = make_ns(fake, ttl=5.0)
+    await ns.list_dir(ns.root)
+    await ns.list_dir(ns.root)
+    assert fake.calls["list_all"] == 1
+    timer.now += 6
+    await ns.list_dir(ns.root)
+    assert fake.calls["list_all"] == 2
+
+
+async def test_concurrent_listings_share_one_fetch() -> None:
+    fake = FakeAis({"a": 1})
+    fake.gate = trio.Event()
+    ns, _ = make_ns(fake)
+    results = []
+
+    async def one() -> None:
+        results.append(await ns.listing("b", ""))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        fake.gate.set()
+    assert fake.calls["list_all"] == 1
+    assert len(results) == 4 and all(r is results[0] for r in results)
+
+
+async def test_prefix_mount_lists_under_the_prefix() -> None:
+    fake = FakeAis({"p/q/a": 1, "p/q/s/t": 2, "p/other": 3})
+    ns, _ = make_ns(fake, source="ais://b/p/q")
+    assert ns.root.key == "p/q/"
+    children = await ns.list_dir(ns.root)
+    assert [(c.name, c.is_dir) for _, c in children] == [("a", False), ("s", True)]
+    assert children[0][0].key == "p/q/a"
+    inode, st = await ns.lookup(ns.root, "a")
+    assert inode.key == "p/q/a" and st is not None and st.size == 1
+
+
+# ---------------------------------------------------------------------- lookups
+
+
+async def test_lookup_uses_fresh_listing() -> None:
+    fake = FakeAis({"a": 1, "d/x": 2})
+    ns, _ = make_ns(fake)
+    await ns.list_dir(ns.root)
+    before = dict(fake.calls)
+    inode, st = await ns.lookup(ns.root, "a")
+    assert inode.kind is Kind.FILE and st == Stat(1, 1_000_000_000, "1")
+    d, st_d = await ns.lookup(ns.root, "d")
+    assert d.kind is Kind.DIR and st_d is None
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(ns.root, "nope")
+    assert dict(fake.calls) == before  # everything answered from the listing
+
+
+async def test_lookup_without_listing_heads_and_lists_one_item() -> None:
+    fake = FakeAis({"a": 1, "d/x": 2})
+    ns, timer = make_ns(fake)
+    inode, st = await ns.lookup(ns.root, "a")
+    assert inode.kind is Kind.FILE and inode.key == "a"
+    assert st == Stat(1, 7_000_000_000, "3")  # from the HEAD
+    assert fake.calls == Counter({"head_object": 1, "list_objects_page": 1})
+    assert ("head", "b", "a") in fake.log
+    assert ("page", "b", "a/", "True", "1") in fake.log  # recursive, one item
+    d, _ = await ns.lookup(ns.root, "d")
+    assert d.kind is Kind.DIR and d.key == "d/"
+    assert ("page", "b", "d/", "True", "1") in fake.log
+    # Within the TTL nothing is asked again.
+    calls = sum(fake.calls.values())
+    await ns.lookup(ns.root, "a")
+    await ns.lookup(ns.root, "d")
+    assert sum(fake.calls.values()) == calls
+
+
+async def test_lookup_after_listing_expired_goes_remote() -> None:
+    fake = FakeAis({"a": 1})
+    ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
+    await ns.list_dir(ns.root)
+    timer.now += 6
+    fake.objects[("b", "a")] = 99  # changed remotely
+    _, st = await ns.lookup(ns.root, "a")
+    assert st is not None and st.size == 99
+    assert fake.calls["head_object"] == 1
+    assert fake.calls["list_objects_page"] == 1
+
+
+async def test_negative_entries_cached_for_negative_ttl() -> None:
+    fake = FakeAis({"a": 1})
+    ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(ns.root, "nope")
+    assert fake.calls == Counter({"head_object": 1, "list_objects_page": 1})
+    timer.now += 0.5
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(ns.root, "nope")
+    assert fake.calls == Counter({"head_object": 1, "list_objects_page": 1})
+    fake.objects[("b", "nope")] = 5  # appears remotely
+    timer.now += 0.7  # 1.2 s: the negative entries expired
+    inode, st = await ns.lookup(ns.root, "nope")
+    assert inode.kind is Kind.FILE and st is not None and st.size == 5
+    assert fake.calls == Counter({"head_object": 2, "list_objects_page": 2})
+
+
+async def test_no_negative_caching_when_ttl_zero() -> None:
+    fake = FakeAis({"a": 1})
+    ns, _ = make_ns(fake, neg=0.0)
+    for _ in range(3):
+        with pytest.raises(errors.NotFound):
+            await ns.lookup(ns.root, "nope")
+    assert fake.calls["head_object"] == 3
+    assert fake.calls["list_objects_page"] == 3
+
+
+async def test_concurrent_lookups_share_one_head() -> None:
+    fake = FakeAis({"a": 1})
+    fake.gate = trio.Event()
+    ns, _ = make_ns(fake)
+    found = []
+
+    async def one() -> None:
+        found.append(await ns.lookup(ns.root, "a"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        fake.gate.set()
+    assert fake.calls["head_object"] == 1
+    assert fake.calls["list_objects_page"] == 1
+    assert len({id(i) for i, _ in found}) == 1
+
+
+async def test_lookup_bad_names() -> None:
+    fake = FakeAis({"a": 1})
+    ns, _ = make_ns(fake)
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(ns.root, "")
+    with pytest.raises(errors.PosixError) as info:
+        await ns.lookup(ns.root, "n" * 256)
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert sum(fake.calls.values()) == 0
+
+
+async def test_fresh_stat_bypasses_cache() -> None:
+    fake = FakeAis({"a": 1})
+    ns, _ = make_ns(fake)
+    inode, _ = await ns.lookup(ns.root, "a")
+    fake.objects[("b", "a")] = 2
+    assert (await ns.getattr(inode)).size == 1  # type: ignore[union-attr]
+    assert (await ns.fresh_stat(inode)).size == 2
+    assert fake.calls["head_object"] == 2
+
+
+async def test_getattr_of_dir_is_none() -> None:
+    fake = FakeAis({"d/x": 1})
+    ns, _ = make_ns(fake)
+    d, _ = await ns.lookup(ns.root, "d")
+    assert await ns.getattr(d) is None
+    assert await ns.getattr(ns.root) is None
+
+
+async def test_cluster_root_lists_and_looks_up_buckets() -> None:
+    fake = FakeAis(buckets=("b2", "b1"))
+    ns, _ = make_ns(fake, source="ais://")
+    assert ns.root.kind is Kind.CLUSTER
+    children = await ns.list_dir(ns.root)
+    assert [(c.name, c.is_dir) for _, c in children] == [("b1", True), ("b2", True)]
+    assert all(i.kind is Kind.DIR and i.key == "" for i, _ in children)
+    inode, st = await ns.lookup(ns.root, "b2")
+    assert inode.bucket == "b2" and inode.key == "" and st is None
+    assert inode is children[1][0]
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(ns.root, "nob")
+    assert fake.calls["list_buckets"] == 1
+
+
+# ---------------------------------------------------------------------- local dirs
+
+
+async def test_local_dirs_show_in_listings_and_lookups() -> None:
+    fake = FakeAis({"a": 1, "d/x": 2})
+    ns, _ = make_ns(fake)
+    ns.local_dirs.add(("b", "new/"))
+    ns.local_dirs.add(("b", "d/"))  # also exists remotely: still one entry
+    ns.local_dirs.add(("b", "new/sub/"))
+    ns.local_dirs.add(("other", "zzz/"))  # another bucket: not here
+    root = await ns.listing("b", "")
+    assert names(root.children) == [("a", False), ("d", True), ("new", True)]
+    sub = await ns.listing("b", "new/")
+    assert names(sub.children) == [("sub", True)]
+    inode, st = await ns.lookup(ns.root, "new")
+    assert inode.kind is Kind.DIR and inode.key == "new/" and st is None
+    assert await ns.dir_exists("b", "new/sub/") is True
+
+
+async def test_local_dir_lookup_needs_no_remote_call() -> None:
+    fake = FakeAis()
+    ns, _ = make_ns(fake)
+    ns.local_dirs.add(("b", "made/"))
+    inode, _ = await ns.lookup(ns.root, "made")
+    assert inode.kind is Kind.DIR
+    assert sum(fake.calls.values()) == 0
+
+
+# ---------------------------------------------------------------------- invalidation
+
+
+async def test_invalidate_drops_parent_listing_and_stats() -> None:
+    fake = FakeAis({"top": 1, "a/x": 2, "a/b/y": 3})
+    ns, _ = make_ns(fake)
+    await ns.listing("b", "")
+    await ns.listing("b", "a/")
+    await ns.listing("b", "a/b/")
+    assert fake.calls["list_all"] == 3
+    ns.invalidate("b", "a/x")
+    assert ns.listings.get(("b", "a/")) is None
+    assert ns.listings.get(("b", "")) is not None
+    assert ns.listings.get(("b", "a/b/")) is not None
+    assert ns.stats.get(("b", "a/x")) is None
+    assert ns.stats.get(("b", "top")) is not None
+    assert ns.dirs.get(("b", "a/")) is None  # the ancestor may have gone away
+    fake.objects[("b", "a/new")] = 4
+    listing = await ns.listing("b", "a/")
+    assert "new" in listing.by_name
+    assert fake.calls["list_all"] == 4
+    ns.invalidate("b", "top")
+    assert ns.listings.get(("b", "")) is None
+    ns.invalidate("b", "a/b/")  # a directory key: its parent is a/
+    assert ns.listings.get(("b", "a/")) is None
+    assert ns.listings.get(("b", "a/b/")) is not None
