@@ -382,7 +382,7 @@ class Operations(pyfuse3.Operations):
             truncate=True,
         )
         self._add_writer(handle)
-        self.ns.invalidate(node.bucket, key)
+        self.ns.stats.pop((node.bucket, key))
         if not flags & os.O_WRONLY:
             handle.reader = self._reader(node, Stat(0, time.time_ns()))
         node.opens += 1

@@ -15,6 +15,7 @@ touched only after the awaited remote call returned, with no ``await`` in betwee
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import time
@@ -224,8 +225,17 @@ class Namespace:
                 for name in names
             ]
         listing = await self.listing(inode.bucket, inode.key)
+        children = listing.children
+        # Files being written here show at once, with their current size.
+        bucket, prefix = inode.bucket, inode.key
+        extra = {key[len(prefix):]: current for (b, key), current in self.pending.items()
+                 if b == bucket and key.startswith(prefix) and "/" not in key[len(prefix):]}
+        if extra:
+            merged = {c.name: c for c in children}
+            merged.update({n: Child(n, False, f()) for n, f in extra.items()})
+            children = [merged[n] for n in sorted(merged)]
         out = []
-        for child in listing.children:
+        for child in children:
             kind = Kind.DIR if child.is_dir else Kind.FILE
             key = inode.child_key(child.name, child.is_dir)
             out.append((self.table.child(inode, inode.bucket, key, kind), child))
@@ -281,12 +291,6 @@ class Namespace:
                 if name not in by_name:
                     order.append(name)
                     by_name[name] = Child(name, True, None)
-        for (b, key), current in self.pending.items():
-            if b == bucket and key.startswith(prefix) and "/" not in key[len(prefix):]:
-                name = key[len(prefix):]
-                if name not in by_name:
-                    order.append(name)
-                by_name[name] = Child(name, False, current())
         if skipped:
             log.warning(
                 "ais://%s/%s: skipped %d object name(s) that cannot be a file name, e.g. %r",
@@ -310,13 +314,34 @@ class Namespace:
 
     def note_written(self, bucket: str, key: str, size: int, mtime_ns: int, version: str) -> None:
         """An upload through this mount finished: show its result without asking AIS."""
-        self.invalidate(bucket, key)
-        self.stats.put((bucket, key), Stat(size, mtime_ns, version))
+        stat = Stat(size, mtime_ns, version)
+        self.stats.put((bucket, key), stat)
+        self.dirs.put_missing((bucket, key + "/"))
+        self._set_child(bucket, key, stat)
         parent = key.rpartition("/")[0]
         while parent:
             self.removed_dirs.discard((bucket, parent + "/"))
             self.local_dirs.discard((bucket, parent + "/"))  # it exists in AIS now
+            self.dirs.put((bucket, parent + "/"), True)
             parent = parent.rpartition("/")[0]
+
+    def _set_child(self, bucket: str, key: str, stat: Stat | None, *, is_dir: bool = False,
+                   remove: bool = False) -> None:
+        """Update the cached listing of ``key``'s parent in place (when there is one), so that
+        changes made here do not cost a new LIST."""
+        head, _, name = key.rstrip("/").rpartition("/")
+        listing = self.listings.get((bucket, head + "/" if head else ""))
+        if listing is None or listing is MISSING:
+            return
+        old = listing.by_name.pop(name, None)
+        if old is not None:
+            listing.children.remove(old)
+        if remove:
+            return
+        child = Child(name, is_dir, stat)
+        listing.by_name[name] = child
+        names = [c.name for c in listing.children]
+        listing.children.insert(bisect.bisect(names, name), child)
 
     # ------------------------------------------------------------------ changes made here
 
@@ -336,7 +361,10 @@ class Namespace:
         prefix = parent.key + name + "/"
         self.local_dirs.add((parent.bucket, prefix))
         self.removed_dirs.discard((parent.bucket, prefix))
-        self.invalidate(parent.bucket, prefix)
+        # The lookup above found nothing under it: its listing is known to be empty.
+        self.listings.put((parent.bucket, prefix), Listing([], {}))
+        self.dirs.put((parent.bucket, prefix), True)
+        self._set_child(parent.bucket, prefix, None, is_dir=True)
         return self.table.child(parent, parent.bucket, prefix, Kind.DIR)
 
     async def remove_dir(self, parent: Inode, name: str) -> None:
@@ -359,7 +387,9 @@ class Namespace:
         else:
             self.local_dirs.discard((bucket, prefix))
             self.removed_dirs.add((bucket, prefix))
-            self.invalidate(bucket, prefix)
+            self.listings.pop((bucket, prefix))
+            self.dirs.put_missing((bucket, prefix))
+            self._set_child(bucket, prefix, None, remove=True)
         self.table.unlink_path(bucket, prefix)
 
     async def remove_file(self, parent: Inode, name: str, *, pending: bool) -> Inode:
@@ -372,8 +402,8 @@ class Namespace:
         except errors.NotFound:
             if not pending:
                 raise
-        self.invalidate(inode.bucket, inode.key)
         self.stats.put_missing((inode.bucket, inode.key))
+        self._set_child(inode.bucket, inode.key, None, remove=True)
         self.table.unlink_path(inode.bucket, inode.key)
         self._keep_parent(inode.bucket, inode.key)
         return inode
@@ -411,9 +441,15 @@ class Namespace:
             new_key = new_parent.key + new_name
             if new_key != inode.key:
                 await self.aio.rename_object(bucket, inode.key, new_key)
-            self.invalidate(bucket, inode.key)
-            self.invalidate(bucket, new_key)
+            moved = self.stats.get((bucket, inode.key))
             self.stats.put_missing((bucket, inode.key))
+            self._set_child(bucket, inode.key, None, remove=True)
+            self.stats.pop((bucket, new_key))
+            if isinstance(moved, Stat):
+                self.stats.put((bucket, new_key), moved)
+                self._set_child(bucket, new_key, moved)
+            else:
+                self.invalidate(bucket, new_key)
             self._keep_parent(bucket, inode.key)
             self.table.move(inode, new_parent, new_key)
             return

@@ -177,7 +177,7 @@ class Direct:
         return r.headers["Location"]
 
     def head_size(self, bucket: str, key: str) -> int:
-        r = self.session.head(self.object_url(bucket, key), timeout=30)
+        r = self.session.head(self.object_url(bucket, key), timeout=30, allow_redirects=True)
         return int(r.headers.get("Content-Length", -1)) if r.status_code == 200 else -1
 
     def put(self, bucket: str, key: str, data: bytes | memoryview,
