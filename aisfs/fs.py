@@ -370,11 +370,8 @@ class Operations(pyfuse3.Operations):
             raise errors.PosixError(errno.EPERM, "only directories (buckets) live at the root")
         text = self._name(name)
         key = parent.key + text
-        exists = True
-        try:
-            await self.ns.object_stat(parent.bucket, key)
-        except errors.NotFound:
-            exists = False
+        known = self.ns.stats.get((parent.bucket, key))
+        exists = None if known is None else isinstance(known, Stat)
         node = self.table.child(parent, parent.bucket, key, Kind.FILE)
         handle = FileHandle(node)
         handle.writer = ObjectWriter(

@@ -109,7 +109,7 @@ class Uploaded:
 class ObjectWriter:
     def __init__(
         self, aio: AsyncAis, bucket: str, key: str, config: MountConfig, spill: SpillArea,
-        spawn: Spawn, *, exists: bool, size: int, truncate: bool,
+        spawn: Spawn, *, exists: bool | None, size: int, truncate: bool,
         had_custom_mtime: bool = False,
     ) -> None:
         self.aio = aio
@@ -120,7 +120,9 @@ class ObjectWriter:
         self.key = key
         self.part = config.write_part_size
         self.spill = spill
-        self.exists = exists  # an object with this name is in AIS (to be replaced at flush)
+        # An object with this name is in AIS (to be replaced at flush); None: not known yet,
+        # asked only when a file outgrows one part (a small file is one PUT either way).
+        self.exists = exists
         self.had_custom_mtime = had_custom_mtime
         self.lock = trio.Lock()
         self.error: BaseException | None = None
@@ -258,6 +260,8 @@ class ObjectWriter:
         """Start the APPEND of one part in the background, after the previous one finished."""
         await self._settle()
         if self.session_key is None:
+            if self.exists is None:
+                self.exists = await self._exists(self.key)
             if self.exists and not self.continues_existing:
                 head, _, tail = self.key.rpartition("/")
                 name = f"{TMP_MARKER}{tail[:80]}.{secrets.token_hex(6)}"
@@ -355,6 +359,13 @@ class ObjectWriter:
                 raise errors.StaleObject(f"ais://{self.bucket}/{key} changed while staging")
             await self.aio.run_blocking(functools.partial(staged.pwrite, pos, result.data))
             pos += length
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await self.aio.head_object(self.bucket, key)
+            return True
+        except errors.NotFound:
+            return False
 
     async def _custom_of(self, key: str) -> dict[str, bytes]:
         try:
