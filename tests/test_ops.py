@@ -1,0 +1,435 @@
+"""aisfs.fs.Operations called directly (no kernel) against the real local AIS cluster."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from aisfs.aio import AsyncAis
+from aisfs.client import AisClient
+from aisfs.config import ClientConfig, MountConfig, parse_source
+from aisfs.fs import Operations, make_spawn
+from aisfs.inodes import ROOT_INODE
+
+CTX = pyfuse3.RequestContext()
+MIB = 1024 * 1024
+
+
+class Collector:
+    """Stands in for pyfuse3.readdir_reply: accepts ``limit`` entries, then refuses."""
+
+    def __init__(self) -> None:
+        self.limit = 1 << 30
+        self.entries: list[tuple[str, int, int, int]] = []  # name, st_ino, st_mode, next_id
+        self.refused: list[str] = []
+
+    def __call__(self, token: object, name: bytes, attr: pyfuse3.EntryAttributes,
+                 next_id: int) -> bool:
+        assert token == "TOKEN"
+        if len(self.entries) >= self.limit:
+            self.refused.append(os.fsdecode(name))
+            return False
+        self.entries.append((os.fsdecode(name), attr.st_ino, attr.st_mode, next_id))
+        return True
+
+    def take(self) -> list[tuple[str, int, int, int]]:
+        out, self.entries, self.refused = self.entries, [], []
+        return out
+
+
+@pytest.fixture
+def collector(monkeypatch: pytest.MonkeyPatch) -> Collector:
+    c = Collector()
+    monkeypatch.setattr(pyfuse3, "readdir_reply", c)
+    return c
+
+
+@pytest.fixture
+def opsf(ais_endpoint: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def make(source: str, **kw: Any) -> AsyncIterator[Operations]:
+        config = MountConfig(
+            source=parse_source(source), mountpoint=str(tmp_path / "mnt"),
+            client=ClientConfig(endpoint=ais_endpoint, retries=1, retry_backoff=0.05),
+            spill_dir=str(tmp_path / "spill"), **kw,
+        )
+        client = AisClient(config.client)
+        try:
+            async with trio.open_nursery() as nursery:
+                ops = Operations(config, AsyncAis(client), make_spawn(nursery))
+                try:
+                    yield ops
+                finally:
+                    await ops.shutdown()
+                    nursery.cancel_scope.cancel()
+        finally:
+            client.close()
+
+    return make
+
+
+TREE = {
+    "a.txt": b"hello a\n",
+    "b/c.bin": os.urandom(3 * MIB + 17),
+    "b/d.txt": b"d" * 1000,
+    "e/f/g": b"g",
+    "empty": b"",
+    "m1": b"1", "m2": b"22", "m3": b"333", "m4": b"4444",
+}
+ROOT_NAMES = ["a.txt", "b", "e", "empty", "m1", "m2", "m3", "m4"]
+
+
+async def lookup(ops: Operations, parent: int, name: str) -> pyfuse3.EntryAttributes:
+    return await ops.lookup(parent, os.fsencode(name), CTX)
+
+
+# ---------------------------------------------------------------------- lookup / getattr
+
+
+async def test_lookup_and_getattr(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket(TREE)
+    async with opsf(f"ais://{bucket.name}", metadata_ttl=3.0, file_mode=0o640,
+                    dir_mode=0o750, uid=1234, gid=4321) as ops:
+        a = await lookup(ops, ROOT_INODE, "a.txt")
+        assert a.st_ino > ROOT_INODE
+        assert a.st_size == len(TREE["a.txt"])
+        assert stat.S_ISREG(a.st_mode) and a.st_mode & 0o7777 == 0o640
+        assert (a.st_uid, a.st_gid) == (1234, 4321)
+        assert a.entry_timeout == 3.0 and a.attr_timeout == 3.0
+        assert a.st_blocks == 1
+        assert ops.table.get(a.st_ino).lookups == 1
+        again = await lookup(ops, ROOT_INODE, "a.txt")
+        assert again.st_ino == a.st_ino
+        assert ops.table.get(a.st_ino).lookups == 2
+        b = await lookup(ops, ROOT_INODE, "b")
+        assert stat.S_ISDIR(b.st_mode) and b.st_mode & 0o7777 == 0o750
+        c = await lookup(ops, b.st_ino, "c.bin")
+        assert c.st_size == len(TREE["b/c.bin"])
+        assert c.st_blocks == (len(TREE["b/c.bin"]) + 511) // 512
+        empty = await lookup(ops, ROOT_INODE, "empty")
+        assert empty.st_size == 0 and stat.S_ISREG(empty.st_mode)
+        g = await ops.getattr(c.st_ino, CTX)
+        assert g.st_ino == c.st_ino and g.st_size == c.st_size
+        assert stat.S_ISDIR((await ops.getattr(ROOT_INODE, CTX)).st_mode)
+        assert ops.table.get(c.st_ino).lookups == 1  # getattr takes no reference
+        dot = await lookup(ops, b.st_ino, ".")
+        assert dot.st_ino == b.st_ino
+        dotdot = await lookup(ops, b.st_ino, "..")
+        assert dotdot.st_ino == ROOT_INODE
+
+
+async def test_lookup_missing_negative_entry(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"x": b"1"})
+    async with opsf(f"ais://{bucket.name}", negative_metadata_ttl=2.0) as ops:
+        before = len(ops.table)
+        neg = await lookup(ops, ROOT_INODE, "nope")
+        assert neg.st_ino == 0
+        assert neg.entry_timeout == 2.0
+        assert len(ops.table) == before
+
+
+async def test_lookup_missing_enoent_without_negative_ttl(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"x": b"1"})
+    async with opsf(f"ais://{bucket.name}", negative_metadata_ttl=0.0) as ops:
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await lookup(ops, ROOT_INODE, "nope")
+        assert info.value.errno == errno.ENOENT
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await lookup(ops, ROOT_INODE, "n" * 300)
+        assert info.value.errno == errno.ENAMETOOLONG
+
+
+async def test_unknown_inode(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"x": b"1"})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        for call in (ops.getattr(999_999, CTX), lookup(ops, 999_999, "x"),
+                     ops.opendir(999_999, CTX), ops.open(999_999, os.O_RDONLY, CTX)):
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await call
+            assert info.value.errno == errno.ENOENT
+
+
+async def test_forget(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"x": b"1"})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        x = await lookup(ops, ROOT_INODE, "x")
+        await lookup(ops, ROOT_INODE, "x")
+        await ops.forget([(x.st_ino, 1)])
+        assert ops.table.get(x.st_ino).lookups == 1
+        # Unknown inodes, the root, and counts above what is held: never an exception.
+        await ops.forget([(987_654, 3), (ROOT_INODE, 5), (x.st_ino, 7)])
+        assert x.st_ino not in ops.table.by_ino
+        assert ops.table.get(ROOT_INODE) is ops.table.root
+        x2 = await lookup(ops, ROOT_INODE, "x")
+        assert x2.st_ino != x.st_ino  # inode numbers are never reused
+
+
+async def test_unexpected_exception_becomes_eio(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bucket = make_bucket({"x": b"1"})
+    async with opsf(f"ais://{bucket.name}") as ops:
+
+        async def broken(*args: object) -> None:
+            raise RuntimeError("kaboom")
+
+        monkeypatch.setattr(ops.ns, "lookup", broken)
+        with caplog.at_level(logging.ERROR, logger="aisfs.fs"):
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await lookup(ops, ROOT_INODE, "x")
+        assert info.value.errno == errno.EIO
+        records = [r for r in caplog.records if r.name == "aisfs.fs" and r.exc_info]
+        assert len(records) == 1
+        assert "lookup" in records[0].getMessage()
+        assert isinstance(records[0].exc_info[1], RuntimeError)  # type: ignore[index]
+        assert "kaboom" in caplog.text and "Traceback" in caplog.text
+
+
+async def test_statfs(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket()
+    async with opsf(f"ais://{bucket.name}") as ops:
+        st = await ops.statfs(CTX)
+        assert st.f_namemax == 255 and st.f_bavail > 0 and st.f_bsize > 0
+
+
+# ---------------------------------------------------------------------- readdir
+
+
+async def test_readdir_offsets_and_lookup_counts(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, collector: Collector
+) -> None:
+    bucket = make_bucket(TREE)
+    async with opsf(f"ais://{bucket.name}", metadata_ttl=0.0) as ops:
+        fh = await ops.opendir(ROOT_INODE, CTX)
+        assert ops.table.root.opens == 1
+        collector.limit = 3
+        await ops.readdir(fh, 0, "TOKEN")
+        first = collector.take()
+        assert [e[0] for e in first] == ROOT_NAMES[:3]
+        assert [e[3] for e in first] == [1, 2, 3]
+        for name, ino, _mode, _ in first:
+            assert ops.table.get(ino).lookups == 1, name
+        assert stat.S_ISDIR(first[1][2]) and stat.S_ISREG(first[0][2])
+        # The refused 4th entry took no reference.
+        refused = ops.table.find(bucket.name, "empty")
+        assert refused is None or refused.lookups == 0
+        # Resume where the kernel stopped.
+        collector.limit = 1 << 30
+        await ops.readdir(fh, 3, "TOKEN")
+        rest = collector.take()
+        assert [e[0] for e in rest] == ROOT_NAMES[3:]
+        assert [e[3] for e in rest] == list(range(4, len(ROOT_NAMES) + 1))
+        names = [e[0] for e in first + rest]
+        assert names == ROOT_NAMES and len(set(names)) == len(names)
+        inos = [e[1] for e in first + rest]
+        assert len(set(inos)) == len(inos)
+        for ino in inos:
+            assert ops.table.get(ino).lookups == 1
+        # A repeat of the last offset gives the same entries again.
+        await ops.readdir(fh, 3, "TOKEN")
+        assert [e[0] for e in collector.take()] == ROOT_NAMES[3:]
+        # Past the end: nothing.
+        await ops.readdir(fh, len(ROOT_NAMES), "TOKEN")
+        assert collector.take() == []
+        # Entries attributes match lookups.
+        a = await lookup(ops, ROOT_INODE, "a.txt")
+        assert a.st_ino == first[0][1]
+        assert ops.table.get(a.st_ino).lookups == 2
+        await ops.releasedir(fh)
+        assert ops.table.root.opens == 0
+
+
+async def test_readdir_snapshot_and_rewind(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, collector: Collector
+) -> None:
+    bucket = make_bucket({"k1": b"1", "k3": b"3", "k5": b"5"})
+    async with opsf(f"ais://{bucket.name}", metadata_ttl=0.0) as ops:
+        fh = await ops.opendir(ROOT_INODE, CTX)
+        collector.limit = 1
+        await ops.readdir(fh, 0, "TOKEN")
+        assert [e[0] for e in collector.take()] == ["k1"]
+        bucket.object("k2").get_writer().put_content(b"2")  # appears meanwhile
+        collector.limit = 1 << 30
+        await ops.readdir(fh, 1, "TOKEN")
+        assert [e[0] for e in collector.take()] == ["k3", "k5"]  # offsets index the snapshot
+        await ops.readdir(fh, 0, "TOKEN")  # rewinddir: a new listing
+        again = collector.take()
+        assert [e[0] for e in again] == ["k1", "k2", "k3", "k5"]
+        assert [e[3] for e in again] == [1, 2, 3, 4]
+        k1 = ops.table.find(bucket.name, "k1")
+        assert k1 is not None and k1.lookups == 2
+        await ops.releasedir(fh)
+
+
+async def test_readdir_nested_and_prefix_mount(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, collector: Collector
+) -> None:
+    bucket = make_bucket(TREE)
+    async with opsf(f"ais://{bucket.name}/b") as ops:
+        fh = await ops.opendir(ROOT_INODE, CTX)
+        await ops.readdir(fh, 0, "TOKEN")
+        entries = collector.take()
+        assert [e[0] for e in entries] == ["c.bin", "d.txt"]
+        node = ops.table.get(entries[0][1])
+        assert node.key == "b/c.bin"
+        await ops.releasedir(fh)
+        attr = await lookup(ops, ROOT_INODE, "d.txt")
+        assert attr.st_size == 1000
+
+
+async def test_readdir_cluster_root(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, collector: Collector
+) -> None:
+    b1 = make_bucket({"x": b"1"})
+    b2 = make_bucket()
+    async with opsf("ais://") as ops:
+        fh = await ops.opendir(ROOT_INODE, CTX)
+        await ops.readdir(fh, 0, "TOKEN")
+        entries = {e[0]: e for e in collector.take()}
+        assert b1.name in entries and b2.name in entries
+        assert all(stat.S_ISDIR(e[2]) for e in entries.values())
+        ino = entries[b1.name][1]
+        assert ops.table.get(ino).lookups == 1
+        attr = await lookup(ops, ROOT_INODE, b1.name)
+        assert attr.st_ino == ino
+        x = await lookup(ops, ino, "x")
+        assert x.st_size == 1
+        await ops.releasedir(fh)
+
+
+async def test_opendir_on_file_and_bad_handles(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"x": b"1"})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        x = await lookup(ops, ROOT_INODE, "x")
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.opendir(x.st_ino, CTX)
+        assert info.value.errno == errno.ENOTDIR
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.readdir(12345, 0, "TOKEN")
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.read(12345, 0, 10)
+        assert info.value.errno == errno.EBADF
+
+
+# ---------------------------------------------------------------------- open / read / release
+
+
+async def test_open_read_release(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket(TREE)
+    data = TREE["b/c.bin"]
+    async with opsf(f"ais://{bucket.name}") as ops:
+        b = await lookup(ops, ROOT_INODE, "b")
+        c = await lookup(ops, b.st_ino, "c.bin")
+        fi = await ops.open(c.st_ino, os.O_RDONLY, CTX)
+        node = ops.table.get(c.st_ino)
+        assert node.opens == 1
+        got = bytearray()
+        off = 0
+        while True:
+            chunk = bytes(await ops.read(fi.fh, off, 128 * 1024))
+            if not chunk:
+                break
+            got += chunk
+            off += len(chunk)
+        assert bytes(got) == data
+        assert bytes(await ops.read(fi.fh, len(data), 4096)) == b""
+        assert bytes(await ops.read(fi.fh, 1_000_000, 10)) == data[1_000_000:1_000_010]
+        await ops.forget([(c.st_ino, 1)])
+        assert ops.table.get(c.st_ino) is node  # still open
+        await ops.release(fi.fh)
+        assert c.st_ino not in ops.table.by_ino
+        assert ops.budget.used == 0
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.read(fi.fh, 0, 10)
+        assert info.value.errno == errno.EBADF
+
+
+async def test_open_empty_and_directory(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket(TREE)
+    async with opsf(f"ais://{bucket.name}") as ops:
+        e = await lookup(ops, ROOT_INODE, "empty")
+        fi = await ops.open(e.st_ino, os.O_RDONLY, CTX)
+        assert bytes(await ops.read(fi.fh, 0, 4096)) == b""
+        await ops.release(fi.fh)
+        b = await lookup(ops, ROOT_INODE, "b")
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(b.st_ino, os.O_RDONLY, CTX)
+        assert info.value.errno == errno.EISDIR
+
+
+async def test_keep_cache_only_for_same_version(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"v": b"version one"})
+    async with opsf(f"ais://{bucket.name}", metadata_ttl=0.0) as ops:
+        v = await lookup(ops, ROOT_INODE, "v")
+        fi1 = await ops.open(v.st_ino, os.O_RDONLY, CTX)
+        assert fi1.keep_cache is False
+        await ops.release(fi1.fh)
+        fi2 = await ops.open(v.st_ino, os.O_RDONLY, CTX)
+        assert fi2.keep_cache is True
+        await ops.release(fi2.fh)
+        bucket.object("v").get_writer().put_content(b"version two!")
+        fi3 = await ops.open(v.st_ino, os.O_RDONLY, CTX)
+        assert fi3.keep_cache is False
+        assert bytes(await ops.read(fi3.fh, 0, 100)) == b"version two!"
+        await ops.release(fi3.fh)
+        await ops.forget([(v.st_ino, 1)])
+
+
+async def test_object_replaced_while_open_is_estale(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    old = os.urandom(4 * MIB)
+    bucket = make_bucket({"s": old})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        s = await lookup(ops, ROOT_INODE, "s")
+        fi = await ops.open(s.st_ino, os.O_RDONLY, CTX)
+        assert bytes(await ops.read(fi.fh, 0, 4096)) == old[:4096]
+        bucket.object("s").get_writer().put_content(os.urandom(4 * MIB))
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.read(fi.fh, 3 * MIB, 4096)  # not fetched yet: a new GET sees version 2
+        assert info.value.errno == errno.ESTALE
+        await ops.release(fi.fh)
+        assert ops.budget.used == 0
+
+
+async def test_concurrent_reads_through_ops(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(5 * MIB + 3)
+    bucket = make_bucket({"big": data})
+    async with opsf(f"ais://{bucket.name}", read_part_size=256 * 1024,
+                    read_ahead_initial=256 * 1024) as ops:
+        big = await lookup(ops, ROOT_INODE, "big")
+        fi = await ops.open(big.st_ino, os.O_RDONLY, CTX)
+        ranges = [(0, 700_000), (100_000, 300_000), (4 * MIB, 2 * MIB), (2 * MIB + 5, 1),
+                  (3 * MIB, 600_000), (0, 4096), (1 * MIB, 1 * MIB)]
+        results: dict[int, bytes] = {}
+
+        async def one(i: int, off: int, size: int) -> None:
+            results[i] = bytes(await ops.read(fi.fh, off, size))
+
+        async with trio.open_nursery() as nursery:
+            for i, (off, size) in enumerate(ranges):
+                nursery.start_soon(one, i, off, size)
+        for i, (off, size) in enumerate(ranges):
+            assert results[i] == data[off : off + size], (off, size)
+        await ops.release(fi.fh)
+        assert ops.budget.used == 0
+
+
+async def test_open_missing_object(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"gone": b"1"})
+    async with opsf(f"ais://{bucket.name}", metadata_ttl=0.0) as ops:
+        g = await lookup(ops, ROOT_INODE, "gone")
+        bucket.object("gone").delete()
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(g.st_ino, os.O_RDONLY, CTX)
+        assert info.value.errno == errno.ENOENT
+        assert ops.table.get(g.st_ino).opens == 0
