@@ -132,23 +132,28 @@ class ObjectReader:
         parts = []
         pos = off
         while pos < end:
-            chunk = self._chunks[bisect.bisect_right(self._starts, pos) - 1]
-            await chunk.done.wait()
-            if chunk.error is not None:
-                if chunk in self._chunks:
-                    self._remove(chunk)  # the next read tries again
-                raise chunk.error
-            if chunk.data is None:
-                # A concurrent seek on this handle dropped the chunk: fetch what is missing.
+            chunk = self._chunk_at(pos)
+            if chunk is None:
+                # A concurrent seek on this handle dropped what covered pos: fetch it again.
                 self._fill(pos, end, self.config.read_part_size)
                 continue
+            await chunk.done.wait()
+            if not self._holds(chunk):
+                continue  # dropped while we waited: look again
+            if chunk.error is not None:
+                self._remove(chunk)  # the next read tries again
+                raise chunk.error
+            assert chunk.data is not None
             take = min(end, chunk.end) - pos
             piece = chunk.data[pos - chunk.start : pos - chunk.start + take]
             pos += take
             # A view must not live across the next await: a concurrent seek may recycle the
             # chunk's buffer meanwhile. Only the last piece is returned without a copy.
             parts.append(piece if pos >= end else bytes(piece))
-        self._evict_before(off - BACKWARD_KEEP)
+        # Keep a little behind the reader for reordered reads, unless read-ahead memory is
+        # over budget (bytes a read needed now are fetched regardless of the budget).
+        over = self.budget.used > self.budget.limit
+        self._evict_before(off if over else off - BACKWARD_KEEP)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
@@ -156,12 +161,21 @@ class ObjectReader:
 
     # ------------------------------------------------------------------ chunk bookkeeping
 
+    def _chunk_at(self, pos: int) -> _Chunk | None:
+        i = bisect.bisect_right(self._starts, pos) - 1
+        if i >= 0 and self._chunks[i].start <= pos < self._chunks[i].end:
+            return self._chunks[i]
+        return None
+
+    def _holds(self, chunk: _Chunk) -> bool:
+        i = bisect.bisect_left(self._starts, chunk.start)
+        return i < len(self._chunks) and self._chunks[i] is chunk
+
     def _covered(self, off: int) -> bool:
-        i = bisect.bisect_right(self._starts, off) - 1
-        if i >= 0 and self._chunks[i].start <= off < self._chunks[i].end:
-            return True
         # Right after the last chunk counts as sequential too (nothing was prefetched yet).
-        return bool(self._chunks) and off == self._chunks[-1].end
+        return self._chunk_at(off) is not None or (
+            bool(self._chunks) and off == self._chunks[-1].end
+        )
 
     def _fill(self, start: int, end: int, part: int) -> None:
         """Fetch whatever of [start, end) no chunk covers yet; always, budget or not."""
@@ -209,8 +223,11 @@ class ObjectReader:
                     self.bucket, self.key, chunk.start, chunk.end - chunk.start, buf
                 )
                 self._check(result.version, result.total_size, chunk, len(result.data))
-                chunk.data = result.data
-                chunk.buf = buf  # not on cancel: the abandoned thread may still write into it
+                if not self._holds(chunk):
+                    self.pool.give(buf)  # dropped while in flight; the fetch is over: reuse
+                else:
+                    chunk.data = result.data
+                    chunk.buf = buf  # not on cancel: the abandoned thread may still use it
             except errors.RangeNotSatisfiable:
                 chunk.error = errors.StaleObject(f"{self.what} shrank while open")
             except Exception as exc:  # noqa: BLE001 - delivered to the read that needs it
