@@ -522,6 +522,28 @@ class Operations(pyfuse3.Operations):
             await self._upload(handle)
         await self.ns.rename(old_parent, os.fsdecode(name_old), new_parent, new_name, flags)
 
+    @handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise errors.PosixError(errno.EPERM, f"symlink {name!r}: AIS objects cannot be links")
+
+    @handler
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise errors.PosixError(errno.EPERM, f"link {new_name!r}: AIS has no hard links")
+
+    @handler
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if statmod.S_ISREG(mode):
+            fi, attr = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+            await self.release(fi.fh)
+            return attr
+        raise errors.PosixError(errno.EPERM, f"mknod {name!r}: AIS holds regular files only")
+
     # ------------------------------------------------------------------ extended attributes
 
     @handler

@@ -340,3 +340,16 @@ def test_stat_after_changes(rw) -> None:  # type: ignore[no-untyped-def]
         assert "live" in os.listdir(mp)
         assert (mp / "live").read_bytes() == b"abc"  # reading it uploads what was written
     assert remote(bucket, "live") == b"abc"
+
+
+def test_links_and_special_files_are_refused_clearly(rw) -> None:  # type: ignore[no-untyped-def]
+    bucket, mp = rw
+    (mp / "real").write_bytes(b"r")
+    for make in (lambda: os.symlink("real", mp / "sym"), lambda: os.link(mp / "real", mp / "hard"),
+                 lambda: os.mkfifo(mp / "fifo")):
+        with pytest.raises(OSError) as info:
+            make()
+        assert info.value.errno == errno.EPERM
+    os.mknod(mp / "node")  # a regular file by mknod(2) is fine
+    assert remote(bucket, "node") == b""
+    assert names(bucket) == ["node", "real"]
