@@ -61,7 +61,9 @@ class Mount:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
             fusermount_u(self.path, lazy=True)
-            raise AssertionError(f"aisfs did not exit after unmount; log:\n{self.log()[-3000:]}")
+            raise AssertionError(
+                f"aisfs did not exit after unmount; log:\n{self.log()[-3000:]}"
+            ) from None
 
 
 def aisfs_cmd() -> list[str]:
