@@ -393,9 +393,16 @@ def run_mount(inv: Invocation, prog: str = "aisfs") -> int:
     token.load()
     mount.check_mountpoint(config.mountpoint)
     probe = AisClient(config.client, token)
+    # The pre-flight check retries like any request, but a failure must read as one line:
+    # the client's per-retry log lines show only with --debug.
+    client_log = logging.getLogger("aisfs.client")
+    saved_level = client_log.level
+    if not config.debug:
+        client_log.setLevel(logging.ERROR)
     try:
         mount.check_cluster(probe, config, token)
     finally:
+        client_log.setLevel(saved_level)
         probe.close()
     if foreground:
         readiness = daemon.Readiness(None, prog)
