@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -84,10 +85,36 @@ def check_mountpoint(path: str) -> None:
                 f"clear it with: aisfs umount {path}"
             ) from None
         raise ConfigError(f"mountpoint {path}: {exc.strerror}") from None
+    if is_mounted(path):
+        state = _probe_mount(path)
+        if state == errno.ENOTCONN:
+            raise ConfigError(
+                f"mountpoint {path} holds a dead mount (Transport endpoint is not connected); "
+                f"clear it with: aisfs umount {path}"
+            )
+        if state == errno.ETIMEDOUT:
+            raise ConfigError(f"mountpoint {path} holds a mount that does not answer; "
+                              f"clear it with: aisfs umount {path}")
+        raise ConfigError(f"mountpoint {path} is busy: something is already mounted there")
     if not os.path.isdir(path) or not (st.st_mode & 0o170000) == 0o040000:
         raise ConfigError(f"mountpoint {path} is not a directory")
-    if is_mounted(path):
-        raise ConfigError(f"mountpoint {path} is busy: something is already mounted there")
+
+
+def _probe_mount(path: str) -> int:
+    """statfs of a mount point in a child process: 0, its errno, or ETIMEDOUT after 5 s.
+
+    The kernel answers a stat of a dead FUSE mount from its attribute cache, but statfs always
+    goes to the daemon. A child, because a hung daemon blocks the caller for good (only
+    SIGKILL ends that wait) and no thread may exist before the daemon forks.
+    """
+    code = "import os, sys\ntry:\n os.statvfs(sys.argv[1])\nexcept OSError as e:\n print(e.errno)"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, path], capture_output=True,
+                              text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return errno.ETIMEDOUT
+    out = done.stdout.strip()
+    return int(out) if out.isdigit() else 0
 
 
 def check_cluster(
@@ -276,12 +303,21 @@ def _metrics_for(ops: Operations, client: AisClient, config: MountConfig) -> Met
             inodes=len(ops.table),
             read_ahead_bytes=ops.budget.used,
             read_ahead_limit=ops.budget.limit,
-            write_buffer_bytes=sum(len(w.buffer) for w in writers),
+            write_buffer_bytes=sum(_buffered(w) for w in writers),
             spill_bytes=ops.spill.used,
         )
 
     metrics.set_snapshot(snapshot)
     return metrics
+
+
+def _buffered(writer: object) -> int:
+    """Bytes a writer holds in memory: its ``buffered`` count, else the size of its buffer."""
+    count = getattr(writer, "buffered", None)
+    if isinstance(count, int):
+        return count
+    buffer = getattr(writer, "buffer", b"")
+    return len(buffer) if isinstance(buffer, bytes | bytearray) else 0
 
 
 class _Stopper:
