@@ -57,6 +57,9 @@ class TtlMap(Generic[T]):
         self.hits = 0  # lookups answered from the cache (a value or MISSING)
         self.misses = 0  # lookups that went to the cluster
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._data
+
     def get(self, key: Hashable, default: Any = None) -> Any:
         return self._data.get(key, default)
 

@@ -17,6 +17,7 @@ import base64
 import calendar
 import collections
 import email.utils
+import functools
 import http.cookiejar
 import json
 import logging
@@ -51,8 +52,21 @@ _RFC3339 = re.compile(
 _MTIME_IN_LISTING = re.compile(r"(?:^\[|\s)" + re.escape(MTIME_KEY) + r":(\d+)(?=[\s\]])")
 
 
+@functools.lru_cache(maxsize=4096)
+def _epoch_of_second(prefix: str) -> int:
+    """Seconds since the epoch of "YYYY-MM-DDTHH:MM:SS" (objects written together share it)."""
+    return calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S"))
+
+
 def parse_rfc3339_ns(text: str) -> int:
     """Nanoseconds since the epoch for AIS's RFC 3339 time strings; 0 when unparsable."""
+    if len(text) > 20 and text[19] == "." and text[-1] == "Z" and text[20:-1].isdigit():
+        # The common shape, UTC with a fraction: one cached parse per second of time.
+        try:
+            secs = _epoch_of_second(text[:19])
+        except ValueError:
+            return 0
+        return secs * 1_000_000_000 + int(text[20:-1].ljust(9, "0")[:9])
     m = _RFC3339.match(text)
     if not m:
         return 0
@@ -506,8 +520,13 @@ class AisClient:
                 buf = into if into is not None else bytearray(length)
                 data = memoryview(buf)[: _read_body_into(resp, buf, length)]
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            resp.close()
             raise errors.Transient(f"reading body failed: {_short(exc)}", 0, what) from None
-        finally:
+        if resp.headers.get("Content-Length") == str(len(data)):
+            # The body was read past urllib3 (straight into our buffer) but completely: the
+            # connection is clean, give it back to the pool instead of closing it.
+            resp.raw.release_conn()
+        else:
             resp.close()
         total = -1
         content_range = resp.headers.get("Content-Range", "")

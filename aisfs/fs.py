@@ -108,7 +108,8 @@ class Operations(pyfuse3.Operations):
         self.ns = Namespace(aio, config)
         self.table = self.ns.table
         self.budget = ReadBudget(config.read_ahead_budget)
-        self.pool = BufferPool(config.read_part_size, keep=8)
+        self.pool = BufferPool(config.read_part_size,
+                               keep=max(4, config.read_ahead_budget // config.read_part_size))
         self.spawn = spawn
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_fh = 1
@@ -550,7 +551,10 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         text = os.fsdecode(name)
         if text.startswith(xattrs.LOCAL_NAMESPACES):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # answered here: no network round trip
+            # Answered here, without a network call. ENOTSUP rather than ENODATA: ls(1) then
+            # remembers that this filesystem has no SELinux labels or ACLs and stops asking for
+            # every file (2 FUSE calls per entry of an `ls -l` otherwise).
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self._inode(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -593,7 +597,9 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self._inode(inode)
         text = os.fsdecode(name)
-        if text.startswith(xattrs.LOCAL_NAMESPACES) or node.is_dir:
+        if text.startswith(xattrs.LOCAL_NAMESPACES):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        if node.is_dir:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         key = xattrs.custom_key(text)
         await self._flush_writers(node)

@@ -163,6 +163,9 @@ class Namespace:
             return True
         if any(b == bucket and k.startswith(prefix) for (b, k) in self.pending):
             return True
+        listed = self._listed(bucket, prefix)
+        if isinstance(listed, Child) and listed.is_dir:
+            return True
 
         async def fetch() -> bool:
             # A recursive listing sees objects only: the non-recursive one may still show
@@ -177,8 +180,22 @@ class Namespace:
         found = await self.dirs.get_or_fetch((bucket, prefix), fetch)
         return found is True
 
+    def _listed(self, bucket: str, key: str) -> Child | None | bool:
+        """What a cached listing of ``key``'s parent says: the child, None (not there), or
+        False (no cached listing)."""
+        head, _, name = key.rstrip("/").rpartition("/")
+        listing = self.listings.get((bucket, head + "/" if head else ""))
+        if listing is None or listing is MISSING:
+            return False
+        child: Child | None = listing.by_name.get(name)
+        return child
+
     async def object_stat(self, bucket: str, key: str) -> Stat:
         """The object's attributes (cached); NotFound when it does not exist."""
+        if (bucket, key) not in self.stats:
+            listed = self._listed(bucket, key)
+            if isinstance(listed, Child) and not listed.is_dir and listed.stat is not None:
+                return listed.stat
 
         async def fetch() -> Stat:
             try:
@@ -272,13 +289,12 @@ class Namespace:
                 continue
             if TMP_MARKER in name:
                 continue  # an upload of this mount in progress
+            # Entries are not copied into the stat cache: lookups and getattr read the cached
+            # listing itself (a cache insert per entry was most of an `ls -l`'s CPU).
             if entry.is_dir:
                 child = Child(name, True, None)
-                self.dirs.put((bucket, entry.name), True)
             else:
-                stat = Stat(entry.size, entry.mtime_ns, entry.version)
-                child = Child(name, False, stat)
-                self.stats.put((bucket, entry.name), stat)
+                child = Child(name, False, Stat(entry.size, entry.mtime_ns, entry.version))
             previous = by_name.get(name)
             if previous is None:
                 order.append(name)

@@ -123,7 +123,15 @@ class ObjectReader:
             return b""
         if self._covered(off) or off == 0:
             self.window = min(self.window * 2, self.config.read_ahead_max) if off else self.window
-            self._fill(off, end, self.config.read_part_size)
+            # What is missing of this read, stretched to the window, in one GET: the first
+            # read of a file (the kernel asks 16-128 KiB) fetches the whole first window.
+            fill_end = end
+            if self._chunk_at(off) is None:
+                part = min(self.window, self.config.read_part_size)
+                stretch = min(self.size, max(end, off + part))
+                if self.budget.used + (stretch - end) <= self.budget.limit:
+                    fill_end = stretch  # the extra bytes are read-ahead: only within budget
+            self._fill(off, fill_end, self.config.read_part_size)
             self._prefetch(off)
         else:
             self._drop_all()

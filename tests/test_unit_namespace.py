@@ -435,7 +435,9 @@ async def test_invalidate_drops_parent_listing_and_stats() -> None:
     assert ns.listings.get(("b", "")) is not None
     assert ns.listings.get(("b", "a/b/")) is not None
     assert ns.stats.get(("b", "a/x")) is None
-    assert ns.stats.get(("b", "top")) is not None
+    heads = fake.calls["head_object"]
+    assert (await ns.object_stat("b", "top")).size == 1  # still answered by the cached listing
+    assert fake.calls["head_object"] == heads
     assert ns.dirs.get(("b", "a/")) is None  # the ancestor may have gone away
     fake.objects[("b", "a/new")] = 4
     listing = await ns.listing("b", "a/")
