@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -309,6 +310,13 @@ def metric(samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], nam
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     return sum(v for (n, ls), v in samples.items()
                if n == name and all((k, val) in ls for k, val in labels.items()))
+
+
+def readme_blocks(info: str) -> list[str]:
+    """Code blocks tagged ``info`` in the README's "Deploying on compute nodes" section."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Deploying on compute nodes\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"^```{re.escape(info)}\n(.*?)^```$", section, flags=re.M | re.S)
 
 
 def have(tool: str) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from aistore.sdk.bucket import Bucket
 
 from .service_util import (
@@ -27,6 +28,7 @@ from .service_util import (
     have,
     metric,
     one_line,
+    readme_blocks,
     run_aisfs,
     scrape,
     start_aisfs,
@@ -132,14 +134,16 @@ def test_fstab_mount_a(bucket: Bucket, ais_endpoint: str, tmp_path: Path) -> Non
     conf = tmp_path / "aisfs.toml"  # options mount(8) cannot carry, through config=
     conf.write_text(f'endpoint = "{ais_endpoint}"\nfile-mode = "600"\n')
     src = f"ais://{bucket.name}"
+    # The README's fstab lines, pointed at this cluster, bucket and these directories.
+    (readme,) = readme_blocks("fstab")
+    lines = readme.replace("ais://bucket ", f"{src} ").replace(" /mnt/ais-ro ", f" {mps[1]} ")
+    lines = lines.replace(" /mnt/ais ", f" {mps[0]} ").replace("http://ais-proxy:51080",
+                                                                ais_endpoint)
+    lines = lines.replace("config=/etc/aisfs/mnt-ais-ro.toml", f"config={conf}")
+    assert lines.count(src) == 2 and "/mnt/" not in lines and "/etc/" not in lines
     fstab = tmp_path / "fstab"
-    fstab.write_text(
-        "# a test fstab\n"
-        + fstab_line(src, mps[0], "fuse.aisfs",
-                     f"_netdev,allow_other,uid=1000,endpoint={ais_endpoint}")
-        + fstab_line(src, mps[1], "aisfs", f"_netdev,nofail,ro,config={conf}")
-        + fstab_line(src, mps[2], "aisfs", f"noauto,endpoint={ais_endpoint}")
-    )
+    fstab.write_text("# a test fstab\n" + lines
+                     + fstab_line(src, mps[2], "aisfs", f"noauto,endpoint={ais_endpoint}"))
     try:
         done = sh("mount", "-a", "--fstab", fstab)
         assert done.returncode == 0, done.stderr
@@ -277,8 +281,13 @@ def check_unit_commands(mp: Path, instance: str, bucket: Bucket, ais_endpoint: s
     assert info.value.errno == errno.ENOTCONN
     # The unit's settings, written the way systemd/aisfs.env.example shows.
     env_file = tmp_path / f"{instance}.env"
-    env_file.write_text(f"AISFS_SOURCE=ais://{bucket.name}\nAIS_ENDPOINT={ais_endpoint}\n"
-                        "AISFS_OPTS=--metadata-ttl 1 --shutdown-timeout 20\n")
+    # The README's env file, pointed at this cluster and bucket and a free metrics port.
+    readme_env = next(b for b in readme_blocks("sh") if "AISFS_SOURCE=" in b)
+    body = readme_env.split("<<'END'\n", 1)[1].split("\nEND\n", 1)[0]
+    port = free_port()
+    env_file.write_text(body.replace("ais://bucket", f"ais://{bucket.name}")
+                        .replace("http://ais-proxy:51080", ais_endpoint)
+                        .replace("127.0.0.1:9109", f"127.0.0.1:{port}") + "\n")
     unit_env = read_env_file(env_file)
     assert set(unit_env) <= set(read_env_file(REPO / "systemd" / "aisfs.env.example"))
     pre, ignore_pre = unit_command("ExecStartPre", mp, instance, unit_env)
@@ -298,6 +307,7 @@ def check_unit_commands(mp: Path, instance: str, bucket: Bucket, ais_endpoint: s
         assert is_mounted(mp)
         assert (mp / "hello.txt").read_bytes() == b"hello from ais\n"
         assert not any("READY=1" in m for m in notify.messages[:-1])
+        assert metric(scrape(port), "aisfs_info", source=f"ais://{bucket.name}") == 1
         proc.send_signal(signal.SIGTERM)  # systemctl stop
         notify.wait_for("STOPPING=1", 30, proc)
         assert proc.wait(60) == 0
@@ -465,6 +475,13 @@ def test_metrics_during_read_and_write_and_signals(make_bucket: Callable[..., Bu
         assert metric(s5, "aisfs_fuse_op_duration_seconds_count", op="write") >= 1
         assert b.object("w.bin").get_reader().read_all() == payload
         # SIGUSR2 cycles the level (INFO -> DEBUG -> WARNING); SIGUSR1 dumps every stack.
+        # Every metric the README lists is there.
+        documented = re.findall(r"^\| `(aisfs_\w+)", (REPO / "README.md").read_text(), re.M)
+        assert len(documented) >= 10
+        helped = re.findall(r"^# HELP (\w+) ", requests.get(
+            f"http://127.0.0.1:{port}/metrics", timeout=10).text, re.M)
+        for name in documented:  # (a counter without samples yet: HELP without _total)
+            assert name in helped or name.removesuffix("_total") in helped, name
         # (one signal at a time: trio delivers a signal pending twice only once)
         for signum, needle in ((signal.SIGUSR2, "log level is now DEBUG"),
                                (signal.SIGUSR2, "log level is now WARNING"),

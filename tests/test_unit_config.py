@@ -144,6 +144,20 @@ def test_config_file_errors_are_one_line(
     assert needle in err
 
 
+def test_readme_config_example_is_valid(env: dict[str, str]) -> None:
+    from aisfs import configfile
+
+    from .service_util import readme_blocks
+
+    (example,) = readme_blocks("toml")
+    path = Path(env["HOME"]) / "readme.toml"
+    write(path, example)
+    values = configfile.load(str(path), cli._convert_file_value, cli._BY_NAME, ("config",))
+    assert values["endpoint"] == "https://ais-proxy:51080"
+    assert values["metrics-addr"] == ("127.0.0.1", 9109)
+    assert values["read-ahead-max"] == 64 << 20
+
+
 def test_missing_config_file(env: dict[str, str], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="No such file"):
         cli.parse_invocation(["ais://b", "/m", "--config", str(tmp_path / "nope.toml")], env=env)
