@@ -366,10 +366,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "aisfs") -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "umount":
         return umount(args[1:])
+    journal = "<3>" if "--systemd" in args else ""  # the journal's "error" priority
     try:
         return run_mount(parse_invocation(args, prog), prog)
     except ConfigError as exc:
-        print(f"{prog}: {redact(str(exc))}", file=sys.stderr)
+        print(f"{journal}{prog}: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE if "option" in str(exc) or "usage" in str(exc) else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
@@ -405,7 +406,7 @@ def run_mount(inv: Invocation, prog: str = "aisfs") -> int:
         client_log.setLevel(saved_level)
         probe.close()
     if foreground:
-        readiness = daemon.Readiness(None, prog)
+        readiness = daemon.Readiness(None, ("<3>" if service.systemd else "") + prog)
     else:
         readiness = daemon.daemonize(log_file, prog)
         logging_to(syslog=not log_file)

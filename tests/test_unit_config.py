@@ -398,3 +398,12 @@ def test_metrics_exposition() -> None:
     ):
         assert line in text, line
     assert "process_resident_memory_bytes" in text
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_systemd_mode_errors_have_journal_priority(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["ais://b", str(tmp_path / "absent"), "--systemd"]) != 0
+    err = capsys.readouterr().err
+    assert err == f"<3>aisfs: mountpoint {tmp_path / 'absent'} does not exist\n"
