@@ -114,6 +114,7 @@ def local_cluster(name: str, start_args: Sequence[str], port_start: int) -> Iter
         yield Cluster(endpoint, env, state, token)
     finally:
         subprocess.run([str(AIS_LOCAL), "stop"], env=env, capture_output=True, timeout=120)
+        Path(f"{state}.lock").unlink(missing_ok=True)  # ais-local's start/stop lock
 
 
 def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
