@@ -86,7 +86,7 @@ def helper_installed() -> Iterator[None]:
     done = sh(INSTALL)
     assert done.returncode == 0, done.stderr
     for link in LINKS:
-        assert link.resolve().parent == (REPO / ".venv" / "bin").resolve() or link.exists()
+        assert link.exists() and os.access(link, os.X_OK), link
     yield
     for link in LINKS:
         if not existed[link] and link.is_symlink():
