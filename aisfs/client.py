@@ -285,6 +285,9 @@ class AisClient:
                     resp = self._get_via_cached_location(url, params, headers)
                 else:
                     resp = self._send_once(method, url, params, json_body, data, headers, stream)
+            except requests.exceptions.SSLError as exc:
+                # A certificate that does not verify will not verify on a retry either.
+                raise errors.Transient(f"TLS: {_short(exc)}", 0, what) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 never_sent = isinstance(exc, requests.ConnectTimeout) or _connect_failed(exc)
                 if attempt < self.config.retries and (idempotent or never_sent):

@@ -133,19 +133,29 @@ class Namespace:
                 raise errors.NotFound("cached as missing", 404, f"ais://{bucket}/{key}")
             return False, stat_known
         results: dict[str, object] = {}
+        failures: list[errors.AisFsError] = []
 
+        # Both probes at once; their errors are collected here, not raised out of the nursery
+        # (that would wrap them in an ExceptionGroup, which no errno mapping understands).
         async def probe_dir() -> None:
-            results["dir"] = await self.dir_exists(bucket, key + "/")
+            try:
+                results["dir"] = await self.dir_exists(bucket, key + "/")
+            except errors.AisFsError as exc:
+                failures.append(exc)
 
         async def probe_obj() -> None:
             try:
                 results["stat"] = await self.object_stat(bucket, key)
             except errors.NotFound:
                 results["stat"] = None
+            except errors.AisFsError as exc:
+                failures.append(exc)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe_dir)
             nursery.start_soon(probe_obj)
+        if failures:
+            raise failures[0]
         if results["dir"]:
             if results["stat"] is not None:
                 log.info("ais://%s/%s is both an object and a prefix; showing the directory",

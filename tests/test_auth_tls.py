@@ -163,8 +163,6 @@ def test_another_bucket_is_refused(auth_cluster: Cluster, buckets: dict[str, str
     assert_no_tokens(done.stderr, tokens)
 
 
-@pytest.mark.xfail(strict=True, reason="namespace.lookup probes HEAD and LIST in a nursery: "
-                   "two 403s arrive as an ExceptionGroup, which fs.handler maps to EIO")
 def test_file_in_a_refused_bucket_is_eacces(auth_cluster: Cluster, buckets: dict[str, str],
                                             tokens: dict[str, str], tmp_path: Path) -> None:
     b = buckets["B"]
