@@ -13,7 +13,6 @@ pool is sized to the worker-thread limit. Nothing here touches trio or the inode
 
 from __future__ import annotations
 
-import base64
 import calendar
 import collections
 import email.utils
@@ -656,6 +655,3 @@ def _short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) < 200 else text[:200] + "..."
 
-
-def encode_b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
