@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,21 +66,10 @@ def endpoint_ready(endpoint: str) -> bool:
         return False
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def free_port_block(start: int = 21080) -> int:
-    """A base port with base..base+2, +1000, +2000 free (scripts/ais-local's layout)."""
-    for base in range(start, 40000, 83):
-        if all(_port_free(base + d + o) for d in (0, 1000, 2000) for o in (0, 1, 2)):
-            return base
-    raise RuntimeError("no free port block for a local AIS cluster")
+    from tests.util import free_port_block as find  # one implementation, shared with the tests
+
+    return find(start)
 
 
 @contextlib.contextmanager

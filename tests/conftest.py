@@ -7,7 +7,6 @@ with ``scripts/ais-local`` (state and port of its own) and stops it at the end.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,26 +15,7 @@ import pytest
 from aistore.sdk import Client
 from aistore.sdk.bucket import Bucket
 
-from .util import AIS_LOCAL, Mount, endpoint_ready, have_fuse, mounted, unique
-
-
-def _free_port_block() -> int:
-    """A base port with base..base+2002 free for proxy and targets (ais-local's layout)."""
-    for base in range(18080, 30000, 97):
-        ports = [base, base + 1, base + 2, base + 1000, base + 1001, base + 1002,
-                 base + 2000, base + 2001, base + 2002]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port block for a local AIS cluster")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+from .util import AIS_LOCAL, Mount, endpoint_ready, free_port_block, have_fuse, mounted, unique
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +24,7 @@ def ais_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given and endpoint_ready(given):
         yield given.rstrip("/")
         return
-    port = _free_port_block()
+    port = free_port_block(18080)
     state = Path("/var/tmp") / f"aisfs-test-{os.getpid()}"
     env = {**os.environ, "AIS_LOCAL_PORT": str(port), "AIS_LOCAL_DIR": str(state)}
     started = subprocess.run([str(AIS_LOCAL), "start"], env=env, capture_output=True, text=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,23 @@ def endpoint_ready(endpoint: str) -> bool:
         return requests.get(f"{endpoint}/v1/health", timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_block(start: int) -> int:
+    """A base port with base..base+2, +1000, +2000 free (scripts/ais-local's layout)."""
+    for base in range(start, 40000, 83):
+        if all(_port_free(base + d + o) for d in (0, 1000, 2000) for o in (0, 1, 2)):
+            return base
+    raise RuntimeError("no free port block for a local AIS cluster")
 
 
 def unique(prefix: str = "t") -> str:
