@@ -35,6 +35,7 @@ def ais_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         subprocess.run([str(AIS_LOCAL), "stop"], env=env, capture_output=True, timeout=120)
+        Path(f"{state}.lock").unlink(missing_ok=True)  # ais-local's start/stop lock
 
 
 @pytest.fixture(scope="session")
