@@ -26,33 +26,15 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .util import AIS_LOCAL, REPO, aisfs_cmd, fusermount_u, is_mounted
+from .util import AIS_LOCAL, REPO, aisfs_cmd, free_port_block, fusermount_u, is_mounted
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def free_port_block(start: int) -> int:
-    """A base port with base..base+2002 free (scripts/ais-local's layout)."""
-    for base in range(start, 60000, 101):
-        ports = [base + d for d in (0, 1, 2, 1000, 1001, 1002, 2000, 2001, 2002)]
-        if all(port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port block for a local AIS cluster")
 
 
 # ---------------------------------------------------------------------- clusters
