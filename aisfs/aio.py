@@ -52,19 +52,20 @@ class AsyncAis:
         )
 
     async def list_all(
-        self, bucket: str, prefix: str, *, recursive: bool = False
+        self, bucket: str, prefix: str, *, recursive: bool = False, limit: int | None = None
     ) -> list[ListEntry]:
-        """Every entry under ``prefix``, all pages, in the cluster's (lexicographic) order."""
-        entries: list[ListEntry] = []
-        uuid = token = ""
-        while True:
-            page = await self.list_objects_page(
-                bucket, prefix, recursive=recursive, uuid=uuid, continuation_token=token
-            )
-            entries.extend(page.entries)
-            if not page.continuation_token:
-                return entries
-            uuid, token = page.uuid, page.continuation_token
+        """Every entry under ``prefix``, all pages (in one worker thread), in the cluster's
+        lexicographic order; with ``limit``, paging stops once more than ``limit`` are seen."""
+
+        def collect() -> list[ListEntry]:
+            entries: list[ListEntry] = []
+            for entry in self.client.iter_objects(bucket, prefix, recursive=recursive):
+                entries.append(entry)
+                if limit is not None and len(entries) > limit:
+                    break
+            return entries
+
+        return await self._run(collect)
 
     async def head_object(self, bucket: str, key: str) -> ObjectProps:
         return await self._run(self.client.head_object, bucket, key)

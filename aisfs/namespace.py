@@ -493,22 +493,15 @@ class Namespace:
                                                     page_size=1)
             if page.entries:
                 raise errors.PosixError(errno.ENOTEMPTY, f"{target} is not empty")
-        keys: list[str] = []
-        uuid = token = ""
-        while True:
-            page = await self.aio.list_objects_page(
-                bucket, old_prefix, recursive=True, uuid=uuid, continuation_token=token
+        limit = self.config.rename_dir_limit
+        entries = await self.aio.list_all(bucket, old_prefix, recursive=True, limit=limit)
+        keys = [e.name for e in entries if not e.is_dir]
+        if len(keys) > limit:
+            raise errors.PosixError(
+                errno.EXDEV,
+                f"{inode} holds more than {limit} objects (--rename-dir-limit): renaming it "
+                "would move each one; mv copies instead",
             )
-            keys += [e.name for e in page.entries if not e.is_dir]
-            if len(keys) > self.config.rename_dir_limit:
-                raise errors.PosixError(
-                    errno.EXDEV,
-                    f"{inode} holds more than {self.config.rename_dir_limit} objects "
-                    "(--rename-dir-limit): renaming it would move each one; mv copies instead",
-                )
-            if not page.continuation_token:
-                break
-            uuid, token = page.uuid, page.continuation_token
         # Object by object: AIS has no prefix rename. A failure midway leaves both prefixes
         # partly filled; the error names the object, and a repeated mv finishes the job.
         for key in keys:
