@@ -200,9 +200,10 @@ def tune_kernel(st_dev: int, config: MountConfig) -> None:
     conn = f"/sys/fs/fuse/connections/{minor}"
     if not os.path.isdir(conn) and os.path.isdir("/sys/fs/fuse/connections"):
         try:
-            os.system("mount -t fusectl none /sys/fs/fuse/connections >/dev/null 2>&1")
-        except OSError:
-            pass
+            subprocess.run(["mount", "-t", "fusectl", "none", "/sys/fs/fuse/connections"],
+                           capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.info("could not mount fusectl: %s", exc)
     writes += [(f"{conn}/max_background", 64), (f"{conn}/congestion_threshold", 48)]
     for path, value in writes:
         try:
