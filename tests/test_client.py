@@ -473,6 +473,81 @@ def test_read_timeout_gives_transient(silent_socket: str) -> None:
     c.close()
 
 
+class RawBodyServer:
+    """Answers every ranged GET on one port with ``body`` (headers and body in one send),
+    optionally stopping after ``cut`` body bytes and then stalling or closing."""
+
+    def __init__(self, body: bytes, cut: int | None = None, then: str = "stall") -> None:
+        self.body, self.cut, self.then = body, cut, then
+        self.accepted = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            reader = conn.makefile("rb")
+            while not self.stop.is_set():
+                line = reader.readline()
+                if not line:
+                    return
+                while reader.readline() not in (b"\r\n", b""):
+                    pass
+                n = len(self.body)
+                head = (f"HTTP/1.1 206 Partial Content\r\nContent-Length: {n}\r\n"
+                        f"Content-Range: bytes 0-{n - 1}/{n}\r\nAis-Version: 1\r\n\r\n").encode()
+                conn.sendall(head + self.body[: self.cut])
+                if self.cut is not None:
+                    if self.then == "stall":
+                        self.stop.wait(5)
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_ranged_bodies_whole_and_connection_reused() -> None:
+    body = os.urandom(3 * 1024 * 1024 + 7)
+    server = RawBodyServer(body)
+    c = fast_client(server.url)
+    try:
+        for _ in range(3):
+            buf = bytearray(len(body) + 10)
+            r = c.get_range("b", "k", 0, len(body), into=buf)
+            assert bytes(r.data) == body and r.total_size == len(body)
+        assert server.accepted == 1  # the body was read to its end: the connection went back
+    finally:
+        c.close()
+        server.close()
+
+
+@pytest.mark.parametrize("then", ["stall", "close"])
+def test_ranged_body_cut_short_is_transient(then: str) -> None:
+    body = os.urandom(2 * 1024 * 1024)
+    server = RawBodyServer(body, cut=300_000, then=then)
+    c = fast_client(server.url, retries=0, read_timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.Transient) as info:
+            c.get_range("b", "k", 0, len(body))
+        assert time.monotonic() - started < 3.0  # a stalled body times out, never hangs
+        assert "reading body failed" in str(info.value)
+    finally:
+        c.close()
+        server.close()
+
+
 def test_read_timeout_not_retried_for_non_idempotent(silent_socket: str) -> None:
     c = fast_client(silent_socket, retries=3, connect_timeout=0.5, read_timeout=0.4)
     retried: list[str] = []
