@@ -651,7 +651,7 @@ def _recv_whole_body(fp: Any, view: memoryview) -> int:
     """
     bufr = getattr(fp, "fp", None)
     sock = getattr(getattr(bufr, "raw", None), "_sock", None)
-    if (type(sock) is not socket.socket or getattr(fp, "chunked", True)
+    if (bufr is None or type(sock) is not socket.socket or getattr(fp, "chunked", True)
             or not isinstance(getattr(fp, "length", None), int) or fp.length < len(view)
             or not hasattr(fp, "_close_conn") or not view):
         return 0
