@@ -137,6 +137,11 @@ class Direct:
                             json={"action": "destroy-bck"}, timeout=120)
 
     # -- objects
+    def delete(self, bucket: str, key: str) -> None:
+        r = self.session.delete(self.object_url(bucket, key), timeout=60)
+        if r.status_code != 200:
+            raise RuntimeError(f"DELETE ais://{bucket}/{key}: {r.status_code} {r.text[:200]}")
+
     def locate(self, bucket: str, key: str, session: requests.Session | None = None) -> str:
         """The target URL the proxy redirects a GET of this object to."""
         r = (session or self.session).get(self.object_url(bucket, key), allow_redirects=False,

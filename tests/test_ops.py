@@ -325,6 +325,20 @@ async def test_opendir_on_file_and_bad_handles(opsf, make_bucket) -> None:  # ty
 # ---------------------------------------------------------------------- open / read / release
 
 
+async def test_write_only_handles_bypass_the_page_cache(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"a.txt": b"hello"})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        a = await lookup(ops, ROOT_INODE, "a.txt")
+        for flags, direct in ((os.O_WRONLY, True), (os.O_RDWR, False), (os.O_RDONLY, False)):
+            fi = await ops.open(a.st_ino, flags, CTX)
+            assert fi.direct_io is direct, flags
+            await ops.release(fi.fh)
+        for flags, direct in ((os.O_WRONLY, True), (os.O_RDWR, False)):
+            fi, _ = await ops.create(ROOT_INODE, f"new{flags}".encode(), 0o644, flags, CTX)
+            assert fi.direct_io is direct, flags
+            await ops.release(fi.fh)
+
+
 async def test_open_read_release(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket(TREE)
     data = TREE["b/c.bin"]
