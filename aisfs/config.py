@@ -91,11 +91,13 @@ class MountConfig:
     # read path
     read_ahead_initial: int = 1 * MIB
     read_ahead_max: int = 64 * MIB  # per handle
-    read_part_size: int = 8 * MIB  # one ranged GET
+    read_part_size: int = 16 * MIB  # one ranged GET
     read_ahead_budget: int = 128 * MIB  # all handles together
     kernel_read_ahead_kb: int = 1024  # bdi read_ahead_kb; 0 leaves the kernel default
     # write path
-    write_part_size: int = 8 * MIB
+    write_part_size: int = 8 * MIB  # the first APPEND of a file
+    write_part_max: int = 32 * MIB  # parts double up to this while the file keeps growing
+    write_buffer_budget: int = 256 * MIB  # parts above write_part_size, all handles together
     spill_dir: str = "/var/tmp/aisfs-spill"
     spill_max_bytes: int = 16 * 1024 * MIB
     rename_dir_limit: int = 10000

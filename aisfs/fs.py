@@ -28,12 +28,13 @@ import trio
 
 from . import errors, xattrs
 from .aio import AsyncAis
+from .budget import MemoryBudget
 from .cache import Stat
 from .client import MTIME_KEY
 from .config import MountConfig
 from .inodes import Inode, Kind
 from .namespace import Child, Namespace
-from .reader import BufferPool, ObjectReader, ReadBudget, Spawn
+from .reader import BufferPool, ObjectReader, Spawn
 from .writer import ObjectWriter, SpillArea
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class Operations(pyfuse3.Operations):
         self.aio = aio
         self.ns = Namespace(aio, config)
         self.table = self.ns.table
-        self.budget = ReadBudget(config.read_ahead_budget)
+        self.budget = MemoryBudget(config.read_ahead_budget)
+        self.write_budget = MemoryBudget(config.write_buffer_budget)
         self.pool = BufferPool(config.read_part_size,
                                keep=max(4, config.read_ahead_budget // config.read_part_size))
         self.spawn = spawn
@@ -279,7 +281,8 @@ class Operations(pyfuse3.Operations):
         handle = FileHandle(node)
         if writing:
             handle.writer = ObjectWriter(
-                self.aio, node.bucket, node.key, self.config, self.spill, self.spawn, exists=True,
+                self.aio, node.bucket, node.key, self.config, self.spill, self.write_budget,
+                self.spawn, exists=True,
                 size=st.size, truncate=bool(flags & os.O_TRUNC),
             )
             self._add_writer(handle)
@@ -376,7 +379,8 @@ class Operations(pyfuse3.Operations):
         node = self.table.child(parent, parent.bucket, key, Kind.FILE)
         handle = FileHandle(node)
         handle.writer = ObjectWriter(
-            self.aio, node.bucket, key, self.config, self.spill, self.spawn, exists=exists, size=0,
+            self.aio, node.bucket, key, self.config, self.spill, self.write_budget, self.spawn,
+            exists=exists, size=0,
             truncate=True,
         )
         self._add_writer(handle)
@@ -465,7 +469,8 @@ class Operations(pyfuse3.Operations):
             return
         st = await self.ns.object_stat(node.bucket, node.key)
         writer = ObjectWriter(self.aio, node.bucket, node.key, self.config, self.spill,
-                              self.spawn, exists=True, size=st.size, truncate=size == 0)
+                              self.write_budget, self.spawn, exists=True, size=st.size,
+                              truncate=size == 0)
         try:
             await writer.truncate(size)
             done = await writer.flush()

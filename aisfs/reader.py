@@ -4,8 +4,8 @@ A handle that reads sequentially (each read starts inside or right after what wa
 fetched) gets a window that starts at ``read_ahead_initial`` and doubles per hit up to
 ``read_ahead_max``, fetched as parallel ranged GETs of at most ``read_part_size`` bytes. A read
 anywhere else is a seek: the window is dropped and only what was asked for (at least
-``RANDOM_BLOCK``) is fetched. All handles share one :class:`ReadBudget`, so read-ahead memory stays
-under ``read_ahead_budget`` however many files are open; the bytes a read needs right now are
+``RANDOM_BLOCK``) is fetched. All handles share one :class:`MemoryBudget`, so read-ahead memory
+stays under ``read_ahead_budget`` however many files are open; the bytes a read needs right now are
 always fetched, budget or not.
 
 Every response is checked against the version and size the file was opened with: an object
@@ -26,6 +26,7 @@ import trio
 
 from . import errors
 from .aio import AsyncAis
+from .budget import MemoryBudget
 from .config import MountConfig
 
 log = logging.getLogger(__name__)
@@ -34,28 +35,6 @@ RANDOM_BLOCK = 128 * 1024
 BACKWARD_KEEP = 1024 * 1024  # keep this much behind the reader for slightly reordered reads
 
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
-
-
-class ReadBudget:
-    """Bytes of read-ahead held by all handles together."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-
-    def try_reserve(self, n: int) -> bool:
-        if self.used + n > self.limit:
-            return False
-        self.force_reserve(n)
-        return True
-
-    def force_reserve(self, n: int) -> None:
-        self.used += n
-        self.peak = max(self.peak, self.used)
-
-    def release(self, n: int) -> None:
-        self.used -= n
 
 
 class BufferPool:
@@ -92,7 +71,7 @@ class _Chunk:
 class ObjectReader:
     def __init__(
         self, aio: AsyncAis, bucket: str, key: str, size: int, version: str,
-        config: MountConfig, budget: ReadBudget, spawn: Spawn, pool: BufferPool,
+        config: MountConfig, budget: MemoryBudget, spawn: Spawn, pool: BufferPool,
     ) -> None:
         self.aio = aio
         self.bucket = bucket

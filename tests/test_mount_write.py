@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 MIB = 1024 * 1024
-PART = 1 * MIB  # the tests mount with --write-part-size 1M so "many parts" stays small
+PART = 1 * MIB  # the first part: the tests mount with --write-part-size 1M (growing to 2M)
 
 
 def sh(*args: str) -> str:
@@ -34,8 +34,8 @@ def names(bucket, prefix: str = "") -> list[str]:  # type: ignore[no-untyped-def
 @pytest.fixture
 def rw(make_bucket, mount):  # type: ignore[no-untyped-def]
     bucket = make_bucket()
-    m = mount(f"ais://{bucket.name}", "--write-part-size", "1M", "--metadata-ttl", "1",
-              "--spill-dir", "/var/tmp/aisfs-test-spill")
+    m = mount(f"ais://{bucket.name}", "--write-part-size", "1M", "--write-part-max", "2M",
+              "--metadata-ttl", "1", "--spill-dir", "/var/tmp/aisfs-test-spill")
     return bucket, m.path
 
 

@@ -339,6 +339,29 @@ async def test_write_only_handles_bypass_the_page_cache(opsf, make_bucket) -> No
             await ops.release(fi.fh)
 
 
+@pytest.mark.parametrize("budget,parts", [(64 * MIB, [1, 2, 4]), (2 * MIB, [1, 2]), (0, [1])])
+async def test_write_parts_grow_within_the_budget(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, budget: int, parts: list[int]
+) -> None:
+    bucket = make_bucket()
+    data = os.urandom(12 * MIB + 5)
+    async with opsf(f"ais://{bucket.name}", write_part_size=MIB, write_part_max=4 * MIB,
+                    write_buffer_budget=budget) as ops:
+        fi, _ = await ops.create(ROOT_INODE, b"big", 0o644, os.O_WRONLY, CTX)
+        writer = ops._file(fi.fh).writer
+        seen = []
+        for off in range(0, len(data), MIB):
+            if not seen or writer.part != seen[-1] * MIB:
+                seen.append(writer.part // MIB)
+            await ops.write(fi.fh, off, data[off:off + MIB])
+        assert seen == parts
+        assert ops.write_budget.used <= budget
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+        assert ops.write_budget.used == 0  # released with the handle
+    assert bucket.object("big").get_reader().read_all() == data
+
+
 async def test_open_read_release(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket(TREE)
     data = TREE["b/c.bin"]

@@ -14,9 +14,10 @@ import trio
 import trio.testing
 
 from aisfs import errors
+from aisfs.budget import MemoryBudget
 from aisfs.client import RangeResult
 from aisfs.config import MountConfig, parse_source
-from aisfs.reader import RANDOM_BLOCK, BufferPool, ObjectReader, ReadBudget
+from aisfs.reader import RANDOM_BLOCK, BufferPool, ObjectReader
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -80,13 +81,13 @@ def make_config(**kw: int) -> MountConfig:
 
 
 def make_reader(
-    fake: FakeAis, nursery: trio.Nursery, budget: ReadBudget | None = None,
+    fake: FakeAis, nursery: trio.Nursery, budget: MemoryBudget | None = None,
     version: str | None = None, **kw: int,
 ) -> ObjectReader:
     config = make_config(**kw)
     return ObjectReader(
         fake, "b", "k", len(fake.data), fake.version if version is None else version,  # type: ignore[arg-type]
-        config, budget or ReadBudget(config.read_ahead_budget),
+        config, budget or MemoryBudget(config.read_ahead_budget),
         lambda fn: nursery.start_soon(fn), BufferPool(config.read_part_size, keep=8),
     )
 
@@ -146,7 +147,7 @@ async def test_sequential_reads_grow_the_window() -> None:
     fake = FakeAis(data)
     step = 128 * KIB
     config = make_config()
-    budget = ReadBudget(config.read_ahead_budget)
+    budget = MemoryBudget(config.read_ahead_budget)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, budget)
         reads = 0
@@ -177,7 +178,7 @@ async def test_budget_bounds_read_ahead() -> None:
     data = pattern(size, seed=3)
     fake = FakeAis(data)
     step = 128 * KIB
-    budget = ReadBudget(4 * MIB)
+    budget = MemoryBudget(4 * MIB)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, budget, read_part_size=1 * MIB)
         for off in range(0, size, step):
@@ -196,7 +197,7 @@ async def test_two_handles_share_the_budget() -> None:
     data = pattern(size, seed=4)
     fake = FakeAis(data)
     step = 128 * KIB
-    budget = ReadBudget(3 * MIB)
+    budget = MemoryBudget(3 * MIB)
     async with trio.open_nursery() as nursery:
         r1 = make_reader(fake, nursery, budget, read_part_size=1 * MIB)
         r2 = make_reader(fake, nursery, budget, read_part_size=1 * MIB)
@@ -391,7 +392,7 @@ async def test_close_returns_budget_with_fetches_in_flight() -> None:
     data = pattern(16 * MIB, seed=15)
     fake = FakeAis(data)
     fake.gates = {}
-    budget = ReadBudget(64 * MIB)
+    budget = MemoryBudget(64 * MIB)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, budget, read_part_size=1 * MIB)
         fake.release(0)
@@ -411,7 +412,7 @@ async def test_close_returns_budget_with_fetches_in_flight() -> None:
 async def test_close_after_complete_reads_returns_budget() -> None:
     data = pattern(3 * MIB, seed=16)
     fake = FakeAis(data)
-    budget = ReadBudget(128 * MIB)
+    budget = MemoryBudget(128 * MIB)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, budget)
         for off in range(0, 3 * MIB, 256 * KIB):
@@ -503,7 +504,7 @@ async def test_removed_chunk_completing_anyway_is_not_misused() -> None:
 
 async def _stress(seed: int, fake: FakeAis, data: bytes, tasks: int, reads: int) -> ObjectReader:
     size = len(data)
-    budget = ReadBudget(2 * MIB)
+    budget = MemoryBudget(2 * MIB)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, budget, read_part_size=256 * KIB,
                         read_ahead_initial=128 * KIB, read_ahead_max=1 * MIB)
