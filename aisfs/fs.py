@@ -238,7 +238,7 @@ class Operations(pyfuse3.Operations):
         if start_id == 0 or handle.children is None:
             # Offset 0 is the first call or a rewinddir: (re)take the snapshot. Later offsets
             # index into it, so they stay valid however the bucket changes meanwhile.
-            handle.children = [child for _, child in await self.ns.list_dir(handle.inode)]
+            handle.children = await self.ns.list_dir(handle.inode)
         parent = handle.inode
         for index in range(start_id, len(handle.children)):
             child = handle.children[index]

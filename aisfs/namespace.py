@@ -243,16 +243,12 @@ class Namespace:
 
     # ------------------------------------------------------------------ listings
 
-    async def list_dir(self, inode: Inode) -> list[tuple[Inode, Child]]:
-        """Every child of a directory, with a registered inode each (no lookup counts)."""
+    async def list_dir(self, inode: Inode) -> list[Child]:
+        """Every child of a directory, in name order. Registers no inodes: readdir makes those
+        of the entries it hands out (a 10,000-entry listing would otherwise leave 10,000)."""
         if inode.kind is Kind.CLUSTER:
-            names = await self.bucket_names()
-            return [
-                (self.table.child(inode, name, "", Kind.DIR), Child(name, True, None))
-                for name in names
-            ]
-        listing = await self.listing(inode.bucket, inode.key)
-        children = listing.children
+            return [Child(name, True, None) for name in await self.bucket_names()]
+        children = (await self.listing(inode.bucket, inode.key)).children
         # Files being written here show at once, with their current size.
         bucket, prefix = inode.bucket, inode.key
         extra = {key[len(prefix):]: current for (b, key), current in self.pending.items()
@@ -261,12 +257,7 @@ class Namespace:
             merged = {c.name: c for c in children}
             merged.update({n: Child(n, False, f()) for n, f in extra.items()})
             children = [merged[n] for n in sorted(merged)]
-        out = []
-        for child in children:
-            kind = Kind.DIR if child.is_dir else Kind.FILE
-            key = inode.child_key(child.name, child.is_dir)
-            out.append((self.table.child(inode, inode.bucket, key, kind), child))
-        return out
+        return children
 
     async def listing(self, bucket: str, prefix: str) -> Listing:
         async def fetch() -> Listing:

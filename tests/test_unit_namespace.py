@@ -123,16 +123,14 @@ async def test_listing_gives_child_names() -> None:
     fake = FakeAis({"d/a": 1, "d/b/c": 2, "d/b/x/y": 3, "d/e": 4, "top": 5, "dd": 6})
     ns, _ = make_ns(fake)
     root = await ns.list_dir(ns.root)
-    assert [(c.name, c.is_dir) for _, c in root] == [("d", True), ("dd", False), ("top", False)]
-    d_inode = root[0][0]
+    assert [(c.name, c.is_dir) for c in root] == [("d", True), ("dd", False), ("top", False)]
+    assert ns.table.find("b", "d/") is None  # listing registers no inodes
+    d_inode, _ = await ns.lookup(ns.root, "d")
     assert d_inode.kind is Kind.DIR and d_inode.key == "d/"
     children = await ns.list_dir(d_inode)
-    assert [(c.name, c.is_dir) for _, c in children] == [("a", False), ("b", True), ("e", False)]
-    inodes = {c.name: i for i, c in children}
-    assert inodes["a"].key == "d/a" and inodes["a"].kind is Kind.FILE
-    assert inodes["b"].key == "d/b/" and inodes["b"].kind is Kind.DIR
-    assert inodes["a"].lookups == 0  # list_dir registers inodes but takes no references
-    stat_a = next(c.stat for _, c in children if c.name == "a")
+    assert [(c.name, c.is_dir) for c in children] == [("a", False), ("b", True), ("e", False)]
+    assert ns.table.find("b", "d/a") is None
+    stat_a = next(c.stat for c in children if c.name == "a")
     assert stat_a == Stat(1, 1_000_000_000, "1")
     assert ("all", "b", "d/", "False") in fake.log
 
@@ -248,8 +246,7 @@ async def test_prefix_mount_lists_under_the_prefix() -> None:
     ns, _ = make_ns(fake, source="ais://b/p/q")
     assert ns.root.key == "p/q/"
     children = await ns.list_dir(ns.root)
-    assert [(c.name, c.is_dir) for _, c in children] == [("a", False), ("s", True)]
-    assert children[0][0].key == "p/q/a"
+    assert [(c.name, c.is_dir) for c in children] == [("a", False), ("s", True)]
     inode, st = await ns.lookup(ns.root, "a")
     assert inode.key == "p/q/a" and st is not None and st.size == 1
 
@@ -382,11 +379,9 @@ async def test_cluster_root_lists_and_looks_up_buckets() -> None:
     ns, _ = make_ns(fake, source="ais://")
     assert ns.root.kind is Kind.CLUSTER
     children = await ns.list_dir(ns.root)
-    assert [(c.name, c.is_dir) for _, c in children] == [("b1", True), ("b2", True)]
-    assert all(i.kind is Kind.DIR and i.key == "" for i, _ in children)
+    assert [(c.name, c.is_dir) for c in children] == [("b1", True), ("b2", True)]
     inode, st = await ns.lookup(ns.root, "b2")
-    assert inode.bucket == "b2" and inode.key == "" and st is None
-    assert inode is children[1][0]
+    assert inode.bucket == "b2" and inode.key == "" and inode.kind is Kind.DIR and st is None
     with pytest.raises(errors.NotFound):
         await ns.lookup(ns.root, "nob")
     assert fake.calls["list_buckets"] == 1
