@@ -29,8 +29,9 @@ TREE = {
 
 
 def sh(*args: str, **kw: object) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=300,
-                          **kw).stdout  # type: ignore[call-overload]
+    out: str = subprocess.run(args, check=True, capture_output=True, text=True, timeout=300,
+                              **kw).stdout  # type: ignore[call-overload]
+    return out
 
 
 @pytest.fixture
@@ -218,7 +219,9 @@ def test_object_and_prefix_with_one_name(make_bucket, mount) -> None:  # type: i
     assert (m.path / name / "inner").read_bytes() == b"inner"
 
 
-def test_daemon_mode_and_umount(make_bucket, tmp_path: Path, ais_endpoint: str) -> None:
+def test_daemon_mode_and_umount(  # type: ignore[no-untyped-def]
+    make_bucket, tmp_path: Path, ais_endpoint: str
+) -> None:
     bucket = make_bucket({"d.txt": b"daemon"})
     mp = tmp_path / "bg"
     mp.mkdir()

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ def sh(*args: str) -> str:
 
 
 def remote(bucket, key: str) -> bytes:  # type: ignore[no-untyped-def]
-    return bucket.object(key).get_reader().read_all()
+    data: bytes = bucket.object(key).get_reader().read_all()
+    return data
 
 
 def names(bucket, prefix: str = "") -> list[str]:  # type: ignore[no-untyped-def]
@@ -345,8 +347,10 @@ def test_stat_after_changes(rw) -> None:  # type: ignore[no-untyped-def]
 def test_links_and_special_files_are_refused_clearly(rw) -> None:  # type: ignore[no-untyped-def]
     bucket, mp = rw
     (mp / "real").write_bytes(b"r")
-    for make in (lambda: os.symlink("real", mp / "sym"), lambda: os.link(mp / "real", mp / "hard"),
-                 lambda: os.mkfifo(mp / "fifo")):
+    makers: list[Callable[[], None]] = [
+        lambda: os.symlink("real", mp / "sym"), lambda: os.link(mp / "real", mp / "hard"),
+        lambda: os.mkfifo(mp / "fifo")]
+    for make in makers:
         with pytest.raises(OSError) as info:
             make()
         assert info.value.errno == errno.EPERM

@@ -349,7 +349,7 @@ async def test_write_parts_grow_within_the_budget(  # type: ignore[no-untyped-de
                     write_buffer_budget=budget) as ops:
         fi, _ = await ops.create(ROOT_INODE, b"big", 0o644, os.O_WRONLY, CTX)
         writer = ops._file(fi.fh).writer
-        seen = []
+        seen: list[int] = []
         for off in range(0, len(data), MIB):
             if not seen or writer.part != seen[-1] * MIB:
                 seen.append(writer.part // MIB)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -20,7 +23,9 @@ class FakeTimer:
         self.now += seconds
 
 
-def make(ttl: float = 5.0, negative_ttl: float = 1.0, maxsize: int = 100):
+def make(
+    ttl: float = 5.0, negative_ttl: float = 1.0, maxsize: int = 100
+) -> tuple[TtlMap[Any], FakeTimer]:
     timer = FakeTimer()
     return TtlMap(maxsize, ttl, negative_ttl, timer), timer
 
@@ -110,7 +115,7 @@ def test_pop_and_pop_where_and_clear() -> None:
     m.pop(("b1", "z"))
     m.pop(("nope", "nope"))  # absent: no error
     assert m.get(("b1", "z")) is None
-    m.pop_where(lambda k: k[0] == "b1")
+    m.pop_where(lambda k: k[0] == "b1")  # type: ignore[index]  # keys here are tuples
     assert m.get(("b1", "x")) is None and m.get(("b1", "y/")) is None
     assert m.get(("b2", "x")) == "x"
     assert len(m) == 1
@@ -307,7 +312,7 @@ async def test_different_keys_fetch_independently() -> None:
     started: list[str] = []
     release = trio.Event()
 
-    def fetcher(key: str):
+    def fetcher(key: str) -> Callable[[], Awaitable[str]]:
         async def fetch() -> str:
             started.append(key)
             await release.wait()
