@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .config import ConfigError, read_capped
 from .logsetup import add_secret
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,4 @@ def _stat(path: str) -> os.stat_result:
 
 
 def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TOKEN_FILE + 1)
-    except OSError as exc:
-        raise TokenFileError(f"token file {path}: {exc.strerror}") from None
-    if len(data) > MAX_TOKEN_FILE:
-        raise TokenFileError(f"token file {path} is larger than {MAX_TOKEN_FILE} bytes")
-    return parse_token(data, path)
+    return parse_token(read_capped(path, MAX_TOKEN_FILE, "token file", TokenFileError), path)

@@ -22,6 +22,19 @@ class ConfigError(AisFsError):
     """A bad option or source; the CLI prints it as one line."""
 
 
+def read_capped(path: str, limit: int, what: str,
+                error: type[ConfigError] = ConfigError) -> bytes:
+    """The bytes of a small file (a config or token file), or ``error`` naming ``what``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise error(f"{what} {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path}: larger than {limit} bytes")
+    return data
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """What to mount: the whole cluster (bucket is None), a bucket, or a prefix in a bucket."""

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Collection
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, read_capped
 
 MAX_CONFIG_FILE = 1024 * 1024
 
@@ -25,13 +25,7 @@ def load(
     path: str, convert: Convert, names: Collection[str], forbidden: Collection[str] = ()
 ) -> dict[str, Any]:
     """Option values by (dash-spelled) option name from the file at ``path``."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONFIG_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_FILE:
-        raise ConfigError(f"config file {path}: larger than {MAX_CONFIG_FILE} bytes")
+    data = read_capped(path, MAX_CONFIG_FILE, "config file")
     try:
         doc = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
