@@ -108,7 +108,7 @@ class Operations(pyfuse3.Operations):
         self.aio = aio
         self.ns = Namespace(aio, config)
         self.table = self.ns.table
-        self.budget = MemoryBudget(config.read_ahead_budget)
+        self.read_budget = MemoryBudget(config.read_ahead_budget)
         self.write_budget = MemoryBudget(config.write_buffer_budget)
         self.pool = BufferPool(config.read_part_size,
                                keep=max(4, config.read_ahead_budget // config.read_part_size))
@@ -298,7 +298,7 @@ class Operations(pyfuse3.Operations):
 
     def _reader(self, node: Inode, st: Stat) -> ObjectReader:
         return ObjectReader(
-            self.aio, node.bucket, node.key, st.size, st.version, self.config, self.budget,
+            self.aio, node.bucket, node.key, st.size, st.version, self.config, self.read_budget,
             self.spawn, self.pool,
         )
 

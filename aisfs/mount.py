@@ -302,8 +302,8 @@ def _metrics_for(ops: Operations, client: AisClient, config: MountConfig) -> Met
             cache_entries={name: len(c) for name, c in caches.items()},
             open_handles=len(handles),
             inodes=len(ops.table),
-            read_ahead_bytes=ops.budget.used,
-            read_ahead_limit=ops.budget.limit,
+            read_ahead_bytes=ops.read_budget.used,
+            read_ahead_limit=ops.read_budget.limit,
             write_buffer_bytes=sum(_buffered(w) for w in writers),
             spill_bytes=ops.spill.used,
         )

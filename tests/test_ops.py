@@ -386,7 +386,7 @@ async def test_open_read_release(opsf, make_bucket) -> None:  # type: ignore[no-
         assert ops.table.get(c.st_ino) is node  # still open
         await ops.release(fi.fh)
         assert c.st_ino not in ops.table.by_ino
-        assert ops.budget.used == 0
+        assert ops.read_budget.used == 0
         with pytest.raises(pyfuse3.FUSEError) as info:
             await ops.read(fi.fh, 0, 10)
         assert info.value.errno == errno.EBADF
@@ -435,7 +435,7 @@ async def test_object_replaced_while_open_is_estale(opsf, make_bucket) -> None: 
             await ops.read(fi.fh, 3 * MIB, 4096)  # not fetched yet: a new GET sees version 2
         assert info.value.errno == errno.ESTALE
         await ops.release(fi.fh)
-        assert ops.budget.used == 0
+        assert ops.read_budget.used == 0
 
 
 async def test_concurrent_reads_through_ops(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
@@ -458,7 +458,7 @@ async def test_concurrent_reads_through_ops(opsf, make_bucket) -> None:  # type:
         for i, (off, size) in enumerate(ranges):
             assert results[i] == data[off : off + size], (off, size)
         await ops.release(fi.fh)
-        assert ops.budget.used == 0
+        assert ops.read_budget.used == 0
 
 
 async def test_open_missing_object(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
