@@ -380,7 +380,7 @@ class Operations(pyfuse3.Operations):
         handle = FileHandle(node)
         handle.writer = ObjectWriter(
             self.aio, node.bucket, key, self.config, self.spill, self.write_budget, self.spawn,
-            exists=exists, size=0,
+            exists=exists, size=known.size if isinstance(known, Stat) else 0,
             truncate=True,
         )
         self._add_writer(handle)

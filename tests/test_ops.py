@@ -362,6 +362,38 @@ async def test_write_parts_grow_within_the_budget(  # type: ignore[no-untyped-de
     assert bucket.object("big").get_reader().read_all() == data
 
 
+@pytest.mark.parametrize("made_here", [True, False])
+async def test_stream_over_an_empty_object_deletes_it_first(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, made_here: bool
+) -> None:
+    """dd's pattern (its first close() makes the empty object, then it writes) and a write to
+    an existing empty object: streamed in place, the empty object deleted before the FLUSH
+    (no temporary object, no rename), its xattrs kept."""
+    bucket = make_bucket({} if made_here else {"dd.bin": b""})
+    data = os.urandom(3 * MIB + 7)
+    async with opsf(f"ais://{bucket.name}", write_part_size=MIB, write_part_max=MIB) as ops:
+        kinds: list[str] = []
+        ops.aio.client.on_request = lambda kind, *_: kinds.append(kind)
+        if made_here:
+            fi, attr = await ops.create(ROOT_INODE, b"dd.bin", 0o644, os.O_WRONLY, CTX)
+            await ops.flush(fi.fh)  # close() of the first descriptor: the object exists now
+            assert bucket.object("dd.bin").head().size == 0
+            ino = attr.st_ino
+        else:
+            ino = (await lookup(ops, ROOT_INODE, "dd.bin")).st_ino
+            fi = await ops.open(ino, os.O_WRONLY | os.O_APPEND, CTX)
+        await ops.setxattr(ino, b"user.k", b"v", CTX)
+        for off in range(0, len(data), MIB):
+            await ops.write(fi.fh, off, data[off:off + MIB])
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+        assert "delete_object" in kinds and "rename_object" not in kinds, kinds
+    obj = bucket.object("dd.bin")
+    assert obj.get_reader().read_all() == data
+    assert obj.props.custom_metadata.get("k") == "v"
+    assert [e.name for e in bucket.list_all_objects()] == ["dd.bin"]
+
+
 async def test_open_read_release(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket(TREE)
     data = TREE["b/c.bin"]
