@@ -219,6 +219,9 @@ class AisClient:
         # Where the proxy last redirected a GET of each object: later ranged GETs of the same
         # object go straight to that target, saving a round trip and half the request cost.
         self._locations: collections.OrderedDict[str, str] = collections.OrderedDict()
+        # The target that took an object's last APPEND: the rest of the session (it lives on
+        # that target) goes straight there. Kept until the FLUSH.
+        self._session_targets: dict[str, str] = {}
         self._locations_lock = threading.Lock()
         # Observability hook: called as on_request(kind, status, seconds, nbytes_in, nbytes_out).
         self.on_request: Callable[[str, int, float, int, int], None] | None = None
@@ -277,6 +280,7 @@ class AisClient:
         stream: bool = False,
         ok_statuses: tuple[int, ...] = (),
         cache_location: bool = False,
+        session_target: bool = False,
     ) -> requests.Response:
         """Send one logical request, following AIS's proxy→target redirect, with retries."""
         attempt = 0
@@ -286,7 +290,8 @@ class AisClient:
                 if cache_location:
                     resp = self._get_via_cached_location(url, params, headers)
                 else:
-                    resp = self._send_once(method, url, params, json_body, data, headers, stream)
+                    resp = self._send_once(method, url, params, json_body, data, headers, stream,
+                                           session_target)
             except requests.exceptions.SSLError as exc:
                 # A certificate that does not verify will not verify on a retry either.
                 raise errors.Transient(f"TLS: {_short(exc)}", 0, what) from None
@@ -321,8 +326,13 @@ class AisClient:
         data: Body | None,
         headers: dict[str, str] | None,
         stream: bool,
+        session_target: bool = False,
     ) -> requests.Response:
         hdrs = self._headers(headers)
+        if data is not None and session_target:
+            resp = self._send_to_session_target(method, url, params, data, hdrs)
+            if resp is not None:
+                return resp
         if data is None:
             return self._http(
                 method, url, params=params, json=json_body, headers=hdrs,
@@ -338,11 +348,45 @@ class AisClient:
         if resp.status_code in (301, 302, 307, 308) and "Location" in resp.headers:
             location = resp.headers["Location"]
             resp.close()
+            if session_target:
+                with self._locations_lock:
+                    self._session_targets[url] = location
             body = data() if callable(data) else data
             return self._http(
                 method, location, data=body, headers=hdrs, allow_redirects=False,
             )
         return resp
+
+    def _send_to_session_target(
+        self, method: str, url: str, params: dict[str, str] | None, data: Body,
+        hdrs: dict[str, str],
+    ) -> requests.Response | None:
+        """The next request of an append session, straight to its target: one round trip to
+        the proxy less per APPEND. None when no target is known, or it wants the proxy."""
+        with self._locations_lock:
+            location = self._session_targets.get(url)
+        if location is None:
+            return None
+        base, _, query = location.partition("?")
+        # The proxy's redirect marker (pid, utm) stays: a target refuses an unredirected PUT.
+        merged = {**dict(urllib.parse.parse_qsl(query)), **(params or {})}
+        body = data() if callable(data) else data
+        try:
+            resp = self._http(method, base, params=merged, data=body, headers=hdrs,
+                              allow_redirects=False)
+        except requests.ConnectionError:
+            self._forget_session_target(url)  # the target may be gone: the proxy decides again
+            raise
+        if resp.status_code in (400, 401, 403):
+            # Refused, so not applied: a cluster that signs redirects wants a fresh one.
+            resp.close()
+            self._forget_session_target(url)
+            return None
+        return resp
+
+    def _forget_session_target(self, url: str) -> None:
+        with self._locations_lock:
+            self._session_targets.pop(url, None)
 
     def _get_via_cached_location(
         self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None
@@ -568,7 +612,7 @@ class AisClient:
         """Append bytes to the object's pending append session; returns the new handle."""
         resp = self._request(
             "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="append",
-            idempotent=False, data=data,
+            idempotent=False, data=data, session_target=True,
             params={"provider": "ais", "append_type": "append", "append_handle": handle},
         )
         new_handle = resp.headers.get("Ais-Append-Handle", "")
@@ -578,11 +622,15 @@ class AisClient:
 
     def flush(self, bucket: str, key: str, handle: str) -> None:
         """Make the appended bytes the object's content (atomic replace)."""
-        self._request(
-            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="flush",
-            idempotent=False, data=b"",
-            params={"provider": "ais", "append_type": "flush", "append_handle": handle},
-        )
+        url = self._object_url(bucket, key)
+        try:
+            self._request(
+                "PUT", url, f"ais://{bucket}/{key}", kind="flush", idempotent=False, data=b"",
+                session_target=True,
+                params={"provider": "ais", "append_type": "flush", "append_handle": handle},
+            )
+        finally:
+            self._forget_session_target(url)
 
     def delete_object(self, bucket: str, key: str) -> None:
         self._request(

@@ -282,6 +282,39 @@ def test_append_and_flush(client: AisClient, make_bucket) -> None:  # type: igno
     assert bytes(client.get_range(b.name, "ap", 0, 100).data) == b"hello world"
 
 
+def test_append_session_goes_straight_to_its_target(  # type: ignore[no-untyped-def]
+    client: AisClient, make_bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first APPEND asks the proxy; the rest and the FLUSH go to the session's target.
+    A target that refuses the direct request (400: no redirect marker) means: ask the proxy."""
+    b = make_bucket()
+    proxy = client._base
+    hosts: list[str] = []
+    real_http = client._http
+
+    def spy(method: str, url: str, **kw: Any) -> Any:
+        hosts.append("proxy" if url.startswith(proxy) else "target")
+        return real_http(method, url, **kw)
+
+    monkeypatch.setattr(client, "_http", spy)
+    h = ""
+    for part in (b"one ", b"two ", b"three"):
+        h = client.append(b.name, "s", h, part)
+    client.flush(b.name, "s", h)
+    assert hosts == ["proxy", "target", "target", "target", "target"]
+    assert client._session_targets == {}  # forgotten with the FLUSH
+    assert sdk_read(b, "s") == b"one two three"
+
+    hosts.clear()
+    h = client.append(b.name, "t", "", b"a")
+    url = client._object_url(b.name, "t")
+    client._session_targets[url] = client._session_targets[url].split("?")[0]  # marker lost
+    h = client.append(b.name, "t", h, b"b")
+    client.flush(b.name, "t", h)
+    assert hosts == ["proxy", "target", "target", "proxy", "target", "target"]
+    assert sdk_read(b, "t") == b"ab"
+
+
 def test_flush_with_empty_handle_is_invalid(client: AisClient, make_bucket) -> None:  # type: ignore[no-untyped-def]
     b = make_bucket()
     with pytest.raises(errors.InvalidRequest) as info:
