@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from aisfs import cli
 from aisfs.config import DEFAULT_ENDPOINT, MIB, ConfigError, MountConfig, Source, parse_source
+from aisfs.daemon import DEFAULT_SHUTDOWN_TIMEOUT
 
 # ---------------------------------------------------------------------- parse_source
 
@@ -333,3 +336,23 @@ def test_umount_not_mounted(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert cli.main(["umount", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert err.startswith("aisfs: ") and "not mounted" in err and err.count("\n") == 1
+
+
+def test_help_states_the_real_defaults() -> None:
+    """Every "(default X)" in --help is the value the mount really gets without the option."""
+    cfg = MountConfig(source=parse_source("ais://b"), mountpoint="/mnt")
+    process_level = {"shutdown-timeout": DEFAULT_SHUTDOWN_TIMEOUT, "log-level": logging.INFO}
+    checked = []
+    for opt in cli.OPTIONS:
+        m = re.search(r"\(default (\S+?)[);]", opt.help)
+        if m is None or opt.parse is None:
+            continue
+        attr = opt.name.replace("-", "_")
+        if opt.name in process_level:
+            value = process_level[opt.name]
+        else:
+            holder = cfg if hasattr(cfg, attr) or hasattr(cfg, attr + "_bytes") else cfg.client
+            value = getattr(holder, attr if hasattr(holder, attr) else attr + "_bytes")
+        assert opt.parse(m.group(1)) == value, opt.name
+        checked.append(opt.name)
+    assert len(checked) >= 15, checked
