@@ -434,10 +434,6 @@ class AisClient:
 
     # ------------------------------------------------------------------ cluster and buckets
 
-    def health(self) -> None:
-        """Raise unless the proxy answers; used at mount time."""
-        self._request("GET", f"{self._base}/health", "cluster", kind="health")
-
     def list_buckets(self) -> list[str]:
         resp = self._request(
             "GET", self._bucket_url(), "ais://", kind="list_buckets",

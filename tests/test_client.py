@@ -36,10 +36,6 @@ def sdk_read(bucket, key: str) -> bytes:  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------- buckets
 
 
-def test_health(client: AisClient) -> None:
-    client.health()
-
-
 def test_list_buckets(client: AisClient, make_bucket) -> None:  # type: ignore[no-untyped-def]
     b1 = make_bucket()
     b2 = make_bucket()
