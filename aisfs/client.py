@@ -221,7 +221,7 @@ class AisClient:
         self._locations: collections.OrderedDict[str, str] = collections.OrderedDict()
         # The target that took an object's last APPEND: the rest of the session (it lives on
         # that target) goes straight there. Kept until the FLUSH.
-        self._session_targets: dict[str, str] = {}
+        self._session_targets: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._locations_lock = threading.Lock()
         # Observability hook: called as on_request(kind, status, seconds, nbytes_in, nbytes_out).
         self.on_request: Callable[[str, int, float, int, int], None] | None = None
@@ -349,8 +349,7 @@ class AisClient:
             location = resp.headers["Location"]
             resp.close()
             if session_target:
-                with self._locations_lock:
-                    self._session_targets[url] = location
+                self._remember(self._session_targets, url, location)
             body = data() if callable(data) else data
             return self._http(
                 method, location, data=body, headers=hdrs, allow_redirects=False,
@@ -375,18 +374,26 @@ class AisClient:
             resp = self._http(method, base, params=merged, data=body, headers=hdrs,
                               allow_redirects=False)
         except requests.ConnectionError:
-            self._forget_session_target(url)  # the target may be gone: the proxy decides again
+            self._forget(self._session_targets, url)  # the target may be gone: ask the proxy
             raise
         if resp.status_code in (400, 401, 403):
             # Refused, so not applied: a cluster that signs redirects wants a fresh one.
             resp.close()
-            self._forget_session_target(url)
+            self._forget(self._session_targets, url)
             return None
         return resp
 
-    def _forget_session_target(self, url: str) -> None:
+    def _remember(self, where: collections.OrderedDict[str, str], url: str, location: str) -> None:
+        """Keep a target location, the oldest 4096th dropped (sessions abandoned on an error
+        never reach their FLUSH)."""
         with self._locations_lock:
-            self._session_targets.pop(url, None)
+            where[url] = location
+            if len(where) > 4096:
+                where.popitem(last=False)
+
+    def _forget(self, where: collections.OrderedDict[str, str], url: str) -> None:
+        with self._locations_lock:
+            where.pop(url, None)
 
     def _get_via_cached_location(
         self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None
@@ -403,17 +410,13 @@ class AisClient:
                 resp.close()
             except requests.ConnectionError:
                 pass  # the target may have left the cluster: ask the proxy again
-            with self._locations_lock:
-                self._locations.pop(url, None)
+            self._forget(self._locations, url)
         resp = self._http("GET", url, params=params, headers=hdrs, stream=True,
                           allow_redirects=False)
         if resp.status_code in (301, 302, 307, 308) and "Location" in resp.headers:
             location = resp.headers["Location"]
             resp.close()
-            with self._locations_lock:
-                self._locations[url] = location
-                if len(self._locations) > 4096:
-                    self._locations.popitem(last=False)
+            self._remember(self._locations, url, location)
             resp = self._http("GET", location, headers=hdrs, stream=True, allow_redirects=True)
         return resp
 
@@ -626,7 +629,7 @@ class AisClient:
                 params={"provider": "ais", "append_type": "flush", "append_handle": handle},
             )
         finally:
-            self._forget_session_target(url)
+            self._forget(self._session_targets, url)
 
     def delete_object(self, bucket: str, key: str) -> None:
         self._request(

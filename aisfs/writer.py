@@ -435,11 +435,10 @@ class ObjectWriter:
             # on a rename over a file: measured 0.6 s per GiB), and there is nothing to keep
             # atomic. This is what ``dd`` meets: closing its first descriptor makes the object.
             replaces_empty = self.empty_in_ais and self.session_key == self.key
-            carried: dict[str, bytes] = {}
-            if self.session_key != self.key or replaces_empty:
-                # The object that takes the name has no custom metadata: carry the old xattrs
-                # over, as an overwrite in place would keep them.
-                carried = await self._custom_of(self.key)
+            # A new object takes the name: it has no custom metadata, so carry the old xattrs
+            # over, as an overwrite in place would keep them.
+            new_object = self.session_key != self.key or replaces_empty
+            carried = await self._custom_of(self.key) if new_object else {}
             if replaces_empty:
                 await self._delete_if_present(self.key)
             await self.aio.flush(self.bucket, self.session_key, self.handle)
@@ -447,7 +446,7 @@ class ObjectWriter:
                 await self.aio.rename_object(self.bucket, self.session_key, self.key)
             # FLUSH ignores custom-metadata headers: set the mtime (and carried keys) now,
             # unless that would overflow AIS's limit, which would drop every key.
-            now_custom = await self._custom_of(self.key)
+            now_custom = {} if new_object else await self._custom_of(self.key)
             wanted = {**carried, **custom}
             if custom_size({**now_custom, **wanted}) <= CUSTOM_MD_MAX:
                 await self.aio.set_custom(self.bucket, self.key, wanted)

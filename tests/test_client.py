@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.server
 import json
@@ -446,16 +447,8 @@ class FakeServer:
 
 @pytest.fixture
 def fake_server() -> Iterator[Callable[..., FakeServer]]:
-    made: list[FakeServer] = []
-
-    def make(respond):  # type: ignore[no-untyped-def]
-        s = FakeServer(respond)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
+    with contextlib.ExitStack() as stack:
+        yield lambda respond: stack.enter_context(contextlib.closing(FakeServer(respond)))
 
 
 def fast_client(url: str, retries: int = 2, **kw: Any) -> AisClient:
@@ -550,15 +543,9 @@ class RawBodyServer:
 
 @pytest.fixture
 def raw_body_server() -> Iterator[Callable[..., RawBodyServer]]:
-    made: list[RawBodyServer] = []
-
-    def make(body: bytes, cut: int | None = None, then: str = "stall") -> RawBodyServer:
-        made.append(RawBodyServer(body, cut, then))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
+    with contextlib.ExitStack() as stack:
+        yield lambda body, cut=None, then="stall": stack.enter_context(
+            contextlib.closing(RawBodyServer(body, cut, then)))
 
 
 def test_ranged_bodies_whole_and_connection_reused(

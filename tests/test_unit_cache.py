@@ -160,8 +160,8 @@ async def test_get_or_fetch_refetches_after_expiry() -> None:
     assert len(calls) == 2
 
 
-async def test_single_flight_two_callers_one_fetch() -> None:
-    m, _ = make()
+async def fetch_concurrently(m: TtlMap[str], callers: int) -> tuple[int, list[object]]:
+    """``callers`` tasks ask for "k" at once while the one fetch waits: (fetches, results)."""
     calls = 0
     release = trio.Event()
     results: list[object] = []
@@ -177,40 +177,23 @@ async def test_single_flight_two_callers_one_fetch() -> None:
         results.append(await m.get_or_fetch("k", fetch))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(caller)
-        nursery.start_soon(caller)
-        nursery.start_soon(caller)
+        for _ in range(callers):
+            nursery.start_soon(caller)
         await trio.testing.wait_all_tasks_blocked()
         assert calls == 1
         release.set()
-    assert calls == 1
-    assert results == ["value", "value", "value"]
+    return calls, results
+
+
+async def test_single_flight_two_callers_one_fetch() -> None:
+    m, _ = make()
+    assert await fetch_concurrently(m, 3) == (1, ["value", "value", "value"])
 
 
 async def test_single_flight_waiters_get_result_even_when_not_cached() -> None:
     # With ttl 0 nothing is stored, yet waiters must receive the shared fetch's result.
     m, _ = make(ttl=0.0, negative_ttl=0.0)
-    calls = 0
-    release = trio.Event()
-    results: list[object] = []
-
-    async def fetch() -> str:
-        nonlocal calls
-        calls += 1
-        await release.wait()
-        m.put("k", "value")
-        return "value"
-
-    async def caller() -> None:
-        results.append(await m.get_or_fetch("k", fetch))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(caller)
-        nursery.start_soon(caller)
-        await trio.testing.wait_all_tasks_blocked()
-        release.set()
-    assert calls == 1
-    assert results == ["value", "value"]
+    assert await fetch_concurrently(m, 2) == (1, ["value", "value"])
     assert len(m) == 0
 
 
