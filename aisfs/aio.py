@@ -10,8 +10,8 @@ worker threads touch no shared state. Cancellation: a call already in a thread i
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import trio
 
@@ -19,6 +19,8 @@ from .client import AisClient, Body, ListEntry, ListPage, ObjectProps, RangeResu
 
 P = ParamSpec("P")
 T = TypeVar("T")
+# Starts a background task in the mount's nursery (the tasks catch their own errors).
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 class AsyncAis:

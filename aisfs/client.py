@@ -54,6 +54,10 @@ _RFC3339 = re.compile(
 _MTIME_IN_LISTING = re.compile(r"(?:^\[|\s)" + re.escape(MTIME_KEY) + r":(\d+)(?=[\s\]])")
 
 
+# Nanoseconds per unit of a fraction with that many digits.
+_NS_SCALE: list[int] = [10 ** (9 - digits) for digits in range(10)]
+
+
 @functools.lru_cache(maxsize=4096)
 def _epoch_of_second(prefix: str) -> int:
     """Seconds since the epoch of "YYYY-MM-DDTHH:MM:SS" (objects written together share it)."""
@@ -62,13 +66,16 @@ def _epoch_of_second(prefix: str) -> int:
 
 def parse_rfc3339_ns(text: str) -> int:
     """Nanoseconds since the epoch for AIS's RFC 3339 time strings; 0 when unparsable."""
-    if len(text) > 20 and text[19] == "." and text[-1] == "Z" and text[20:-1].isdigit():
-        # The common shape, UTC with a fraction: one cached parse per second of time.
-        try:
-            secs = _epoch_of_second(text[:19])
-        except ValueError:
-            return 0
-        return secs * 1_000_000_000 + int(text[20:-1].ljust(9, "0")[:9])
+    if len(text) > 20 and text[19] == "." and text[-1] == "Z":
+        # The common shape, UTC with a fraction (once per listed object): one cached parse per
+        # second of time, the fraction scaled to nanoseconds.
+        fraction = text[20:-1]
+        if fraction.isdigit() and len(fraction) <= 9:
+            try:
+                secs = _epoch_of_second(text[:19])
+            except ValueError:
+                return 0
+            return secs * 1_000_000_000 + int(fraction) * _NS_SCALE[len(fraction)]
     m = _RFC3339.match(text)
     if not m:
         return 0
@@ -100,7 +107,6 @@ class ListEntry:
     size: int = 0
     mtime_ns: int = 0
     version: str = ""
-    checksum: str = ""
 
 
 @dataclass(slots=True)
@@ -494,22 +500,18 @@ class AisClient:
             json_body={"action": "list", "name": bucket, "value": value},
         )
         doc = resp.json() or {}
-        entries = []
+        entries: list[ListEntry] = []
+        add, parse_time = entries.append, parse_rfc3339_ns  # once per entry: kept local
         for raw in doc.get("entries") or []:
-            flags = int(raw.get("flags") or 0)
             name = raw.get("name", "")
-            if flags & LS_ENTRY_IS_DIR:
-                entries.append(ListEntry(name if name.endswith("/") else name + "/", True))
+            if raw.get("flags", 0) & LS_ENTRY_IS_DIR:
+                add(ListEntry(name if name.endswith("/") else name + "/", True))
                 continue
-            custom = raw.get("custom-md") or ""
+            custom = raw.get("custom-md")
             m = _MTIME_IN_LISTING.search(custom) if custom else None
-            mtime = int(m.group(1)) if m else parse_rfc3339_ns(raw.get("atime") or "")
-            entries.append(
-                ListEntry(
-                    name, False, int(raw.get("size") or 0), mtime,
-                    str(raw.get("version") or ""), str(raw.get("checksum") or ""),
-                )
-            )
+            mtime = int(m.group(1)) if m else parse_time(raw.get("atime") or "")
+            add(ListEntry(name, False, int(raw.get("size") or 0), mtime,
+                          str(raw.get("version") or "")))
         return ListPage(entries, doc.get("uuid") or "", doc.get("continuation_token") or "")
 
     def iter_objects(

@@ -27,14 +27,15 @@ import pyfuse3
 import trio
 
 from . import errors, xattrs
-from .aio import AsyncAis
+from .aio import AsyncAis, Spawn
 from .budget import MemoryBudget
 from .cache import Stat
 from .client import MTIME_KEY
 from .config import MountConfig
 from .inodes import Inode, Kind
-from .namespace import Child, Namespace
-from .reader import BufferPool, ObjectReader, Spawn
+from .listing import Child, ListingStream
+from .namespace import Namespace
+from .reader import BufferPool, ObjectReader
 from .writer import ObjectWriter, SpillArea
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _brief(args: Sequence[Any]) -> str:
 @dataclass(slots=True)
 class DirHandle:
     inode: Inode
-    children: list[Child] | None = None
+    entries: ListingStream | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -106,7 +107,9 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.config = config
         self.aio = aio
-        self.ns = Namespace(aio, config)
+        self.ns = Namespace(aio, config, spawn)
+        self._dir_mode = statmod.S_IFDIR | config.dir_mode
+        self._file_mode = statmod.S_IFREG | config.file_mode
         self.table = self.ns.table
         self.read_budget = MemoryBudget(config.read_ahead_budget)
         self.write_budget = MemoryBudget(config.write_buffer_budget)
@@ -142,25 +145,25 @@ class Operations(pyfuse3.Operations):
         return handle
 
     def make_attr(self, inode: Inode, st: Stat | None) -> pyfuse3.EntryAttributes:
+        # Called once per entry of every listing: plain ints (no NewType calls) and no reads
+        # back from the Cython object keep it at half the cost.
+        config = self.config
         attr = pyfuse3.EntryAttributes()
-        attr.st_ino = pyfuse3.InodeT(inode.ino)
-        attr.generation = 0
-        attr.entry_timeout = self.config.metadata_ttl
-        attr.attr_timeout = self.config.metadata_ttl
-        attr.st_uid = self.config.uid
-        attr.st_gid = self.config.gid
+        attr.st_ino = inode.ino  # type: ignore[assignment]
+        attr.entry_timeout = attr.attr_timeout = config.metadata_ttl
+        attr.st_uid = config.uid
+        attr.st_gid = config.gid
         attr.st_blksize = BLOCK_SIZE
-        if inode.is_dir or st is None:
-            attr.st_mode = pyfuse3.ModeT(statmod.S_IFDIR | self.config.dir_mode)
+        if st is None or inode.kind is not Kind.FILE:
+            attr.st_mode = self._dir_mode  # type: ignore[assignment]
             attr.st_nlink = 2
-            attr.st_size = 0
             mtime = self.ns.mount_time_ns
         else:
-            attr.st_mode = pyfuse3.ModeT(statmod.S_IFREG | self.config.file_mode)
+            attr.st_mode = self._file_mode  # type: ignore[assignment]
             attr.st_nlink = 1
             attr.st_size = st.size
+            attr.st_blocks = (st.size + 511) // 512
             mtime = st.mtime_ns or self.ns.mount_time_ns
-        attr.st_blocks = (attr.st_size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
         return attr
 
@@ -235,16 +238,20 @@ class Operations(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if not isinstance(handle, DirHandle):
             raise errors.PosixError(errno.EBADF, f"bad directory handle {fh}")
-        if start_id == 0 or handle.children is None:
+        if start_id == 0 or handle.entries is None:
             # Offset 0 is the first call or a rewinddir: (re)take the snapshot. Later offsets
-            # index into it, so they stay valid however the bucket changes meanwhile.
-            handle.children = await self.ns.list_dir(handle.inode)
+            # index into it (it only grows), so they stay valid however the bucket changes.
+            handle.entries = await self.ns.open_dir(handle.inode)
+        # Hand out what has arrived; an empty reply would mean the end of the directory.
+        await handle.entries.wait_beyond(start_id)
+        children = handle.entries.children
         parent = handle.inode
-        for index in range(start_id, len(handle.children)):
-            child = handle.children[index]
+        pending = self.ns.pending
+        for index in range(start_id, len(children)):
+            child = children[index]
             inode = self._child_inode(parent, child)
-            pending = self.ns.pending.get(inode.path) if not child.is_dir else None
-            attr = self.make_attr(inode, pending() if pending is not None else child.stat)
+            current = pending.get(inode.path) if pending and not child.is_dir else None
+            attr = self.make_attr(inode, current() if current is not None else child.stat)
             if not pyfuse3.readdir_reply(token, os.fsencode(child.name), attr, index + 1):
                 self.table.drop_if_unused(inode)
                 break

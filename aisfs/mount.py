@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -257,6 +258,11 @@ def serve(
         return 1
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     stopper = _Stopper(service.shutdown_timeout)
+    # What exists now (modules, classes, the client: ~100k objects) lives as long as the mount:
+    # out of the collector's sight, a full collection no longer walks it (one during a
+    # 10,000-entry listing took ~25 ms).
+    gc.collect()
+    gc.freeze()
     clean = False
     try:
         trio.run(_main, ops, config, readiness, spawn_box, stopper)

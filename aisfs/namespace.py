@@ -1,63 +1,41 @@
 """The directory tree over AIS: root → buckets → virtual directories → objects.
 
 Answers lookup, getattr and directory listings from the metadata cache, going to the cluster
-(through ``aio``) on a miss. A listing seeds the cache with every entry's attributes, so
-``ls -l`` and ``find`` cost one paged LIST per directory and no HEAD per entry.
+(through ``aio``) on a miss. A listing (fetched in the background page by page, see ``listing``)
+is cached with every entry's attributes, so ``ls -l`` and ``find`` cost one paged LIST per
+directory and no HEAD per entry; lookups answer from it too.
 
-Name rules: a name that is both an object ``a`` and a prefix ``a/`` is shown once, as the
-directory (the object stays reachable only through other tools); object names that cannot be a
-POSIX path component (empty, ``.``, ``..``, longer than 255 bytes) are skipped with one warning per
-listing.
+Name rule: a name that is both an object ``a`` and a prefix ``a/`` is the directory (the object
+stays reachable only through other tools), in lookups as in listings.
 
 Concurrency: trio thread only. Every ``await`` may let the world change, so the inode table is
-touched only after the awaited remote call returned, with no ``await`` in between.
+touched only after the awaited remote call returned, with no ``await`` in between. Listing
+producers are tasks of their own (``spawn``).
 """
 
 from __future__ import annotations
 
-import bisect
 import errno
+import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import trio
 
 from . import errors, xattrs
-from .aio import AsyncAis
+from .aio import AsyncAis, Spawn
 from .cache import MISSING, Stat, TtlMap
-from .client import ListEntry, ObjectProps
-from .config import TMP_MARKER, MountConfig
+from .client import ListEntry, ListPage, ObjectProps
+from .config import MountConfig
 from .inodes import Inode, InodeTable, Kind
+from .listing import NAME_MAX, Child, Listing, ListingStream, valid_name
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255
 _CACHE_ENTRIES = 200_000
-
-
-def valid_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name and (
-        len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Child:
-    """One directory entry: a file with its stat, or a subdirectory (stat None)."""
-
-    name: str
-    is_dir: bool
-    stat: Stat | None
-
-
-@dataclass(slots=True)
-class Listing:
-    """A directory's children in listing order, by name for lookups."""
-
-    children: list[Child]
-    by_name: dict[str, Child]
+# A listing's first pages are small, so its first entries come quickly; then AIS's own maximum.
+FIRST_PAGE_SIZES = (1000, 2000, 4000)
 
 
 def stat_of(props: ObjectProps) -> Stat:
@@ -66,10 +44,12 @@ def stat_of(props: ObjectProps) -> Stat:
 
 class Namespace:
     def __init__(
-        self, aio: AsyncAis, config: MountConfig, timer: Callable[[], float] = time.monotonic
+        self, aio: AsyncAis, config: MountConfig, spawn: Spawn,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.aio = aio
         self.config = config
+        self.spawn = spawn
         source = config.source
         if source.bucket is None:
             self.table = InodeTable(Kind.CLUSTER)
@@ -80,6 +60,9 @@ class Namespace:
         self.dirs: TtlMap[bool] = TtlMap(_CACHE_ENTRIES, ttl, neg, timer)
         self.listings: TtlMap[Listing] = TtlMap(1024, ttl, neg, timer)
         self.buckets: TtlMap[tuple[str, ...]] = TtlMap(1, ttl, neg, timer)
+        # Listings being fetched, by (bucket, prefix); one that goes stale is dropped from here
+        # so that it is not cached when it completes.
+        self.streams: dict[tuple[str, str], ListingStream] = {}
         # Directories made with mkdir that have no object yet (AIS has no empty directories).
         self.local_dirs: set[tuple[str, str]] = set()
         # Files open for writing here, with their current attributes, whether or not AIS has
@@ -118,7 +101,7 @@ class Namespace:
         if pending is not None:
             return False, pending()
         listing = self.listings.get((bucket, prefix))
-        if listing is not None and listing is not MISSING:
+        if isinstance(listing, Listing):
             child = listing.by_name.get(name)
             if child is None:
                 raise errors.NotFound("not in listing", 404, f"ais://{bucket}/{prefix}{name}")
@@ -195,7 +178,7 @@ class Namespace:
         False (no cached listing)."""
         head, _, name = key.rstrip("/").rpartition("/")
         listing = self.listings.get((bucket, head + "/" if head else ""))
-        if listing is None or listing is MISSING:
+        if not isinstance(listing, Listing):
             return False
         child: Child | None = listing.by_name.get(name)
         return child
@@ -243,78 +226,103 @@ class Namespace:
 
     # ------------------------------------------------------------------ listings
 
-    async def list_dir(self, inode: Inode) -> list[Child]:
-        """Every child of a directory, in name order. Registers no inodes: readdir makes those
-        of the entries it hands out (a 10,000-entry listing would otherwise leave 10,000)."""
+    async def open_dir(self, inode: Inode) -> ListingStream:
+        """A directory's children as they arrive: complete at once from the cache, else from a
+        listing fetched page by page in the background (one per directory at a time, shared by
+        concurrent opens) and cached when it completes unchanged."""
         if inode.kind is Kind.CLUSTER:
-            return [Child(name, True, None) for name in await self.bucket_names()]
-        children = (await self.listing(inode.bucket, inode.key)).children
-        # Files being written here show at once, with their current size.
+            names = await self.bucket_names()
+            return ListingStream.complete([Child(name, True, None) for name in names])
         bucket, prefix = inode.bucket, inode.key
-        extra = {key[len(prefix):]: current for (b, key), current in self.pending.items()
-                 if b == bucket and key.startswith(prefix) and "/" not in key[len(prefix):]}
-        if extra:
-            merged = {c.name: c for c in children}
-            merged.update({n: Child(n, False, f()) for n, f in extra.items()})
-            children = [merged[n] for n in sorted(merged)]
-        return children
+        # Files being written here show at once, with their current size.
+        shown = [Child(key[len(prefix):], False, current())
+                 for (b, key), current in self.pending.items()
+                 if b == bucket and key.startswith(prefix) and "/" not in key[len(prefix):]]
+        cached = self.listings.get((bucket, prefix))
+        if isinstance(cached, Listing):
+            self.listings.hits += 1
+            hidden = {c.name for c in shown}
+            # A copy: the cached list changes in place with what is done through this mount.
+            return ListingStream.complete(shown + [c for c in cached.children
+                                                   if c.name not in hidden])
+        stream = self.streams.get((bucket, prefix))
+        if stream is None:
+            local = [p[len(prefix):-1] for (b, p) in self.local_dirs
+                     if b == bucket and p.startswith(prefix)
+                     and p.count("/") == prefix.count("/") + 1]
+            stream = ListingStream(f"ais://{bucket}/{prefix}", sorted(local), shown)
+            self.listings.misses += 1
+            self.streams[(bucket, prefix)] = stream
+            self.spawn(lambda: self._fill(stream, bucket, prefix))
+        return stream
 
-    async def listing(self, bucket: str, prefix: str) -> Listing:
-        async def fetch() -> Listing:
-            entries = await self.aio.list_all(bucket, prefix)
-            for entry in entries:
-                if entry.is_dir and (bucket, entry.name) in self.removed_dirs:
-                    # Removed here: believe the listing only once objects are back under it.
-                    page = await self.aio.list_objects_page(
-                        bucket, entry.name, recursive=True, page_size=1
-                    )
-                    if page.entries:
-                        self.removed_dirs.discard((bucket, entry.name))
-            entries = [e for e in entries
-                       if not (e.is_dir and (bucket, e.name) in self.removed_dirs)]
-            listing = self._make_listing(bucket, prefix, entries)
-            self.listings.put((bucket, prefix), listing)
-            return listing
+    async def _fill(self, stream: ListingStream, bucket: str, prefix: str) -> None:
+        """Fetch the listing page by page into ``stream``; cache it unless it went stale."""
+        send, receive = trio.open_memory_channel[ListPage | errors.AisFsError](1)
 
-        return await self.listings.get_or_fetch((bucket, prefix), fetch)
+        async def fetch_pages() -> None:
+            # One page ahead of the entries being made: AIS lists the next page meanwhile.
+            async with send:
+                uuid = token = ""
+                for page_size in itertools.chain(FIRST_PAGE_SIZES, itertools.repeat(0)):
+                    try:
+                        page = await self.aio.list_objects_page(
+                            bucket, prefix, page_size=page_size, uuid=uuid,
+                            continuation_token=token,
+                        )
+                    except errors.AisFsError as exc:
+                        await send.send(exc)
+                        return
+                    await send.send(page)
+                    if not page.continuation_token:
+                        return
+                    uuid, token = page.uuid, page.continuation_token
 
-    def _make_listing(self, bucket: str, prefix: str, entries: list[ListEntry]) -> Listing:
-        by_name: dict[str, Child] = {}
-        order: list[str] = []
-        skipped: list[str] = []
+        try:
+            failure: errors.AisFsError | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch_pages)
+                async with receive:
+                    async for item in receive:
+                        if isinstance(item, errors.AisFsError):
+                            failure = item
+                        else:
+                            entries = await self._without_removed_dirs(bucket, item.entries)
+                            stream.add(prefix, entries)
+                            if not item.continuation_token:
+                                # Complete before any reader wakes up: none sees the last
+                                # page without the end, and lookups find the listing cached.
+                                stream.finish()
+                                if self.streams.get((bucket, prefix)) is stream:
+                                    del self.streams[(bucket, prefix)]
+                                    self.listings.put((bucket, prefix), stream.listing)
+            if failure is not None:
+                raise failure
+        except errors.AisFsError as exc:
+            stream.fail(exc)
+        except Exception:
+            log.exception("listing ais://%s/%s failed", bucket, prefix)
+            stream.fail(errors.PosixError(errno.EIO, f"listing ais://{bucket}/{prefix} failed"))
+        finally:
+            if not stream.done:  # cancelled: the mount is going away
+                stream.fail(errors.PosixError(errno.EIO, "listing cancelled"))
+            if self.streams.get((bucket, prefix)) is stream:
+                del self.streams[(bucket, prefix)]
+
+    async def _without_removed_dirs(self, bucket: str, entries: list[ListEntry]
+                                    ) -> list[ListEntry]:
+        """Drop directories removed here that AIS still lists (emptied on-disk directories)."""
+        if not self.removed_dirs:
+            return entries
         for entry in entries:
-            rel = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
-            name = rel[:-1] if entry.is_dir else rel
-            if not valid_name(name):
-                skipped.append(entry.name)
-                continue
-            if TMP_MARKER in name:
-                continue  # an upload of this mount in progress
-            # Entries are not copied into the stat cache: lookups and getattr read the cached
-            # listing itself (a cache insert per entry was most of an `ls -l`'s CPU).
-            if entry.is_dir:
-                child = Child(name, True, None)
-            else:
-                child = Child(name, False, Stat(entry.size, entry.mtime_ns, entry.version))
-            previous = by_name.get(name)
-            if previous is None:
-                order.append(name)
-                by_name[name] = child
-            elif child.is_dir:
-                by_name[name] = child  # the directory wins over the object of the same name
-        for (b, p) in self.local_dirs:
-            if b == bucket and p.startswith(prefix) and p.count("/") == prefix.count("/") + 1:
-                name = p[len(prefix):-1]
-                if name not in by_name:
-                    order.append(name)
-                    by_name[name] = Child(name, True, None)
-        if skipped:
-            log.warning(
-                "ais://%s/%s: skipped %d object name(s) that cannot be a file name, e.g. %r",
-                bucket, prefix, len(skipped), skipped[0],
-            )
-        # Code-point order of names (= byte order of their UTF-8), as a local `ls -f` would give.
-        return Listing([by_name[n] for n in sorted(order)], by_name)
+            if entry.is_dir and (bucket, entry.name) in self.removed_dirs:
+                # Believe the listing only once objects are back under it.
+                page = await self.aio.list_objects_page(
+                    bucket, entry.name, recursive=True, page_size=1
+                )
+                if page.entries:
+                    self.removed_dirs.discard((bucket, entry.name))
+        return [e for e in entries if not (e.is_dir and (bucket, e.name) in self.removed_dirs)]
 
     # ------------------------------------------------------------------ changes made here
 
@@ -323,7 +331,7 @@ class Namespace:
         self.stats.pop((bucket, key))
         self.dirs.pop((bucket, key if key.endswith("/") else key + "/"))
         parent = key.rstrip("/").rpartition("/")[0]
-        self.listings.pop((bucket, parent + "/" if parent else ""))
+        self._forget_listing(bucket, parent + "/" if parent else "")
         # Every ancestor directory may have just come into (or gone out of) existence.
         while parent:
             self.dirs.pop((bucket, parent + "/"))
@@ -347,18 +355,22 @@ class Namespace:
         """Update the cached listing of ``key``'s parent in place (when there is one), so that
         changes made here do not cost a new LIST."""
         head, _, name = key.rstrip("/").rpartition("/")
-        listing = self.listings.get((bucket, head + "/" if head else ""))
-        if listing is None or listing is MISSING:
+        parent = head + "/" if head else ""
+        self.streams.pop((bucket, parent), None)  # a listing in flight may miss this change
+        listing = self.listings.get((bucket, parent))
+        if not isinstance(listing, Listing):
             return
         old = listing.by_name.pop(name, None)
         if old is not None:
             listing.children.remove(old)
-        if remove:
-            return
-        child = Child(name, is_dir, stat)
-        listing.by_name[name] = child
-        names = [c.name for c in listing.children]
-        listing.children.insert(bisect.bisect(names, name), child)
+        if not remove:
+            child = Child(name, is_dir, stat)
+            listing.by_name[name] = child
+            listing.children.append(child)
+
+    def _forget_listing(self, bucket: str, prefix: str) -> None:
+        self.listings.pop((bucket, prefix))
+        self.streams.pop((bucket, prefix), None)
 
     # ------------------------------------------------------------------ changes made here
 
@@ -404,7 +416,7 @@ class Namespace:
         else:
             self.local_dirs.discard((bucket, prefix))
             self.removed_dirs.add((bucket, prefix))
-            self.listings.pop((bucket, prefix))
+            self._forget_listing(bucket, prefix)
             self.dirs.put_missing((bucket, prefix))
             self._set_child(bucket, prefix, None, remove=True)
         self.table.unlink_path(bucket, prefix)
@@ -512,6 +524,9 @@ class Namespace:
                             and str(k[1]).startswith((old_prefix, new_prefix)))
         self.listings.pop_where(lambda k: isinstance(k, tuple) and k[0] == bucket
                                 and str(k[1]).startswith((old_prefix, new_prefix)))
+        for b, p in list(self.streams):
+            if b == bucket and p.startswith((old_prefix, new_prefix)):
+                del self.streams[(b, p)]
         self.table.move_prefix(bucket, old_prefix, new_prefix, new_parent, inode)
 
     # ------------------------------------------------------------------ custom metadata
@@ -528,8 +543,8 @@ class Namespace:
         xattrs.check_size({**props.custom, **update})
         await self.aio.set_custom(inode.bucket, inode.key, update)
         self.stats.pop(inode.path)
-        self.listings.pop((inode.bucket, inode.key.rpartition("/")[0] + "/"
-                           if "/" in inode.key else ""))
+        self._forget_listing(inode.bucket, inode.key.rpartition("/")[0] + "/"
+                             if "/" in inode.key else "")
 
     async def remove_custom(self, inode: Inode, key: str) -> bool:
         """Drop one key (AIS deletes keys only by replacing the whole map)."""

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import trio
 
 from . import errors
-from .aio import AsyncAis
+from .aio import AsyncAis, Spawn
 from .budget import MemoryBudget
 from .config import MountConfig
 
@@ -34,7 +32,6 @@ log = logging.getLogger(__name__)
 RANDOM_BLOCK = 128 * 1024
 BACKWARD_KEEP = 1024 * 1024  # keep this much behind the reader for slightly reordered reads
 
-Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 class BufferPool:

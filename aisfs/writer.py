@@ -36,11 +36,10 @@ from dataclasses import dataclass
 import trio
 
 from . import errors
-from .aio import AsyncAis
+from .aio import AsyncAis, Spawn
 from .budget import MemoryBudget
 from .client import MTIME_KEY, Chunks
 from .config import TMP_MARKER, MountConfig
-from .reader import Spawn
 from .xattrs import CUSTOM_MD_MAX, custom_size
 
 log = logging.getLogger(__name__)

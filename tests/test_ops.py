@@ -271,6 +271,35 @@ async def test_readdir_snapshot_and_rewind(  # type: ignore[no-untyped-def]
         await ops.releasedir(fh)
 
 
+async def test_readdir_offsets_survive_deletes_made_meanwhile(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, collector: Collector
+) -> None:
+    names = [f"k{i}" for i in range(6)]
+    bucket = make_bucket({n: b"x" for n in names})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        fh = await ops.opendir(ROOT_INODE, CTX)
+        await ops.readdir(fh, 0, "TOKEN")  # the listing is now cached
+        collector.take()
+        await ops.releasedir(fh)
+        # `for e in scandir(d): unlink(e)` over several getdents calls: the deletes change the
+        # cached listing, not the offsets of the open handle.
+        fh = await ops.opendir(ROOT_INODE, CTX)
+        collector.limit = 2
+        await ops.readdir(fh, 0, "TOKEN")
+        seen = [e[0] for e in collector.take()]
+        for name in seen:
+            await ops.unlink(ROOT_INODE, name.encode(), CTX)
+        collector.limit = 1 << 30
+        await ops.readdir(fh, 2, "TOKEN")
+        seen += [e[0] for e in collector.take()]
+        await ops.releasedir(fh)
+        assert seen == names
+        fh = await ops.opendir(ROOT_INODE, CTX)
+        await ops.readdir(fh, 0, "TOKEN")
+        assert [e[0] for e in collector.take()] == names[2:]
+        await ops.releasedir(fh)
+
+
 async def test_readdir_nested_and_prefix_mount(  # type: ignore[no-untyped-def]
     opsf, make_bucket, collector: Collector
 ) -> None:

@@ -14,8 +14,9 @@ from aisfs import errors
 from aisfs.cache import Stat
 from aisfs.client import ListEntry, ListPage, ObjectProps
 from aisfs.config import MountConfig, parse_source
-from aisfs.inodes import Kind
-from aisfs.namespace import Namespace, valid_name
+from aisfs.inodes import Inode, Kind
+from aisfs.listing import Child, Listing, valid_name
+from aisfs.namespace import Namespace
 
 
 class FakeTimer:
@@ -36,6 +37,8 @@ class FakeAis:
         self.calls: Counter[str] = Counter()
         self.log: list[tuple[str, ...]] = []
         self.gate: trio.Event | None = None
+        self.later_pages_gate: trio.Event | None = None  # holds every page after the first
+        self.fail_later_pages: errors.AisFsError | None = None
 
     async def _maybe_wait(self) -> None:
         if self.gate is not None:
@@ -65,21 +68,21 @@ class FakeAis:
         self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
         uuid: str = "", continuation_token: str = "",
     ) -> ListPage:
-        self.calls["list_objects_page"] += 1
+        """Recursive pages are the namespace's existence probes ("probe"); non-recursive ones
+        are directory listings ("list"), paged after the token (the last name of a page)."""
+        self.calls["probe" if recursive else "list"] += 1
         self.log.append(("page", bucket, prefix, str(recursive), str(page_size)))
         await self._maybe_wait()
+        if continuation_token and self.later_pages_gate is not None:
+            await self.later_pages_gate.wait()
+        if continuation_token and self.fail_later_pages is not None:
+            raise self.fail_later_pages
         entries = self._entries(bucket, prefix, recursive)
-        if page_size:
-            entries = entries[:page_size]
-        return ListPage(entries, "u", "")
-
-    async def list_all(
-        self, bucket: str, prefix: str, *, recursive: bool = False
-    ) -> list[ListEntry]:
-        self.calls["list_all"] += 1
-        self.log.append(("all", bucket, prefix, str(recursive)))
-        await self._maybe_wait()
-        return self._entries(bucket, prefix, recursive)
+        start = next((i for i, e in enumerate(entries) if e.name > continuation_token),
+                     len(entries)) if continuation_token else 0
+        end = start + page_size if page_size else len(entries)
+        token = entries[end - 1].name if end < len(entries) else ""
+        return ListPage(entries[start:end], "u", token)
 
     async def head_object(self, bucket: str, key: str) -> ObjectProps:
         self.calls["head_object"] += 1
@@ -96,11 +99,27 @@ def make_ns(fake: FakeAis, source: str = "ais://b", ttl: float = 5.0,
     config = MountConfig(source=parse_source(source), mountpoint="/x", metadata_ttl=ttl,
                          negative_metadata_ttl=neg)
     timer = FakeTimer()
-    return Namespace(fake, config, timer), timer  # type: ignore[arg-type]
+    spawn = trio.lowlevel.spawn_system_task
+    return Namespace(fake, config, spawn, timer), timer  # type: ignore[arg-type]
 
 
 def names(children: list) -> list[tuple[str, bool]]:  # type: ignore[type-arg]
     return [(c.name, c.is_dir) for c in children]
+
+
+async def list_dir(ns: Namespace, inode: Inode | None = None) -> list[Child]:
+    """What one opendir + readdir to the end shows."""
+    stream = await ns.open_dir(inode or ns.root)
+    await stream.wait_done()
+    return stream.children
+
+
+async def listing(ns: Namespace, prefix: str) -> Listing:
+    """The cached listing of ``prefix`` in bucket b, fetched when there is none."""
+    await list_dir(ns, ns.table.child(ns.root, "b", prefix, Kind.DIR))
+    cached = ns.listings.get(("b", prefix))
+    assert isinstance(cached, Listing)
+    return cached
 
 
 # ---------------------------------------------------------------------- names
@@ -122,23 +141,23 @@ def test_valid_name(name: str, ok: bool) -> None:
 async def test_listing_gives_child_names() -> None:
     fake = FakeAis({"d/a": 1, "d/b/c": 2, "d/b/x/y": 3, "d/e": 4, "top": 5, "dd": 6})
     ns, _ = make_ns(fake)
-    root = await ns.list_dir(ns.root)
+    root = await list_dir(ns)
     assert [(c.name, c.is_dir) for c in root] == [("d", True), ("dd", False), ("top", False)]
     assert ns.table.find("b", "d/") is None  # listing registers no inodes
     d_inode, _ = await ns.lookup(ns.root, "d")
     assert d_inode.kind is Kind.DIR and d_inode.key == "d/"
-    children = await ns.list_dir(d_inode)
+    children = await list_dir(ns, d_inode)
     assert [(c.name, c.is_dir) for c in children] == [("a", False), ("b", True), ("e", False)]
     assert ns.table.find("b", "d/a") is None
     stat_a = next(c.stat for c in children if c.name == "a")
     assert stat_a == Stat(1, 1_000_000_000, "1")
-    assert ("all", "b", "d/", "False") in fake.log
+    assert ("page", "b", "d/", "False", "1000") in fake.log
 
 
 async def test_listing_seeds_the_stat_cache() -> None:
     fake = FakeAis({"f1": 10, "f2": 20})
     ns, _ = make_ns(fake)
-    await ns.list_dir(ns.root)
+    await list_dir(ns)
     inode, st = await ns.lookup(ns.root, "f2")
     assert st == Stat(20, 20_000_000_000, "1")
     assert await ns.getattr(inode) == st
@@ -153,8 +172,8 @@ async def test_dir_and_object_with_one_name_are_one_dir(order: str) -> None:
         entries[0], entries[1] = entries[1], entries[0]
     fake.raw_listings[("b", "")] = entries
     ns, _ = make_ns(fake)
-    listing = await ns.listing("b", "")
-    assert names(listing.children) == [("x", True), ("y", False)]
+    cached = await listing(ns, "")
+    assert names(cached.children) == [("x", True), ("y", False)]
     inode, st = await ns.lookup(ns.root, "x")
     assert inode.kind is Kind.DIR and inode.key == "x/" and st is None
 
@@ -185,8 +204,8 @@ async def test_invalid_names_skipped_with_one_warning(caplog: pytest.LogCaptureF
     ]
     ns, _ = make_ns(fake)
     with caplog.at_level(logging.WARNING, logger="aisfs.namespace"):
-        listing = await ns.listing("b", "p/")
-    assert names(listing.children) == [("ok", False), ("sub", True)]
+        cached = await listing(ns, "p/")
+    assert names(cached.children) == [("ok", False), ("sub", True)]
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "skipped 8" in warnings[0].getMessage()
@@ -196,56 +215,99 @@ async def test_no_warning_for_a_clean_listing(caplog: pytest.LogCaptureFixture) 
     fake = FakeAis({"a": 1, "b/c": 2})
     ns, _ = make_ns(fake)
     with caplog.at_level(logging.WARNING, logger="aisfs.namespace"):
-        await ns.listing("b", "")
+        await listing(ns, "")
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-async def test_listing_sorted_by_name() -> None:
+async def test_listing_keeps_the_cluster_order_and_holds_objects_back() -> None:
     fake = FakeAis()
+    # AIS's order (by key, a directory's key ends with "/"): the object "a" may still turn out
+    # to be the directory "a/" until a key at or after "a/" comes.
     fake.raw_listings[("b", "")] = [
-        ListEntry("z", False, 1), ListEntry("a/", True), ListEntry("é", False, 1),
-        ListEntry("B", False, 1), ListEntry("a-/", True), ListEntry("a.txt", False, 1),
+        ListEntry("B", False, 1), ListEntry("a", False, 9), ListEntry("a-b", False, 1),
+        ListEntry("a.txt", False, 1), ListEntry("a/", True), ListEntry("c", False, 2),
+        ListEntry("c-d", False, 1), ListEntry("d/", True), ListEntry("é", False, 1),
     ]
     ns, _ = make_ns(fake)
-    listing = await ns.listing("b", "")
-    assert [c.name for c in listing.children] == ["B", "a", "a-", "a.txt", "z", "é"]
-    assert sorted(listing.by_name) == ["B", "a", "a-", "a.txt", "z", "é"]
+    cached = await listing(ns, "")
+    assert names(cached.children) == [
+        ("B", False), ("a-b", False), ("a.txt", False), ("a", True), ("c-d", False),
+        ("c", False), ("d", True), ("é", False),
+    ]
+    assert cached.by_name["a"].is_dir and cached.by_name["c"].stat == Stat(2, 0, "")
+
+
+async def test_first_page_is_handed_out_before_the_rest_arrives() -> None:
+    fake = FakeAis({f"o{i:05d}": i for i in range(2500)})
+    fake.later_pages_gate = trio.Event()
+    ns, _ = make_ns(fake)
+    stream = await ns.open_dir(ns.root)
+    await stream.wait_beyond(0)
+    # The first page's 1000 names, but for the last: a directory of its name may follow.
+    assert len(stream.children) == 999 and not stream.done
+    assert ns.listings.get(("b", "")) is None  # not cached while incomplete
+    fake.later_pages_gate.set()
+    await stream.wait_done()
+    assert [c.name for c in stream.children] == [f"o{i:05d}" for i in range(2500)]
+    assert [e[4] for e in fake.log if e[0] == "page"] == ["1000", "2000"]
+    assert isinstance(ns.listings.get(("b", "")), Listing)
+
+
+async def test_a_listing_that_fails_midway_reports_after_what_arrived() -> None:
+    fake = FakeAis({f"o{i:05d}": i for i in range(1500)})
+    fake.fail_later_pages = errors.AisError("target down", 503, "ais://b/")
+    ns, _ = make_ns(fake)
+    stream = await ns.open_dir(ns.root)
+    await stream.wait_beyond(998)  # the first page is there
+    with pytest.raises(errors.AisError):
+        await stream.wait_beyond(999)
+    assert ns.listings.get(("b", "")) is None and ("b", "") not in ns.streams
+
+
+async def test_a_change_during_the_listing_keeps_it_out_of_the_cache() -> None:
+    fake = FakeAis({f"o{i:05d}": i for i in range(1500)})
+    fake.later_pages_gate = trio.Event()
+    ns, _ = make_ns(fake)
+    stream = await ns.open_dir(ns.root)
+    await stream.wait_beyond(0)
+    ns.invalidate("b", "o01400")  # e.g. deleted through the mount meanwhile
+    fake.later_pages_gate.set()
+    await stream.wait_done()
+    assert len(stream.children) == 1500  # this open still sees its snapshot
+    assert ns.listings.get(("b", "")) is None  # but the next one lists again
+    await list_dir(ns)
+    assert fake.calls["list"] == 4
 
 
 async def test_listing_is_cached_until_ttl() -> None:
     fake = FakeAis({"a": 1})
     ns, timer = make_ns(fake, ttl=5.0)
-    await ns.list_dir(ns.root)
-    await ns.list_dir(ns.root)
-    assert fake.calls["list_all"] == 1
+    await list_dir(ns)
+    await list_dir(ns)
+    assert fake.calls["list"] == 1
     timer.now += 6
-    await ns.list_dir(ns.root)
-    assert fake.calls["list_all"] == 2
+    await list_dir(ns)
+    assert fake.calls["list"] == 2
 
 
 async def test_concurrent_listings_share_one_fetch() -> None:
     fake = FakeAis({"a": 1})
     fake.gate = trio.Event()
     ns, _ = make_ns(fake)
-    results = []
-
-    async def one() -> None:
-        results.append(await ns.listing("b", ""))
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(4):
-            nursery.start_soon(one)
-        await trio.testing.wait_all_tasks_blocked()
-        fake.gate.set()
-    assert fake.calls["list_all"] == 1
-    assert len(results) == 4 and all(r is results[0] for r in results)
+    streams = [await ns.open_dir(ns.root) for _ in range(4)]
+    assert all(s is streams[0] for s in streams)
+    await trio.testing.wait_all_tasks_blocked()
+    fake.gate.set()
+    await streams[0].wait_done()
+    assert [c.name for c in streams[0].children] == ["a"]
+    assert fake.calls["list"] == 1
 
 
 async def test_prefix_mount_lists_under_the_prefix() -> None:
     fake = FakeAis({"p/q/a": 1, "p/q/s/t": 2, "p/other": 3})
     ns, _ = make_ns(fake, source="ais://b/p/q")
     assert ns.root.key == "p/q/"
-    children = await ns.list_dir(ns.root)
+    children = await list_dir(ns)
     assert [(c.name, c.is_dir) for c in children] == [("a", False), ("s", True)]
     inode, st = await ns.lookup(ns.root, "a")
     assert inode.key == "p/q/a" and st is not None and st.size == 1
@@ -257,7 +319,7 @@ async def test_prefix_mount_lists_under_the_prefix() -> None:
 async def test_lookup_uses_fresh_listing() -> None:
     fake = FakeAis({"a": 1, "d/x": 2})
     ns, _ = make_ns(fake)
-    await ns.list_dir(ns.root)
+    await list_dir(ns)
     before = dict(fake.calls)
     inode, st = await ns.lookup(ns.root, "a")
     assert inode.kind is Kind.FILE and st == Stat(1, 1_000_000_000, "1")
@@ -274,7 +336,7 @@ async def test_lookup_without_listing_heads_and_lists_one_item() -> None:
     inode, st = await ns.lookup(ns.root, "a")
     assert inode.kind is Kind.FILE and inode.key == "a"
     assert st == Stat(1, 7_000_000_000, "3")  # from the HEAD
-    assert fake.calls == Counter({"head_object": 1, "list_objects_page": 1})
+    assert fake.calls == Counter({"head_object": 1, "probe": 1})
     assert ("head", "b", "a") in fake.log
     assert ("page", "b", "a/", "True", "1") in fake.log  # recursive, one item
     d, _ = await ns.lookup(ns.root, "d")
@@ -290,13 +352,13 @@ async def test_lookup_without_listing_heads_and_lists_one_item() -> None:
 async def test_lookup_after_listing_expired_goes_remote() -> None:
     fake = FakeAis({"a": 1})
     ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
-    await ns.list_dir(ns.root)
+    await list_dir(ns)
     timer.now += 6
     fake.objects[("b", "a")] = 99  # changed remotely
     _, st = await ns.lookup(ns.root, "a")
     assert st is not None and st.size == 99
     assert fake.calls["head_object"] == 1
-    assert fake.calls["list_objects_page"] == 1
+    assert fake.calls["probe"] == 1
 
 
 async def test_negative_entries_cached_for_negative_ttl() -> None:
@@ -304,16 +366,16 @@ async def test_negative_entries_cached_for_negative_ttl() -> None:
     ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
     with pytest.raises(errors.NotFound):
         await ns.lookup(ns.root, "nope")
-    assert fake.calls == Counter({"head_object": 1, "list_objects_page": 1})
+    assert fake.calls == Counter({"head_object": 1, "probe": 1})
     timer.now += 0.5
     with pytest.raises(errors.NotFound):
         await ns.lookup(ns.root, "nope")
-    assert fake.calls == Counter({"head_object": 1, "list_objects_page": 1})
+    assert fake.calls == Counter({"head_object": 1, "probe": 1})
     fake.objects[("b", "nope")] = 5  # appears remotely
     timer.now += 0.7  # 1.2 s: the negative entries expired
     inode, st = await ns.lookup(ns.root, "nope")
     assert inode.kind is Kind.FILE and st is not None and st.size == 5
-    assert fake.calls == Counter({"head_object": 2, "list_objects_page": 2})
+    assert fake.calls == Counter({"head_object": 2, "probe": 2})
 
 
 async def test_no_negative_caching_when_ttl_zero() -> None:
@@ -323,7 +385,7 @@ async def test_no_negative_caching_when_ttl_zero() -> None:
         with pytest.raises(errors.NotFound):
             await ns.lookup(ns.root, "nope")
     assert fake.calls["head_object"] == 3
-    assert fake.calls["list_objects_page"] == 3
+    assert fake.calls["probe"] == 3
 
 
 async def test_concurrent_lookups_share_one_head() -> None:
@@ -341,7 +403,7 @@ async def test_concurrent_lookups_share_one_head() -> None:
         await trio.testing.wait_all_tasks_blocked()
         fake.gate.set()
     assert fake.calls["head_object"] == 1
-    assert fake.calls["list_objects_page"] == 1
+    assert fake.calls["probe"] == 1
     assert len({id(i) for i, _ in found}) == 1
 
 
@@ -378,7 +440,7 @@ async def test_cluster_root_lists_and_looks_up_buckets() -> None:
     fake = FakeAis(buckets=("b2", "b1"))
     ns, _ = make_ns(fake, source="ais://")
     assert ns.root.kind is Kind.CLUSTER
-    children = await ns.list_dir(ns.root)
+    children = await list_dir(ns)
     assert [(c.name, c.is_dir) for c in children] == [("b1", True), ("b2", True)]
     inode, st = await ns.lookup(ns.root, "b2")
     assert inode.bucket == "b2" and inode.key == "" and inode.kind is Kind.DIR and st is None
@@ -397,9 +459,9 @@ async def test_local_dirs_show_in_listings_and_lookups() -> None:
     ns.local_dirs.add(("b", "d/"))  # also exists remotely: still one entry
     ns.local_dirs.add(("b", "new/sub/"))
     ns.local_dirs.add(("other", "zzz/"))  # another bucket: not here
-    root = await ns.listing("b", "")
-    assert names(root.children) == [("a", False), ("d", True), ("new", True)]
-    sub = await ns.listing("b", "new/")
+    root = await listing(ns, "")
+    assert names(root.children) == [("d", True), ("new", True), ("a", False)]  # made here: first
+    sub = await listing(ns, "new/")
     assert names(sub.children) == [("sub", True)]
     inode, st = await ns.lookup(ns.root, "new")
     assert inode.kind is Kind.DIR and inode.key == "new/" and st is None
@@ -421,10 +483,10 @@ async def test_local_dir_lookup_needs_no_remote_call() -> None:
 async def test_invalidate_drops_parent_listing_and_stats() -> None:
     fake = FakeAis({"top": 1, "a/x": 2, "a/b/y": 3})
     ns, _ = make_ns(fake)
-    await ns.listing("b", "")
-    await ns.listing("b", "a/")
-    await ns.listing("b", "a/b/")
-    assert fake.calls["list_all"] == 3
+    await listing(ns, "")
+    await listing(ns, "a/")
+    await listing(ns, "a/b/")
+    assert fake.calls["list"] == 3
     ns.invalidate("b", "a/x")
     assert ns.listings.get(("b", "a/")) is None
     assert ns.listings.get(("b", "")) is not None
@@ -435,9 +497,9 @@ async def test_invalidate_drops_parent_listing_and_stats() -> None:
     assert fake.calls["head_object"] == heads
     assert ns.dirs.get(("b", "a/")) is None  # the ancestor may have gone away
     fake.objects[("b", "a/new")] = 4
-    listing = await ns.listing("b", "a/")
-    assert "new" in listing.by_name
-    assert fake.calls["list_all"] == 4
+    cached = await listing(ns, "a/")
+    assert "new" in cached.by_name
+    assert fake.calls["list"] == 4
     ns.invalidate("b", "top")
     assert ns.listings.get(("b", "")) is None
     ns.invalidate("b", "a/b/")  # a directory key: its parent is a/
