@@ -16,7 +16,6 @@ producers are tasks of their own (``spawn``).
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -34,8 +33,9 @@ from .listing import NAME_MAX, Child, Listing, ListingStream, valid_name
 log = logging.getLogger(__name__)
 
 _CACHE_ENTRIES = 200_000
-# A listing's first pages are small, so its first entries come quickly; then AIS's own maximum.
-FIRST_PAGE_SIZES = (1000, 2000, 4000)
+# A listing's first page is small, so its first entries come quickly; then AIS's maximum (which
+# costs the cluster less than growing pages: 87 vs 110 CPU-ms for 10,000 names here).
+FIRST_PAGE_SIZE = 1000
 
 
 def stat_of(props: ObjectProps) -> Stat:
@@ -264,7 +264,8 @@ class Namespace:
             # One page ahead of the entries being made: AIS lists the next page meanwhile.
             async with send:
                 uuid = token = ""
-                for page_size in itertools.chain(FIRST_PAGE_SIZES, itertools.repeat(0)):
+                page_size = FIRST_PAGE_SIZE
+                while True:
                     try:
                         page = await self.aio.list_objects_page(
                             bucket, prefix, page_size=page_size, uuid=uuid,
@@ -276,7 +277,7 @@ class Namespace:
                     await send.send(page)
                     if not page.continuation_token:
                         return
-                    uuid, token = page.uuid, page.continuation_token
+                    uuid, token, page_size = page.uuid, page.continuation_token, 0
 
         try:
             failure: errors.AisFsError | None = None
