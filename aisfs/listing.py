@@ -140,12 +140,6 @@ class ListingStream:
         if len(self.children) <= count and self.error is not None:
             raise self.error
 
-    async def wait_done(self) -> None:
-        while not self.done:
-            await self._arrived.wait()
-        if self.error is not None:
-            raise self.error
-
     def _emit(self, child: Child) -> None:
         if child.name in self.listing.by_name:  # an object whose directory came out of order
             return

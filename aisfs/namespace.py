@@ -285,18 +285,23 @@ class Namespace:
                 nursery.start_soon(fetch_pages)
                 async with receive:
                     async for item in receive:
-                        if isinstance(item, errors.AisFsError):
-                            failure = item
-                        else:
+                        try:
+                            if isinstance(item, errors.AisFsError):
+                                raise item
                             entries = await self._without_removed_dirs(bucket, item.entries)
-                            stream.add(prefix, entries)
-                            if not item.continuation_token:
-                                # Complete before any reader wakes up: none sees the last
-                                # page without the end, and lookups find the listing cached.
-                                stream.finish()
-                                if self.streams.get((bucket, prefix)) is stream:
-                                    del self.streams[(bucket, prefix)]
-                                    self.listings.put((bucket, prefix), stream.listing)
+                        except errors.AisFsError as exc:
+                            # Raised out of the nursery it would come wrapped in a group.
+                            failure = exc
+                            nursery.cancel_scope.cancel()
+                            break
+                        stream.add(prefix, entries)
+                        if not item.continuation_token:
+                            # Complete before any reader wakes up: none sees the last page
+                            # without the end, and lookups find the listing cached.
+                            stream.finish()
+                            if self.streams.get((bucket, prefix)) is stream:
+                                del self.streams[(bucket, prefix)]
+                                self.listings.put((bucket, prefix), stream.listing)
             if failure is not None:
                 raise failure
         except errors.AisFsError as exc:

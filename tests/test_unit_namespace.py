@@ -15,7 +15,7 @@ from aisfs.cache import Stat
 from aisfs.client import ListEntry, ListPage, ObjectProps
 from aisfs.config import MountConfig, parse_source
 from aisfs.inodes import Inode, Kind
-from aisfs.listing import Child, Listing, valid_name
+from aisfs.listing import Child, Listing, ListingStream, valid_name
 from aisfs.namespace import Namespace
 
 
@@ -39,6 +39,7 @@ class FakeAis:
         self.gate: trio.Event | None = None
         self.later_pages_gate: trio.Event | None = None  # holds every page after the first
         self.fail_later_pages: errors.AisFsError | None = None
+        self.fail_probes: errors.AisFsError | None = None
 
     async def _maybe_wait(self) -> None:
         if self.gate is not None:
@@ -77,6 +78,8 @@ class FakeAis:
             await self.later_pages_gate.wait()
         if continuation_token and self.fail_later_pages is not None:
             raise self.fail_later_pages
+        if recursive and self.fail_probes is not None:
+            raise self.fail_probes
         entries = self._entries(bucket, prefix, recursive)
         start = next((i for i, e in enumerate(entries) if e.name > continuation_token),
                      len(entries)) if continuation_token else 0
@@ -109,8 +112,13 @@ def names(children: list) -> list[tuple[str, bool]]:  # type: ignore[type-arg]
 
 async def list_dir(ns: Namespace, inode: Inode | None = None) -> list[Child]:
     """What one opendir + readdir to the end shows."""
-    stream = await ns.open_dir(inode or ns.root)
-    await stream.wait_done()
+    return await drain(await ns.open_dir(inode or ns.root))
+
+
+async def drain(stream: ListingStream) -> list[Child]:
+    """Every entry, as readdir gets them until the end (raises the listing's error)."""
+    while not stream.done:
+        await stream.wait_beyond(len(stream.children))
     return stream.children
 
 
@@ -247,7 +255,7 @@ async def test_first_page_is_handed_out_before_the_rest_arrives() -> None:
     assert len(stream.children) == 999 and not stream.done
     assert ns.listings.get(("b", "")) is None  # not cached while incomplete
     fake.later_pages_gate.set()
-    await stream.wait_done()
+    await drain(stream)
     assert [c.name for c in stream.children] == [f"o{i:05d}" for i in range(2500)]
     assert [e[4] for e in fake.log if e[0] == "page"] == ["1000", "0"]  # then AIS's maximum
     assert isinstance(ns.listings.get(("b", "")), Listing)
@@ -264,6 +272,16 @@ async def test_a_listing_that_fails_midway_reports_after_what_arrived() -> None:
     assert ns.listings.get(("b", "")) is None and ("b", "") not in ns.streams
 
 
+async def test_a_failed_check_of_a_removed_directory_fails_the_listing() -> None:
+    fake = FakeAis({"a": 1, "gone/x": 2})
+    fake.fail_probes = errors.AisError("target down", 503, "ais://b/gone/")
+    ns, _ = make_ns(fake)
+    ns.removed_dirs.add(("b", "gone/"))  # rmdir'd here: AIS's listing must be checked
+    with pytest.raises(errors.AisError, match="target down"):
+        await list_dir(ns)
+    assert ns.listings.get(("b", "")) is None and not ns.streams
+
+
 async def test_a_change_during_the_listing_keeps_it_out_of_the_cache() -> None:
     fake = FakeAis({f"o{i:05d}": i for i in range(1500)})
     fake.later_pages_gate = trio.Event()
@@ -272,7 +290,7 @@ async def test_a_change_during_the_listing_keeps_it_out_of_the_cache() -> None:
     await stream.wait_beyond(0)
     ns.invalidate("b", "o01400")  # e.g. deleted through the mount meanwhile
     fake.later_pages_gate.set()
-    await stream.wait_done()
+    await drain(stream)
     assert len(stream.children) == 1500  # this open still sees its snapshot
     assert ns.listings.get(("b", "")) is None  # but the next one lists again
     await list_dir(ns)
@@ -298,7 +316,7 @@ async def test_concurrent_listings_share_one_fetch() -> None:
     assert all(s is streams[0] for s in streams)
     await trio.testing.wait_all_tasks_blocked()
     fake.gate.set()
-    await streams[0].wait_done()
+    await drain(streams[0])
     assert [c.name for c in streams[0].children] == ["a"]
     assert fake.calls["list"] == 1
 
