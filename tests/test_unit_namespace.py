@@ -245,16 +245,23 @@ async def test_listing_keeps_the_cluster_order_and_holds_objects_back() -> None:
     assert cached.by_name["a"].is_dir and cached.by_name["c"].stat == Stat(2, 0, "")
 
 
-async def test_first_page_is_handed_out_before_the_rest_arrives() -> None:
-    fake = FakeAis({f"o{i:05d}": i for i in range(2500)})
-    fake.later_pages_gate = trio.Event()
+async def first_page_of(count: int) -> tuple[FakeAis, Namespace, ListingStream, trio.Event]:
+    """The root of a bucket of ``count`` objects opened, its first page arrived, the later
+    pages held until the returned event is set."""
+    fake = FakeAis({f"o{i:05d}": i for i in range(count)})
+    gate = fake.later_pages_gate = trio.Event()
     ns, _ = make_ns(fake)
     stream = await ns.open_dir(ns.root)
     await stream.wait_beyond(0)
+    return fake, ns, stream, gate
+
+
+async def test_first_page_is_handed_out_before_the_rest_arrives() -> None:
+    fake, ns, stream, gate = await first_page_of(2500)
     # The first page's 1000 names, but for the last: a directory of its name may follow.
     assert len(stream.children) == 999 and not stream.done
     assert ns.listings.get(("b", "")) is None  # not cached while incomplete
-    fake.later_pages_gate.set()
+    gate.set()
     await drain(stream)
     assert [c.name for c in stream.children] == [f"o{i:05d}" for i in range(2500)]
     assert [e[4] for e in fake.log if e[0] == "page"] == ["1000", "0"]  # then AIS's maximum
@@ -283,13 +290,9 @@ async def test_a_failed_check_of_a_removed_directory_fails_the_listing() -> None
 
 
 async def test_a_change_during_the_listing_keeps_it_out_of_the_cache() -> None:
-    fake = FakeAis({f"o{i:05d}": i for i in range(1500)})
-    fake.later_pages_gate = trio.Event()
-    ns, _ = make_ns(fake)
-    stream = await ns.open_dir(ns.root)
-    await stream.wait_beyond(0)
+    fake, ns, stream, gate = await first_page_of(1500)
     ns.invalidate("b", "o01400")  # e.g. deleted through the mount meanwhile
-    fake.later_pages_gate.set()
+    gate.set()
     await drain(stream)
     assert len(stream.children) == 1500  # this open still sees its snapshot
     assert ns.listings.get(("b", "")) is None  # but the next one lists again
