@@ -241,7 +241,10 @@ class Operations(pyfuse3.Operations):
         if start_id == 0 or handle.entries is None:
             # Offset 0 is the first call or a rewinddir: (re)take the snapshot. Later offsets
             # index into it (it only grows), so they stay valid however the bucket changes.
-            handle.entries = await self.ns.open_dir(handle.inode)
+            entries = await self.ns.open_dir(handle.inode)
+            if handle.entries is not None:
+                self.ns.close_dir(handle.inode, handle.entries)
+            handle.entries = entries
         # Hand out what has arrived; an empty reply would mean the end of the directory.
         await handle.entries.wait_beyond(start_id)
         children = handle.entries.children
@@ -268,6 +271,8 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, DirHandle):
+            if handle.entries is not None:
+                self.ns.close_dir(handle.inode, handle.entries)
             handle.inode.opens -= 1
             self.table.drop_if_unused(handle.inode)
 

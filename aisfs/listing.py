@@ -74,6 +74,10 @@ class ListingStream:
         self.listing = Listing([], {})
         self.done = False
         self.error: errors.AisFsError | None = None
+        # Open directories reading this stream; the producer runs in ``fetching``, which is
+        # cancelled when the last reader goes before the listing is complete.
+        self.readers = 0
+        self.fetching = trio.CancelScope()
         self._hidden = {c.name for c in self.children}
         # Objects whose same-named directory may still come: (the key that settles it, entry).
         self._held: list[tuple[str, Child]] = []

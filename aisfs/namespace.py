@@ -254,7 +254,17 @@ class Namespace:
             self.listings.misses += 1
             self.streams[(bucket, prefix)] = stream
             self.spawn(lambda: self._fill(stream, bucket, prefix))
+        stream.readers += 1
         return stream
+
+    def close_dir(self, inode: Inode, stream: ListingStream) -> None:
+        """An open directory is done with ``stream``: a fetch nobody reads any more stops (say
+        `ls | head` on a directory of a million objects) and is not cached."""
+        stream.readers -= 1
+        if stream.readers == 0 and not stream.done:
+            if self.streams.get(inode.path) is stream:
+                del self.streams[inode.path]
+            stream.fetching.cancel()
 
     async def _fill(self, stream: ListingStream, bucket: str, prefix: str) -> None:
         """Fetch the listing page by page into ``stream``; cache it unless it went stale."""
@@ -281,27 +291,28 @@ class Namespace:
 
         try:
             failure: errors.AisFsError | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(fetch_pages)
-                async with receive:
-                    async for item in receive:
-                        try:
-                            if isinstance(item, errors.AisFsError):
-                                raise item
-                            entries = await self._without_removed_dirs(bucket, item.entries)
-                        except errors.AisFsError as exc:
-                            # Raised out of the nursery it would come wrapped in a group.
-                            failure = exc
-                            nursery.cancel_scope.cancel()
-                            break
-                        stream.add(prefix, entries)
-                        if not item.continuation_token:
-                            # Complete before any reader wakes up: none sees the last page
-                            # without the end, and lookups find the listing cached.
-                            stream.finish()
-                            if self.streams.get((bucket, prefix)) is stream:
-                                del self.streams[(bucket, prefix)]
-                                self.listings.put((bucket, prefix), stream.listing)
+            with stream.fetching:  # cancelled when no reader is left
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(fetch_pages)
+                    async with receive:
+                        async for item in receive:
+                            try:
+                                if isinstance(item, errors.AisFsError):
+                                    raise item
+                                entries = await self._without_removed_dirs(bucket, item.entries)
+                            except errors.AisFsError as exc:
+                                # Raised out of the nursery it would come wrapped in a group.
+                                failure = exc
+                                nursery.cancel_scope.cancel()
+                                break
+                            stream.add(prefix, entries)
+                            if not item.continuation_token:
+                                # Complete before any reader wakes up: none sees the last page
+                                # without the end, and lookups find the listing cached.
+                                stream.finish()
+                                if self.streams.get((bucket, prefix)) is stream:
+                                    del self.streams[(bucket, prefix)]
+                                    self.listings.put((bucket, prefix), stream.listing)
             if failure is not None:
                 raise failure
         except errors.AisFsError as exc:
@@ -310,7 +321,7 @@ class Namespace:
             log.exception("listing ais://%s/%s failed", bucket, prefix)
             stream.fail(errors.PosixError(errno.EIO, f"listing ais://{bucket}/{prefix} failed"))
         finally:
-            if not stream.done:  # cancelled: the mount is going away
+            if not stream.done:  # cancelled: no reader left, or the mount is going away
                 stream.fail(errors.PosixError(errno.EIO, "listing cancelled"))
             if self.streams.get((bucket, prefix)) is stream:
                 del self.streams[(bucket, prefix)]

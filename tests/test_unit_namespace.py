@@ -289,6 +289,21 @@ async def test_a_failed_check_of_a_removed_directory_fails_the_listing() -> None
     assert ns.listings.get(("b", "")) is None and not ns.streams
 
 
+async def test_a_listing_nobody_reads_any_more_stops() -> None:
+    fake, ns, stream, gate = await first_page_of(1500)
+    again = await ns.open_dir(ns.root)  # a second open joins the same fetch
+    assert again is stream and stream.readers == 2
+    ns.close_dir(ns.root, stream)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not stream.done  # one reader is left: the fetch goes on
+    ns.close_dir(ns.root, again)  # `ls | head` exits
+    await trio.testing.wait_all_tasks_blocked()
+    assert stream.done and not ns.streams and ns.listings.get(("b", "")) is None
+    gate.set()
+    assert len(await list_dir(ns)) == 1500  # the next open lists anew
+    assert fake.calls["list"] == 4
+
+
 async def test_a_change_during_the_listing_keeps_it_out_of_the_cache() -> None:
     fake, ns, stream, gate = await first_page_of(1500)
     ns.invalidate("b", "o01400")  # e.g. deleted through the mount meanwhile
