@@ -47,7 +47,6 @@ class TokenSpec:
 
     kind: str
     path: str | None = None
-    explicit: bool = False  # the user named this file (else: the AIS CLI's default file)
 
 
 def default_token_file(env: Mapping[str, str]) -> str:
@@ -58,16 +57,16 @@ def default_token_file(env: Mapping[str, str]) -> str:
 
 def choose(cli_file: str | None, env: Mapping[str, str], conf_file: str | None) -> TokenSpec:
     if cli_file:
-        return TokenSpec("file", os.path.abspath(cli_file), explicit=True)
+        return TokenSpec("file", os.path.abspath(cli_file))
     if env.get("AIS_AUTHN_TOKEN"):
         return TokenSpec("env")
     if env.get("AIS_AUTHN_TOKEN_FILE"):
-        return TokenSpec("file", os.path.abspath(env["AIS_AUTHN_TOKEN_FILE"]), explicit=True)
+        return TokenSpec("file", os.path.abspath(env["AIS_AUTHN_TOKEN_FILE"]))
     if conf_file:
-        return TokenSpec("file", os.path.abspath(conf_file), explicit=True)
+        return TokenSpec("file", os.path.abspath(conf_file))
     default = default_token_file(env)
     if os.path.exists(default):
-        return TokenSpec("file", default, explicit=False)
+        return TokenSpec("file", default)
     return TokenSpec("none")
 
 

@@ -229,8 +229,8 @@ class AisClient:
         # that target) goes straight there. Kept until the FLUSH.
         self._session_targets: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._locations_lock = threading.Lock()
-        # Observability hook: called as on_request(kind, status, seconds, nbytes_in, nbytes_out).
-        self.on_request: Callable[[str, int, float, int, int], None] | None = None
+        # Observability hook: called as on_request(kind, status, seconds, request body bytes).
+        self.on_request: Callable[[str, int, float, int], None] | None = None
         self.on_retry: Callable[[str], None] | None = None
 
     def close(self) -> None:
@@ -310,7 +310,7 @@ class AisClient:
             status = resp.status_code
             if self.on_request is not None:
                 sent = 0 if data is None or callable(data) else len(data)
-                self.on_request(kind, status, time.monotonic() - started, 0, sent)
+                self.on_request(kind, status, time.monotonic() - started, sent)
             if status in ok_statuses:
                 return resp
             if (status == 429 or status >= 500) and status != 501 and attempt < self.config.retries:

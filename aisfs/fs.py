@@ -60,13 +60,10 @@ def handler(fn: F) -> F:
         except pyfuse3.FUSEError as exc:
             err = exc.errno
             raise
-        except errors.AisFsError as exc:
-            err = exc.errno
-            log.log(exc.log_level, "%s%s: %s", name, _brief(args), exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except OSError as exc:
-            err = exc.errno or errno.EIO
-            log.warning("%s%s: %s", name, _brief(args), exc)
+        except (errors.AisFsError, OSError) as exc:
+            err = errors.to_errno(exc)
+            level = exc.log_level if isinstance(exc, errors.AisFsError) else logging.WARNING
+            log.log(level, "%s%s: %s", name, _brief(args), exc)
             raise pyfuse3.FUSEError(err) from None
         except Exception:
             err = errno.EIO

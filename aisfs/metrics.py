@@ -98,9 +98,7 @@ class Metrics:
         if err:
             self.fuse_errors.labels(op, errno.errorcode.get(err, str(err))).inc()
 
-    def request(
-        self, kind: str, status: int, seconds: float, bytes_in: int, bytes_out: int
-    ) -> None:
+    def request(self, kind: str, status: int, seconds: float, bytes_out: int) -> None:
         self.requests.labels(kind, str(status)).inc()
         self.request_seconds.labels(kind).observe(seconds)
         if bytes_out > 0 and status < 300:

@@ -170,14 +170,14 @@ def test_token_precedence(env: dict[str, str], tmp_path: Path) -> None:
     default = tmp_path / "home" / ".config" / "ais" / "cli" / "auth.token"
     assert auth.choose(None, env, None) == auth.TokenSpec("none")
     write(default, json.dumps({"token": JWT}))
-    assert auth.choose(None, env, None) == auth.TokenSpec("file", str(default), explicit=False)
+    assert auth.choose(None, env, None) == auth.TokenSpec("file", str(default))
     assert auth.choose(None, env, "/c/conf.token").path == "/c/conf.token"
     env["AIS_AUTHN_TOKEN_FILE"] = "/e/env.token"
     assert auth.choose(None, env, "/c/conf.token").path == "/e/env.token"
     env["AIS_AUTHN_TOKEN"] = JWT
     assert auth.choose(None, env, "/c/conf.token") == auth.TokenSpec("env")
     assert auth.choose("/l/cli.token", env, "/c/conf.token") == auth.TokenSpec(
-        "file", "/l/cli.token", explicit=True)
+        "file", "/l/cli.token")
 
 
 def test_token_from_config_file_and_option(env: dict[str, str], tmp_path: Path) -> None:
@@ -211,7 +211,7 @@ def test_default_token_file_without_home(env: dict[str, str]) -> None:
 def test_bad_token_files(content: bytes, needle: str, tmp_path: Path) -> None:
     path = tmp_path / "t"
     path.write_bytes(content)
-    source = auth.TokenSource(auth.TokenSpec("file", str(path), True), {})
+    source = auth.TokenSource(auth.TokenSpec("file", str(path)), {})
     with pytest.raises(auth.TokenFileError, match=needle) as info:
         source.load()
     assert str(info.value).startswith(f"token file {path}")
@@ -221,7 +221,7 @@ def test_token_file_formats(tmp_path: Path) -> None:
     for content in (json.dumps({"token": JWT}), JWT + "\n", f'  {{"token": "{JWT}"}}  '):
         path = tmp_path / "t"
         path.write_text(content)
-        source = auth.TokenSource(auth.TokenSpec("file", str(path), True), {})
+        source = auth.TokenSource(auth.TokenSpec("file", str(path)), {})
         source.load()
         assert source() == JWT
 
@@ -249,7 +249,7 @@ def test_rotated_token_file_is_reread(tmp_path: Path, caplog: pytest.LogCaptureF
     path = tmp_path / "t"
     path.write_text(json.dumps({"token": "first-token-1"}))
     clock = Clock()
-    source = auth.TokenSource(auth.TokenSpec("file", str(path), True), {}, clock=clock)
+    source = auth.TokenSource(auth.TokenSpec("file", str(path)), {}, clock=clock)
     source.load()
     assert source() == "first-token-1"
     tmp = tmp_path / "t.new"
@@ -371,9 +371,9 @@ def test_metrics_exposition() -> None:
     m = Metrics("ais://b", "http://127.0.0.1:1", "0.0")
     m.fuse_op("read", 0.002, 0)
     m.fuse_op("lookup", 0.001, 2)
-    m.request("get_range", 206, 0.01, 0, 0)
-    m.request("put_object", 200, 0.02, 0, 1000)
-    m.request("put_object", 403, 0.02, 0, 1000)  # refused: nothing was written
+    m.request("get_range", 206, 0.01, 0)
+    m.request("put_object", 200, 0.02, 1000)
+    m.request("put_object", 403, 0.02, 1000)  # refused: nothing was written
     m.retry("get_range")
     m.read_bytes(4096)
     m.set_snapshot(lambda: Snapshot(
