@@ -63,6 +63,8 @@ class Namespace:
         # Listings being fetched, by (bucket, prefix); one that goes stale is dropped from here
         # so that it is not cached when it completes.
         self.streams: dict[tuple[str, str], ListingStream] = {}
+        # First pages of listings fetched by lookups, for the opendir that usually follows.
+        self.first_pages: TtlMap[ListPage] = TtlMap(64, ttl, neg, timer)
         # Directories made with mkdir that have no object yet (AIS has no empty directories).
         self.local_dirs: set[tuple[str, str]] = set()
         # Files open for writing here, with their current attributes, whether or not AIS has
@@ -161,11 +163,20 @@ class Namespace:
             return True
 
         async def fetch() -> bool:
-            # A recursive listing sees objects only: the non-recursive one may still show
-            # on-disk directories whose objects were deleted.
-            page = await self.aio.list_objects_page(bucket, prefix, recursive=True, page_size=1)
-            if page.entries:
+            # The first page of the directory's own listing answers, and is kept for the opendir
+            # that usually follows (ls, find, du, cp -r): it then starts from there, a small
+            # directory with no request at all. A page of directories alone is not proof: AIS
+            # lists on-disk directories for a while after their objects are gone, so a
+            # recursive listing (objects only) decides then.
+            page = await self.aio.list_objects_page(bucket, prefix, page_size=FIRST_PAGE_SIZE)
+            found = any(not entry.is_dir for entry in page.entries)
+            if not found and page.entries:
+                probe = await self.aio.list_objects_page(bucket, prefix, recursive=True,
+                                                         page_size=1)
+                found = bool(probe.entries)
+            if found:
                 self.dirs.put((bucket, prefix), True)
+                self.first_pages.put((bucket, prefix), page)
                 return True
             self.dirs.put_missing((bucket, prefix))
             return False
@@ -253,7 +264,9 @@ class Namespace:
             stream = ListingStream(f"ais://{bucket}/{prefix}", sorted(local), shown)
             self.listings.misses += 1
             self.streams[(bucket, prefix)] = stream
-            self.spawn(lambda: self._fill(stream, bucket, prefix))
+            first = self.first_pages.get((bucket, prefix))
+            self.first_pages.pop((bucket, prefix))
+            self.spawn(lambda: self._fill(stream, bucket, prefix, first))
         stream.readers += 1
         return stream
 
@@ -266,8 +279,10 @@ class Namespace:
                 del self.streams[inode.path]
             stream.fetching.cancel()
 
-    async def _fill(self, stream: ListingStream, bucket: str, prefix: str) -> None:
-        """Fetch the listing page by page into ``stream``; cache it unless it went stale."""
+    async def _fill(self, stream: ListingStream, bucket: str, prefix: str,
+                    first: ListPage | None) -> None:
+        """Fetch the listing page by page into ``stream`` (after ``first``, when a lookup got
+        that already); cache it unless it went stale."""
         send, receive = trio.open_memory_channel[ListPage | errors.AisFsError](1)
 
         async def fetch_pages() -> None:
@@ -275,6 +290,11 @@ class Namespace:
             async with send:
                 uuid = token = ""
                 page_size = FIRST_PAGE_SIZE
+                if first is not None:
+                    await send.send(first)
+                    if not first.continuation_token:
+                        return
+                    uuid, token, page_size = first.uuid, first.continuation_token, 0
                 while True:
                     try:
                         page = await self.aio.list_objects_page(
@@ -373,7 +393,9 @@ class Namespace:
         changes made here do not cost a new LIST."""
         head, _, name = key.rstrip("/").rpartition("/")
         parent = head + "/" if head else ""
-        self.streams.pop((bucket, parent), None)  # a listing in flight may miss this change
+        # A listing in flight, or a first page kept from a lookup, may miss this change.
+        self.streams.pop((bucket, parent), None)
+        self.first_pages.pop((bucket, parent))
         listing = self.listings.get((bucket, parent))
         if not isinstance(listing, Listing):
             return
@@ -388,6 +410,7 @@ class Namespace:
     def _forget_listing(self, bucket: str, prefix: str) -> None:
         self.listings.pop((bucket, prefix))
         self.streams.pop((bucket, prefix), None)
+        self.first_pages.pop((bucket, prefix))
 
     # ------------------------------------------------------------------ changes made here
 
@@ -539,8 +562,9 @@ class Namespace:
                              and str(k[1]).startswith((old_prefix, new_prefix)))
         self.dirs.pop_where(lambda k: isinstance(k, tuple) and k[0] == bucket
                             and str(k[1]).startswith((old_prefix, new_prefix)))
-        self.listings.pop_where(lambda k: isinstance(k, tuple) and k[0] == bucket
-                                and str(k[1]).startswith((old_prefix, new_prefix)))
+        for cache in (self.listings, self.first_pages):
+            cache.pop_where(lambda k: isinstance(k, tuple) and k[0] == bucket
+                            and str(k[1]).startswith((old_prefix, new_prefix)))
         for b, p in list(self.streams):
             if b == bucket and p.startswith((old_prefix, new_prefix)):
                 del self.streams[(b, p)]

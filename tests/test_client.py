@@ -114,6 +114,8 @@ def test_list_entries_attributes(client: AisClient, make_bucket) -> None:  # typ
     assert by_name["a"].version == "1"
     now = time.time_ns()
     assert abs(by_name["a"].mtime_ns - now) < 600 * 10**9
+    # The listed time (TIME_FORMAT, parsed inline) is exactly the access time HEAD reports.
+    assert by_name["a"].mtime_ns == client.head_object(b.name, "a").atime_ns
     sub = client.list_objects_page(b.name, "b/")
     assert [(e.name, e.is_dir, e.size) for e in sub.entries] == [("b/c", False, 2),
                                                                   ("b/d", False, 3)]
@@ -667,6 +669,54 @@ def test_token_is_sent(fake_server) -> None:  # type: ignore[no-untyped-def]
     c2.list_buckets()
     assert "Authorization" not in srv.requests[1][2]
     c2.close()
+
+
+def test_listed_times_in_every_shape(fake_server) -> None:  # type: ignore[no-untyped-def]
+    entries = [
+        {"name": "p/fixed", "atime": "2026-11-21T03:58:54.880149515Z", "size": "1"},
+        {"name": "p/same-second", "atime": "2026-11-21T03:58:54.000000001Z", "size": "1"},
+        {"name": "p/no-fraction", "atime": "2026-11-21T03:58:54Z", "size": "1"},
+        {"name": "p/zone", "atime": "2026-11-21T05:58:54.880149515+02:00", "size": "1"},
+        {"name": "p/garbage", "atime": "2026-11-21T03:58:54.88014951xZ", "size": "1"},
+        {"name": "p/kept", "atime": "2026-11-21T03:58:54.880149515Z", "size": "1",
+         "custom-md": f"[{MTIME_KEY}:1234567890123456789 other:x]"},
+        {"name": "p/sub", "flags": 256},
+    ]
+    body = json.dumps({"uuid": "u", "continuation_token": "", "entries": entries}).encode()
+    srv = fake_server(lambda m, p, h: (200, {"Content-Type": "application/json"}, body))
+    c = fast_client(srv.url)
+    got = {e.name: (e.is_dir, e.mtime_ns) for e in c.list_objects_page("b", "p/").entries}
+    assert got == {
+        "p/fixed": (False, 1795233534880149515),
+        "p/same-second": (False, 1795233534000000001),
+        "p/no-fraction": (False, 1795233534000000000),
+        "p/zone": (False, 1795233534880149515),
+        "p/garbage": (False, 0),
+        "p/kept": (False, 1234567890123456789),
+        "p/sub/": (True, 0),
+    }
+    c.close()
+
+
+def test_environment_proxies_and_ca_bundle_are_honoured(  # type: ignore[no-untyped-def]
+    fake_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests no longer reads the environment per request: the client applies it itself.
+    srv = fake_server(lambda m, p, h: (200, {"Content-Type": "application/json"}, b"[]"))
+    monkeypatch.setenv("HTTP_PROXY", srv.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    c = fast_client("http://ais.invalid:8080", retries=0)
+    assert c.list_buckets() == []  # through the proxy: ais.invalid itself does not resolve
+    assert srv.requests[0][1].startswith("http://ais.invalid:8080/v1/buckets")
+    assert c._verify == "/etc/ssl/certs/ca-certificates.crt"
+    c.close()
+    monkeypatch.setenv("NO_PROXY", "ais.invalid")
+    c = fast_client("http://ais.invalid:8080", retries=0)
+    with pytest.raises(errors.Transient):
+        c.list_buckets()  # straight to a host that does not resolve
+    c.close()
 
 
 # ---------------------------------------------------------------------- helpers

@@ -69,8 +69,9 @@ class FakeAis:
         self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
         uuid: str = "", continuation_token: str = "",
     ) -> ListPage:
-        """Recursive pages are the namespace's existence probes ("probe"); non-recursive ones
-        are directory listings ("list"), paged after the token (the last name of a page)."""
+        """Recursive pages ("probe") tell whether a prefix holds objects; non-recursive ones
+        ("list") are directory listings (a lookup's first page too), paged after the token (the
+        last name of a page)."""
         self.calls["probe" if recursive else "list"] += 1
         self.log.append(("page", bucket, prefix, str(recursive), str(page_size)))
         await self._maybe_wait()
@@ -366,23 +367,72 @@ async def test_lookup_uses_fresh_listing() -> None:
     assert dict(fake.calls) == before  # everything answered from the listing
 
 
-async def test_lookup_without_listing_heads_and_lists_one_item() -> None:
+async def test_lookup_without_listing_heads_and_lists_a_first_page() -> None:
     fake = FakeAis({"a": 1, "d/x": 2})
     ns, timer = make_ns(fake)
     inode, st = await ns.lookup(ns.root, "a")
     assert inode.kind is Kind.FILE and inode.key == "a"
     assert st == Stat(1, 7_000_000_000, "3")  # from the HEAD
-    assert fake.calls == Counter({"head_object": 1, "probe": 1})
+    assert fake.calls == Counter({"head_object": 1, "list": 1})
     assert ("head", "b", "a") in fake.log
-    assert ("page", "b", "a/", "True", "1") in fake.log  # recursive, one item
+    assert ("page", "b", "a/", "False", "1000") in fake.log  # the listing's first page
     d, _ = await ns.lookup(ns.root, "d")
     assert d.kind is Kind.DIR and d.key == "d/"
-    assert ("page", "b", "d/", "True", "1") in fake.log
+    assert ("page", "b", "d/", "False", "1000") in fake.log
     # Within the TTL nothing is asked again.
     calls = sum(fake.calls.values())
     await ns.lookup(ns.root, "a")
     await ns.lookup(ns.root, "d")
     assert sum(fake.calls.values()) == calls
+
+
+async def test_opendir_after_a_lookup_starts_from_its_first_page() -> None:
+    fake = FakeAis({"d/x": 1, "d/y": 2})
+    ns, _ = make_ns(fake)
+    d, _ = await ns.lookup(ns.root, "d")
+    calls = fake.calls.copy()
+    # A small directory: the lookup's page was all of it, so listing it asks nothing more.
+    assert names(await list_dir(ns, d)) == [("x", False), ("y", False)]
+    assert fake.calls == calls
+    assert isinstance(ns.listings.get(("b", "d/")), Listing)
+
+
+async def test_opendir_after_a_lookup_of_a_big_directory_resumes_after_its_first_page() -> None:
+    fake = FakeAis({f"d/{i:05}": 1 for i in range(2500)})
+    ns, _ = make_ns(fake)
+    d, _ = await ns.lookup(ns.root, "d")
+    fake.log.clear()
+    assert [c.name for c in await list_dir(ns, d)] == [f"{i:05}" for i in range(2500)]
+    assert fake.log == [("page", "b", "d/", "False", "0")]  # only the rest
+
+
+async def test_a_first_page_of_directories_alone_is_checked_recursively() -> None:
+    fake = FakeAis({"d/sub/x": 1})
+    fake.raw_listings[("b", "e/")] = [ListEntry("e/gone/", True)]  # emptied on disk
+    ns, _ = make_ns(fake)
+    d, _ = await ns.lookup(ns.root, "d")
+    assert d.kind is Kind.DIR
+    assert fake.calls == Counter({"list": 1, "probe": 1, "head_object": 1})
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(ns.root, "e")
+
+
+async def test_a_listing_after_a_lookup_misses_no_change_made_here_meanwhile() -> None:
+    fake = FakeAis({"d/x": 1})
+    ns, _ = make_ns(fake)
+    d, _ = await ns.lookup(ns.root, "d")
+    fake.objects[("b", "d/new")] = 5
+    ns.note_written("b", "d/new", 5, 1, "1")  # written through this mount after the lookup
+    assert names(await list_dir(ns, d)) == [("new", False), ("x", False)]
+
+
+async def test_a_lookups_first_page_expires_with_the_metadata_ttl() -> None:
+    fake = FakeAis({"d/x": 1})
+    ns, timer = make_ns(fake, ttl=5.0)
+    d, _ = await ns.lookup(ns.root, "d")
+    fake.objects[("b", "d/late")] = 1  # changed remotely
+    timer.now += 6
+    assert names(await list_dir(ns, d)) == [("late", False), ("x", False)]
 
 
 async def test_lookup_after_listing_expired_goes_remote() -> None:
@@ -393,8 +443,7 @@ async def test_lookup_after_listing_expired_goes_remote() -> None:
     fake.objects[("b", "a")] = 99  # changed remotely
     _, st = await ns.lookup(ns.root, "a")
     assert st is not None and st.size == 99
-    assert fake.calls["head_object"] == 1
-    assert fake.calls["probe"] == 1
+    assert fake.calls == Counter({"list": 2, "head_object": 1})  # the listing, then the lookup
 
 
 async def test_negative_entries_cached_for_negative_ttl() -> None:
@@ -402,16 +451,16 @@ async def test_negative_entries_cached_for_negative_ttl() -> None:
     ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
     with pytest.raises(errors.NotFound):
         await ns.lookup(ns.root, "nope")
-    assert fake.calls == Counter({"head_object": 1, "probe": 1})
+    assert fake.calls == Counter({"head_object": 1, "list": 1})
     timer.now += 0.5
     with pytest.raises(errors.NotFound):
         await ns.lookup(ns.root, "nope")
-    assert fake.calls == Counter({"head_object": 1, "probe": 1})
+    assert fake.calls == Counter({"head_object": 1, "list": 1})
     fake.objects[("b", "nope")] = 5  # appears remotely
     timer.now += 0.7  # 1.2 s: the negative entries expired
     inode, st = await ns.lookup(ns.root, "nope")
     assert inode.kind is Kind.FILE and st is not None and st.size == 5
-    assert fake.calls == Counter({"head_object": 2, "probe": 2})
+    assert fake.calls == Counter({"head_object": 2, "list": 2})
 
 
 async def test_no_negative_caching_when_ttl_zero() -> None:
@@ -421,7 +470,7 @@ async def test_no_negative_caching_when_ttl_zero() -> None:
         with pytest.raises(errors.NotFound):
             await ns.lookup(ns.root, "nope")
     assert fake.calls["head_object"] == 3
-    assert fake.calls["probe"] == 3
+    assert fake.calls["list"] == 3
 
 
 async def test_concurrent_lookups_share_one_head() -> None:
@@ -439,7 +488,7 @@ async def test_concurrent_lookups_share_one_head() -> None:
         await trio.testing.wait_all_tasks_blocked()
         fake.gate.set()
     assert fake.calls["head_object"] == 1
-    assert fake.calls["probe"] == 1
+    assert fake.calls["list"] == 1
     assert len({id(i) for i, _ in found}) == 1
 
 
