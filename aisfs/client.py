@@ -477,8 +477,10 @@ class AisClient:
         page_size: int = 0,
         uuid: str = "",
         continuation_token: str = "",
+        start_after: str = "",
     ) -> ListPage:
-        """One page of a listing. Non-recursive pages include virtual-directory entries."""
+        """One page of a listing (of names after ``start_after``, when given: ais buckets only).
+        Non-recursive pages include virtual-directory entries."""
         value = {
             "prefix": prefix,
             "props": LIST_PROPS,
@@ -488,6 +490,8 @@ class AisClient:
             "uuid": uuid,
             "continuation_token": continuation_token,
         }
+        if start_after:
+            value["start_after"] = start_after
         resp = self._request(
             "GET", self._bucket_url(bucket), f"ais://{bucket}/{prefix}", kind="list_objects",
             params={"provider": "ais"},

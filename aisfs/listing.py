@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -57,6 +57,8 @@ class Listing:
 
     children: list[Child]
     by_name: dict[str, Child]
+    # Subdirectories whose listing was fetched since this one: a tree walk, from two on.
+    subdirs_listed: set[str] = field(default_factory=set)
 
 
 class ListingStream:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from .service_util import free_port, metric, scrape
 from .util import aisfs_cmd, is_mounted, unique
 
 MIB = 1024 * 1024
@@ -61,6 +62,39 @@ def test_find_and_du(tree_mount) -> None:  # type: ignore[no-untyped-def]
     )
     du = int(sh("du", "-sb", "--apparent-size", str(m.path)).split()[0])
     assert du == sum(len(v) for v in TREE.values())
+
+
+def test_find_over_a_wide_tree_sees_what_ais_holds_with_few_listings(  # type: ignore[no-untyped-def]
+    make_bucket, mount
+) -> None:
+    """`find` walks 124 directories; after the second subdirectory of one it lists the rest of
+    the tree recursively (instead of a LIST per directory). Names that sort around "/" come out
+    as a per-directory listing shows them."""
+    objects = {f"w/d{i:02}/s{j}/f{k}": b"x" * k for i in range(40) for j in range(2)
+               for k in range(2)}
+    objects |= {"w/d05/s0-x/f": b"1", "w/d05/s0.txt": b"2", "w/d07/only/deeper/f": b"3",
+                "w/top": b"4"}
+    bucket = make_bucket(objects)
+    port = free_port()
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "2", "--metrics-addr", f"127.0.0.1:{port}")
+
+    def found() -> set[str]:
+        out = sh("find", str(m.path / "w"), "-mindepth", "1").split("\n")
+        return {os.path.relpath(p, m.path) for p in out if p}
+
+    def expected(keys: set[str]) -> set[str]:
+        # Every key and every directory above it.
+        return {k[:i] for k in keys for i in range(len(k) + 1) if i == len(k) or k[i] == "/"
+                } - {"", "w"}
+
+    assert found() == expected(set(objects))
+    lists = metric(scrape(port), "aisfs_backend_requests_total", kind="list_objects")
+    assert lists < 20, f"{lists} LIST requests for 124 directories"
+    (m.path / "w" / "d33" / "s1" / "new").write_bytes(b"here")  # through the mount
+    assert found() == expected(set(objects) | {"w/d33/s1/new"})
+    bucket.object("w/d20/s0/sdk").get_writer().put_content(b"sdk")  # around the mount
+    time.sleep(2.5)  # the metadata TTL
+    assert found() == expected(set(objects) | {"w/d33/s1/new", "w/d20/s0/sdk"})
 
 
 def test_stat_sizes_and_mtimes(tree_mount) -> None:  # type: ignore[no-untyped-def]

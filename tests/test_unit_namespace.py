@@ -17,6 +17,7 @@ from aisfs.config import MountConfig, parse_source
 from aisfs.inodes import Inode, Kind
 from aisfs.listing import Child, Listing, ListingStream, valid_name
 from aisfs.namespace import Namespace
+from aisfs.subtree import SubtreeSplitter
 
 
 class FakeTimer:
@@ -40,6 +41,8 @@ class FakeAis:
         self.later_pages_gate: trio.Event | None = None  # holds every page after the first
         self.fail_later_pages: errors.AisFsError | None = None
         self.fail_probes: errors.AisFsError | None = None
+        self.fail_scans: errors.AisFsError | None = None  # recursive listings from a name
+        self.scan_gates: dict[str, trio.Event] = {}  # hold those of a prefix
 
     async def _maybe_wait(self) -> None:
         if self.gate is not None:
@@ -67,7 +70,7 @@ class FakeAis:
 
     async def list_objects_page(
         self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
-        uuid: str = "", continuation_token: str = "",
+        uuid: str = "", continuation_token: str = "", start_after: str = "",
     ) -> ListPage:
         """Recursive pages ("probe") tell whether a prefix holds objects; non-recursive ones
         ("list") are directory listings (a lookup's first page too), paged after the token (the
@@ -81,11 +84,15 @@ class FakeAis:
             raise self.fail_later_pages
         if recursive and self.fail_probes is not None:
             raise self.fail_probes
-        entries = self._entries(bucket, prefix, recursive)
+        if self.fail_scans is not None and start_after:
+            raise self.fail_scans
+        entries = [e for e in self._entries(bucket, prefix, recursive) if e.name > start_after]
         start = next((i for i, e in enumerate(entries) if e.name > continuation_token),
                      len(entries)) if continuation_token else 0
         end = start + page_size if page_size else len(entries)
         token = entries[end - 1].name if end < len(entries) else ""
+        if start_after and prefix in self.scan_gates:
+            await self.scan_gates[prefix].wait()  # what the bucket held when asked, answered later
         return ListPage(entries[start:end], "u", token)
 
     async def head_object(self, bucket: str, key: str) -> ObjectProps:
@@ -590,3 +597,123 @@ async def test_invalidate_drops_parent_listing_and_stats() -> None:
     ns.invalidate("b", "a/b/")  # a directory key: its parent is a/
     assert ns.listings.get(("b", "a/")) is None
     assert ns.listings.get(("b", "a/b/")) is not None
+
+
+# ---------------------------------------------------------------------- tree walks
+
+
+def objects(*keys: str) -> list[ListEntry]:
+    return [ListEntry(k, False, 1) for k in keys]
+
+
+def split(splitter: SubtreeSplitter, pages: list[list[str]]) -> dict[str, list[tuple[str, bool]]]:
+    out: dict[str, list[tuple[str, bool]]] = {}
+    for i, page in enumerate(pages):
+        done = splitter.feed(objects(*page))
+        if i == len(pages) - 1:
+            done += splitter.finish()
+        for directory, entries in done:
+            assert directory not in out
+            out[directory] = [(e.name, e.is_dir) for e in entries]
+    return out
+
+
+def test_the_splitter_hands_out_each_directory_once_the_listing_passed_it() -> None:
+    splitter = SubtreeSplitter("p/")
+    assert splitter.feed(objects("p/a/1", "p/a/b/2")) == []
+    done = splitter.feed(objects("p/a/b/3", "p/a/b0", "p/c/4"))
+    assert [d for d, _ in done] == ["p/a/b/", "p/a/"]  # p/c/ may still grow
+    assert [d for d, _ in splitter.feed(objects("p/top"))] == ["p/c/"]  # p/ itself: never
+    assert splitter.finish() == []
+
+
+def test_the_splitter_agrees_with_non_recursive_listings() -> None:
+    keys = ["t/a", "t/a-b/x", "t/a.txt", "t/a/x", "t/a/y/z", "t/b//c", "t/b/d", "t/é/f",
+            "t/z/1/2/3/4", "t/z/1/2/5", "t/z/10", "t/z/1a"]
+    fake = FakeAis({k: 1 for k in keys})
+    for cut in range(len(keys) + 1):  # every split into two pages
+        got = split(SubtreeSplitter("t/"), [keys[:cut], keys[cut:]])
+        want = {d: [(e.name, e.is_dir) for e in fake._entries("b", d, recursive=False)]
+                for d in got}
+        assert got == want
+        every_dir = {k[:i + 1] for k in keys for i in range(2, len(k)) if k[i] == "/"}
+        assert set(got) == every_dir
+
+
+TREE = {f"t/d{i}/s{j}/f{k}": 1 for i in range(5) for j in range(3) for k in range(4)} | {
+    f"t/d{i}/top": 2 for i in range(5)}
+
+
+async def walk(ns: Namespace, inode: Inode) -> dict[str, list[tuple[str, bool]]]:
+    """What `find` sees: every directory's entries, depth first."""
+    children = await list_dir(ns, inode)
+    seen = {inode.key: names(children)}
+    for child in children:
+        if child.is_dir:
+            sub = ns.table.child(inode, "b", inode.key + child.name + "/", Kind.DIR)
+            seen.update(await walk(ns, sub))
+    return seen
+
+
+async def walk_one_by_one(fake: FakeAis) -> dict[str, list[tuple[str, bool]]]:
+    ns, _ = make_ns(fake)
+    ns.scans_refused.add("b")
+    return await walk(ns, ns.root)
+
+
+async def test_a_tree_walk_lists_the_rest_of_the_tree_recursively() -> None:
+    fake = FakeAis(dict(TREE))
+    want = await walk_one_by_one(fake)
+    assert len(want) == 1 + 1 + 5 + 15
+    fake.calls.clear()
+    ns, _ = make_ns(fake)
+    assert await walk(ns, ns.root) == want
+    # One by one: the root, t/, t/d0/, t/d0/s0/; then t/d0/ from s1 and t/ from d1 recursively.
+    assert fake.calls == Counter({"list": 4, "probe": 2})
+    assert not ns.scans
+
+
+async def test_a_tree_walk_does_not_believe_a_listing_made_during_a_change() -> None:
+    fake = FakeAis(dict(TREE))
+    ns, _ = make_ns(fake)
+    fake.scan_gates["t/"] = gate = trio.Event()
+    result: dict[str, list[tuple[str, bool]]] = {}
+
+    async def run() -> None:
+        result.update(await walk(ns, ns.root))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [scan.prefix for scan in ns.scans] == ["t/"]  # the walk waits for it
+        fake.objects[("b", "t/d3/s1/new")] = 1
+        ns.note_written("b", "t/d3/s1/new", 1, 1, "1")  # written here meanwhile
+        gate.set()
+    assert ("new", False) in result["t/d3/s1/"]
+    assert result == await walk_one_by_one(fake)
+
+
+async def test_a_failed_recursive_listing_falls_back_to_one_by_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeAis(dict(TREE))
+    fake.fail_scans = errors.InvalidRequest("start_after: not for remote buckets", 400, "x")
+    ns, _ = make_ns(fake)
+    with caplog.at_level(logging.WARNING):
+        assert await walk(ns, ns.root) == await walk_one_by_one(fake)
+    assert ns.scans_refused == {"b"}
+    assert sum("recursive listing failed" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_tree_walk_goes_on_after_a_recursive_listing_stopped_at_its_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("aisfs.namespace.FIRST_PAGE_SIZE", 5)
+    monkeypatch.setattr("aisfs.namespace.SCAN_LIMIT", 5)
+    want = await walk_one_by_one(FakeAis(dict(TREE)))
+    fake = FakeAis(dict(TREE))
+    ns, _ = make_ns(fake)
+    assert await walk(ns, ns.root) == want
+    assert fake.calls["probe"] > 2  # several, each from where the last one stopped
+    one_by_one = {entry[2] for entry in fake.log if entry[:1] == ("page",) and entry[3] == "False"}
+    assert len(one_by_one) < 1 + 1 + 5 + 15
