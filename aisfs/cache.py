@@ -43,15 +43,21 @@ class TtlMap(Generic[T]):
     def __init__(
         self, maxsize: int, ttl: float, negative_ttl: float,
         timer: Callable[[], float] = time.monotonic,
+        sizeof: Callable[[T], int] | None = None,
     ) -> None:
+        """``maxsize`` counts entries, or what ``sizeof`` says each value weighs (a value heavier
+        than that is not kept)."""
         self.ttl = ttl
         self.negative_ttl = negative_ttl
 
         def ttu(_key: Hashable, value: Any, now: float) -> float:
             return now + (self.negative_ttl if value is MISSING else self.ttl)
 
+        def getsizeof(value: Any) -> int:
+            return 1 if value is MISSING or sizeof is None else sizeof(value)
+
         self._data: cachetools.TLRUCache[Hashable, Any] = cachetools.TLRUCache(
-            maxsize, ttu, timer=timer
+            maxsize, ttu, timer=timer, getsizeof=getsizeof
         )
         self._inflight: dict[Hashable, _Flight] = {}
         self.hits = 0  # lookups answered from the cache (a value or MISSING)
@@ -65,6 +71,9 @@ class TtlMap(Generic[T]):
 
     def put(self, key: Hashable, value: T) -> None:
         if self.ttl > 0 or (value is MISSING and self.negative_ttl > 0):
+            if self._data.getsizeof(value) > self._data.maxsize:
+                self._data.pop(key, None)  # too big to keep (an older value would be stale)
+                return
             self._data[key] = value
 
     def put_missing(self, key: Hashable) -> None:

@@ -40,7 +40,9 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 sys.path.insert(0, str(REPO))
-# The listing the baseline asks for is the one aisfs asks for, and both read bodies the same way.
+# The listing the baseline asks for is the one aisfs asks for, parsed the same way (orjson), and
+# both read bodies the same way.
+import orjson  # noqa: E402
 import requests  # noqa: E402
 import requests.adapters  # noqa: E402
 
@@ -224,7 +226,7 @@ class Direct:
                              json={"action": "list", "name": bucket, "value": value}, timeout=120)
         if r.status_code != 200:
             raise RuntimeError(f"list ais://{bucket}/{prefix}: {r.status_code} {r.text[:200]}")
-        doc: dict[str, Any] = r.json() or {}
+        doc: dict[str, Any] = orjson.loads(r.content) or {}  # as aisfs parses it
         return doc
 
     def list_all(self, bucket: str, prefix: str, recursive: bool = False) -> list[dict[str, Any]]:

@@ -315,3 +315,16 @@ async def test_different_keys_fetch_independently() -> None:
         assert sorted(started) == ["a", "b"]
         release.set()
     assert results == {"a": "A", "b": "B"}
+
+
+def test_sizeof_weighs_values_and_one_too_heavy_is_not_kept() -> None:
+    m: TtlMap[list[int]] = TtlMap(10, ttl=5.0, negative_ttl=1.0, sizeof=len)
+    m.put("a", [1] * 4)
+    m.put("b", [1] * 4)
+    m.put_missing("c")
+    assert len(m) == 3
+    m.put("d", [1] * 4)  # 13 > 10: the least recently used goes
+    assert "a" not in m and "d" in m
+    m.put("d", [1] * 11)  # heavier than the whole cache: not kept, and the old value dropped
+    assert "d" not in m
+    assert m.get("b") == [1] * 4
