@@ -176,23 +176,31 @@ class Namespace:
             return True
 
         async def fetch() -> bool:
-            # The first page of the directory's own listing answers, and is kept for the opendir
-            # that usually follows (ls, find, du, cp -r): it then starts from there, a small
-            # directory with no request at all. A page of directories alone is not proof: AIS
-            # lists on-disk directories for a while after their objects are gone, so a
-            # recursive listing (objects only) decides then.
+            # The first page of the directory's own listing answers. A small directory's is the
+            # whole listing, cached as such (lookups in it need no request then); a big one's
+            # is kept for the opendir that usually follows (ls, find, du, cp -r), which starts
+            # from there. A page of directories alone is not proof: AIS lists on-disk
+            # directories for a while after their objects are gone, so a recursive listing
+            # (objects only) decides then.
+            changes = self.changes
             page = await self.aio.list_objects_page(bucket, prefix, page_size=FIRST_PAGE_SIZE)
             found = any(not entry.is_dir for entry in page.entries)
             if not found and page.entries:
                 probe = await self.aio.list_objects_page(bucket, prefix, recursive=True,
                                                          page_size=1)
                 found = bool(probe.entries)
-            if found:
-                self.dirs.put((bucket, prefix), True)
-                self.first_pages.put((bucket, prefix), page)
-                return True
-            self.dirs.put_missing((bucket, prefix))
-            return False
+            if not found:
+                self.dirs.put_missing((bucket, prefix))
+                return False
+            self.dirs.put((bucket, prefix), True)
+            if page.continuation_token:
+                if self.changes == changes:  # else it may miss a change made here meanwhile
+                    self.first_pages.put((bucket, prefix), page)
+            else:
+                entries = await self._without_removed_dirs(bucket, page.entries)
+                if self.changes == changes and (bucket, prefix) not in self.streams:
+                    self._cache_listing(bucket, prefix, entries)
+            return True
 
         found = await self.dirs.get_or_fetch((bucket, prefix), fetch)
         return found is True
@@ -414,7 +422,9 @@ class Namespace:
                 if not page.continuation_token:
                     complete += splitter.finish()
                 for directory, entries in complete:
-                    self._cache_scanned(bucket, directory, entries)
+                    if (bucket, directory) not in self.streams:  # else its own is on the way
+                        self._cache_listing(bucket, directory, entries)
+                        self.removed_dirs.discard((bucket, directory))  # objects are back
                 listed += len(page.entries)
                 scan.advance(page.entries[-1].name if page.entries else None)
                 if not page.continuation_token or listed >= SCAN_LIMIT:
@@ -428,16 +438,13 @@ class Namespace:
             scan.finish()
             self.scans.remove(scan)
 
-    def _cache_scanned(self, bucket: str, directory: str, entries: list[ListEntry]) -> None:
-        if (bucket, directory) in self.streams:
-            return  # its own listing is on the way
-        stream = ListingStream(f"ais://{bucket}/{directory}",
-                               self._local_subdirs(bucket, directory))
-        stream.add(directory, entries)
+    def _cache_listing(self, bucket: str, prefix: str, entries: list[ListEntry]) -> None:
+        """Cache a directory's complete listing got otherwise than by opening it."""
+        stream = ListingStream(f"ais://{bucket}/{prefix}", self._local_subdirs(bucket, prefix))
+        stream.add(prefix, entries)
         stream.finish()
-        self.listings.put((bucket, directory), stream.listing)
-        self.dirs.put((bucket, directory), True)
-        self.removed_dirs.discard((bucket, directory))  # objects are back under it
+        self.listings.put((bucket, prefix), stream.listing)
+        self.dirs.put((bucket, prefix), True)
 
     async def _without_removed_dirs(self, bucket: str, entries: list[ListEntry]
                                     ) -> list[ListEntry]:

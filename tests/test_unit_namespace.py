@@ -42,7 +42,9 @@ class FakeAis:
         self.fail_later_pages: errors.AisFsError | None = None
         self.fail_probes: errors.AisFsError | None = None
         self.fail_scans: errors.AisFsError | None = None  # recursive listings from a name
-        self.scan_gates: dict[str, trio.Event] = {}  # hold those of a prefix
+        # Pages of (prefix, recursive) are answered with what the bucket held when asked, once
+        # the event is set.
+        self.held_pages: dict[tuple[str, bool], trio.Event] = {}
 
     async def _maybe_wait(self) -> None:
         if self.gate is not None:
@@ -91,8 +93,8 @@ class FakeAis:
                      len(entries)) if continuation_token else 0
         end = start + page_size if page_size else len(entries)
         token = entries[end - 1].name if end < len(entries) else ""
-        if start_after and prefix in self.scan_gates:
-            await self.scan_gates[prefix].wait()  # what the bucket held when asked, answered later
+        if (prefix, recursive) in self.held_pages:
+            await self.held_pages[(prefix, recursive)].wait()
         return ListPage(entries[start:end], "u", token)
 
     async def head_object(self, bucket: str, key: str) -> ObjectProps:
@@ -424,13 +426,43 @@ async def test_a_first_page_of_directories_alone_is_checked_recursively() -> Non
         await ns.lookup(ns.root, "e")
 
 
-async def test_a_listing_after_a_lookup_misses_no_change_made_here_meanwhile() -> None:
-    fake = FakeAis({"d/x": 1})
+async def test_a_lookup_of_a_small_directory_caches_its_listing() -> None:
+    fake = FakeAis({"d/x": 1, "d/y": 2, "d/sub/z": 3})
     ns, _ = make_ns(fake)
     d, _ = await ns.lookup(ns.root, "d")
-    fake.objects[("b", "d/new")] = 5
-    ns.note_written("b", "d/new", 5, 1, "1")  # written through this mount after the lookup
-    assert names(await list_dir(ns, d)) == [("new", False), ("x", False)]
+    calls = fake.calls.copy()
+    x, st = await ns.lookup(d, "x")
+    assert x.kind is Kind.FILE and st == Stat(1, 1_000_000_000, "1")
+    sub, _ = await ns.lookup(d, "sub")
+    assert sub.kind is Kind.DIR
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(d, "nope")
+    assert fake.calls == calls  # all from the listing
+
+
+async def test_a_lookup_does_not_cache_a_listing_made_during_a_change() -> None:
+    fake = FakeAis({"d/x": 1})
+    fake.held_pages[("d/", False)] = gate = trio.Event()
+    ns, _ = make_ns(fake)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ns.lookup, ns.root, "d")
+        await trio.testing.wait_all_tasks_blocked()
+        fake.objects[("b", "d/new")] = 5
+        ns.note_written("b", "d/new", 5, 1, "1")  # written here while the page was on its way
+        gate.set()
+    assert ns.listings.get(("b", "d/")) is None
+    _, st = await ns.lookup(ns.table.child(ns.root, "b", "d/", Kind.DIR), "new")
+    assert st is not None and st.size == 5
+
+
+async def test_a_listing_after_a_lookup_misses_no_change_made_here_meanwhile() -> None:
+    fake = FakeAis({f"d/{i:04}": 1 for i in range(1500)})
+    ns, _ = make_ns(fake)
+    d, _ = await ns.lookup(ns.root, "d")
+    assert ns.first_pages.get(("b", "d/")) is not None  # kept for the opendir
+    fake.objects[("b", "d/0000a")] = 5
+    ns.note_written("b", "d/0000a", 5, 1, "1")  # written through this mount after the lookup
+    assert "0000a" in {c.name for c in await list_dir(ns, d)}
 
 
 async def test_a_lookups_first_page_expires_with_the_metadata_ttl() -> None:
@@ -676,7 +708,7 @@ async def test_a_tree_walk_lists_the_rest_of_the_tree_recursively() -> None:
 async def test_a_tree_walk_does_not_believe_a_listing_made_during_a_change() -> None:
     fake = FakeAis(dict(TREE))
     ns, _ = make_ns(fake)
-    fake.scan_gates["t/"] = gate = trio.Event()
+    fake.held_pages[("t/", True)] = gate = trio.Event()
     result: dict[str, list[tuple[str, bool]]] = {}
 
     async def run() -> None:
