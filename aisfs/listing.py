@@ -57,6 +57,9 @@ class Listing:
 
     children: list[Child]
     by_name: dict[str, Child]
+    # When it was fetched (the namespace's clock): a name missing from it is believed missing
+    # for the negative metadata TTL only.
+    fetched_at: float = 0.0
     # Subdirectories whose listing was fetched since this one: a tree walk, from two on.
     subdirs_listed: set[str] = field(default_factory=set)
 

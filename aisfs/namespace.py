@@ -55,6 +55,7 @@ class Namespace:
         self.aio = aio
         self.config = config
         self.spawn = spawn
+        self.timer = timer
         source = config.source
         if source.bucket is None:
             self.table = InodeTable(Kind.CLUSTER)
@@ -118,9 +119,12 @@ class Namespace:
         listing = self.listings.get((bucket, prefix))
         if isinstance(listing, Listing):
             child = listing.by_name.get(name)
-            if child is None:
+            if child is not None:
+                return child.is_dir, child.stat
+            # Missing from the listing: believed for the negative TTL, as a failed lookup is;
+            # later another client may have made it, so AIS is asked.
+            if self.timer() - listing.fetched_at < self.config.negative_metadata_ttl:
                 raise errors.NotFound("not in listing", 404, f"ais://{bucket}/{prefix}{name}")
-            return child.is_dir, child.stat
         key = prefix + name
         dir_known = self.dirs.get((bucket, key + "/"))
         stat_known = self.stats.get((bucket, key))
@@ -355,7 +359,7 @@ class Namespace:
                                 stream.finish()
                                 if self.streams.get((bucket, prefix)) is stream:
                                     del self.streams[(bucket, prefix)]
-                                    self.listings.put((bucket, prefix), stream.listing)
+                                    self._keep_listing(bucket, prefix, stream.listing)
             if failure is not None:
                 raise failure
         except errors.AisFsError as exc:
@@ -443,8 +447,12 @@ class Namespace:
         stream = ListingStream(f"ais://{bucket}/{prefix}", self._local_subdirs(bucket, prefix))
         stream.add(prefix, entries)
         stream.finish()
-        self.listings.put((bucket, prefix), stream.listing)
+        self._keep_listing(bucket, prefix, stream.listing)
         self.dirs.put((bucket, prefix), True)
+
+    def _keep_listing(self, bucket: str, prefix: str, listing: Listing) -> None:
+        listing.fetched_at = self.timer()
+        self.listings.put((bucket, prefix), listing)
 
     async def _without_removed_dirs(self, bucket: str, entries: list[ListEntry]
                                     ) -> list[ListEntry]:
@@ -533,7 +541,7 @@ class Namespace:
         self.local_dirs.add((parent.bucket, prefix))
         self.removed_dirs.discard((parent.bucket, prefix))
         # The lookup above found nothing under it: its listing is known to be empty.
-        self.listings.put((parent.bucket, prefix), Listing([], {}))
+        self._keep_listing(parent.bucket, prefix, Listing([], {}))
         self.dirs.put((parent.bucket, prefix), True)
         self._set_child(parent.bucket, prefix, None, is_dir=True)
         return self.table.child(parent, parent.bucket, prefix, Kind.DIR)

@@ -97,6 +97,17 @@ def test_find_over_a_wide_tree_sees_what_ais_holds_with_few_listings(  # type: i
     assert found() == expected(set(objects) | {"w/d33/s1/new", "w/d20/s0/sdk"})
 
 
+def test_an_object_made_elsewhere_after_a_listing_opens_after_the_negative_ttl(  # type: ignore[no-untyped-def]
+    make_bucket, mount
+) -> None:
+    bucket = make_bucket({"d/a": b"a"})
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "60", "--negative-metadata-ttl", "1")
+    assert os.listdir(m.path / "d") == ["a"]  # the listing is cached for a minute...
+    bucket.object("d/new").get_writer().put_content(b"new")
+    time.sleep(1.5)  # ...but it vouches for the absence of a name for the negative TTL only
+    assert (m.path / "d" / "new").read_bytes() == b"new"
+
+
 def test_stat_sizes_and_mtimes(tree_mount) -> None:  # type: ignore[no-untyped-def]
     bucket, m = tree_mount
     for key, data in TREE.items():

@@ -376,6 +376,21 @@ async def test_lookup_uses_fresh_listing() -> None:
     assert dict(fake.calls) == before  # everything answered from the listing
 
 
+async def test_a_name_missing_from_a_listing_is_believed_missing_for_the_negative_ttl() -> None:
+    fake = FakeAis({"a": 1})
+    ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
+    await list_dir(ns)
+    fake.objects[("b", "new")] = 3  # made by another client
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(ns.root, "new")
+    assert fake.calls["head_object"] == 0
+    timer.now += 1.5  # past the negative TTL, within the listing's
+    _, st = await ns.lookup(ns.root, "new")
+    assert st is not None and st.size == 3
+    await ns.lookup(ns.root, "a")  # names in the listing are still answered by it
+    assert fake.calls["head_object"] == 1
+
+
 async def test_lookup_without_listing_heads_and_lists_a_first_page() -> None:
     fake = FakeAis({"a": 1, "d/x": 2})
     ns, timer = make_ns(fake)
