@@ -3,7 +3,9 @@
 Answers lookup, getattr and directory listings from the metadata cache, going to the cluster
 (through ``aio``) on a miss. A listing (fetched in the background page by page, see ``listing``)
 is cached with every entry's attributes, so ``ls -l`` and ``find`` cost one paged LIST per
-directory and no HEAD per entry; lookups answer from it too.
+directory and no HEAD per entry; lookups answer from it too. Looking a directory up fetches the
+first page of its listing: the whole listing of a small directory, the start for the opendir of
+a big one. A tree walk gets many directories' listings from one recursive LIST (``subtree``).
 
 Name rule: a name that is both an object ``a`` and a prefix ``a/`` is the directory (the object
 stays reachable only through other tools), in lookups as in listings.
@@ -16,6 +18,7 @@ producers are tasks of their own (``spawn``).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -400,8 +403,7 @@ class Namespace:
                 return
             scan = SubtreeScan(bucket, parent, prefix)
             self.scans.append(scan)
-            started = scan
-            self.spawn(lambda: self._scan(started))
+            self.spawn(functools.partial(self._scan, scan))
         while scan.will_settle(bucket, prefix) and not isinstance(
             self.listings.get((bucket, prefix)), Listing
         ):
@@ -434,10 +436,13 @@ class Namespace:
                 if not page.continuation_token or listed >= SCAN_LIMIT:
                     return
                 uuid, token, page_size = page.uuid, page.continuation_token, 0
-        except Exception as exc:  # noqa: BLE001 - directories are then listed one by one
+        except errors.AisFsError as exc:
             self.scans_refused.add(bucket)
             log.warning("ais://%s/%s: recursive listing failed (%s); directories of this bucket "
                         "are listed one by one from now on", bucket, prefix, exc)
+        except Exception:
+            self.scans_refused.add(bucket)
+            log.exception("ais://%s/%s: recursive listing failed", bucket, prefix)
         finally:
             scan.finish()
             self.scans.remove(scan)
