@@ -427,6 +427,11 @@ class Namespace:
                 complete = splitter.feed(page.entries)
                 if not page.continuation_token:
                     complete += splitter.finish()
+                elif not complete:
+                    # A whole page inside one directory: a big one, better streamed by its own
+                    # listing (its reader stops waiting here); the walk starts another scan
+                    # after it.
+                    return
                 for directory, entries in complete:
                     if (bucket, directory) not in self.streams:  # else its own is on the way
                         self._cache_listing(bucket, directory, entries)

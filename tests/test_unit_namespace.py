@@ -42,6 +42,7 @@ class FakeAis:
         self.fail_later_pages: errors.AisFsError | None = None
         self.fail_probes: errors.AisFsError | None = None
         self.fail_scans: errors.AisFsError | None = None  # recursive listings from a name
+        self.max_page: int | None = None  # what page size 0 means (AIS: 10,000)
         # Pages of (prefix, recursive) are answered with what the bucket held when asked, once
         # the event is set.
         self.held_pages: dict[tuple[str, bool], trio.Event] = {}
@@ -91,7 +92,7 @@ class FakeAis:
         entries = [e for e in self._entries(bucket, prefix, recursive) if e.name > start_after]
         start = next((i for i, e in enumerate(entries) if e.name > continuation_token),
                      len(entries)) if continuation_token else 0
-        end = start + page_size if page_size else len(entries)
+        end = start + (page_size or self.max_page or len(entries))
         token = entries[end - 1].name if end < len(entries) else ""
         if (prefix, recursive) in self.held_pages:
             await self.held_pages[(prefix, recursive)].wait()
@@ -764,3 +765,20 @@ async def test_a_tree_walk_goes_on_after_a_recursive_listing_stopped_at_its_limi
     assert fake.calls["probe"] > 2  # several, each from where the last one stopped
     one_by_one = {entry[2] for entry in fake.log if entry[:1] == ("page",) and entry[3] == "False"}
     assert len(one_by_one) < 1 + 1 + 5 + 15
+
+
+async def test_a_recursive_listing_stops_inside_a_big_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("aisfs.namespace.FIRST_PAGE_SIZE", 10)
+    tree = {"t/d0/s0/f": 1, "t/d0/s1/f": 1, "t/d1/s0/f": 1, "t/d1/s1/f": 1, "t/d3/s0/f": 1}
+    tree |= {f"t/d2/big/{i:02}": 1 for i in range(50)}
+    want = await walk_one_by_one(FakeAis(dict(tree)))
+    fake = FakeAis(dict(tree))
+    fake.max_page = 10
+    ns, _ = make_ns(fake)
+    assert await walk(ns, ns.root) == want
+    # From d0/s1 (1 page), from d1 (2 pages: the second one all inside d2/big/), from d2 (1 page,
+    # inside d2/big/ again: then d2 is listed by pages of its own), from d3 (1). Without
+    # stopping, the one from d1 would have read all of d2/big/ (7 pages in all).
+    assert fake.calls["probe"] == 5
