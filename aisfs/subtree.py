@@ -73,12 +73,10 @@ class SubtreeScan:
     def will_settle(self, bucket: str, directory: str) -> bool:
         """Whether this listing is still to hand out ``directory`` (a prefix ending in "/"),
         or to pass it (then the directory has no object)."""
-        if self.done or bucket != self.bucket or not directory.startswith(self.prefix):
+        if (self.done or bucket != self.bucket or not directory.startswith(self.prefix)
+                or directory < self.start):
             return False
-        if directory < self.start:
-            return False
-        passed = self.position > directory and not self.position.startswith(directory)
-        return not passed
+        return self.position <= directory or self.position.startswith(directory)
 
     def advance(self, position: str | None) -> None:
         if position is not None:
