@@ -586,8 +586,9 @@ class AisClient:
                 OSError) as exc:
             resp.close()
             raise errors.Transient(f"reading body failed: {_short(exc)}", 0, what) from None
-        if resp.headers.get("Content-Length") == str(len(data)):
-            # The body was read past urllib3 (straight into our buffer) but completely: the
+        body = getattr(resp.raw, "_fp", None)  # http.client's response: closed at the body's end
+        if body is not None and body.isclosed():
+            # The body was read past urllib3 (straight into our buffer) but to its end: the
             # connection is clean, give it back to the pool instead of closing it.
             resp.raw.release_conn()
         else:
@@ -696,6 +697,10 @@ def read_body_into(resp: requests.Response, buf: bytearray | memoryview, length:
             if not n:
                 break
             got += n
+        if got == length and fp is not None and not fp.isclosed():
+            # A chunked body still has its terminator unread: reading it ends the body, which
+            # hands the connection back to the pool (a known-length body did that already).
+            fp.readinto(bytearray(1))
     finally:
         view.release()
     return got

@@ -368,6 +368,10 @@ class ObjectWriter:
         self.staged = staged
         self.mode = Mode.STAGED
         self._reset_stream(continue_existing=False)
+        # No parts to fill any more: the grown part's share of the budget goes back at once.
+        self.budget.release(self._grown)
+        self._grown = 0
+        self.part = self.config.write_part_size
 
     async def _download(self, staged: SpillFile, key: str, size: int) -> None:
         staged._account(size)

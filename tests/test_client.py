@@ -502,8 +502,9 @@ class RawBodyServer:
     """Answers every ranged GET on one port with ``body`` (headers and body in one send),
     optionally stopping after ``cut`` body bytes and then stalling or closing."""
 
-    def __init__(self, body: bytes, cut: int | None = None, then: str = "stall") -> None:
-        self.body, self.cut, self.then = body, cut, then
+    def __init__(self, body: bytes, cut: int | None = None, then: str = "stall",
+                 chunked: bool = False) -> None:
+        self.body, self.cut, self.then, self.chunked = body, cut, then, chunked
         self.accepted = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -529,6 +530,14 @@ class RawBodyServer:
                 while reader.readline() not in (b"\r\n", b""):
                     pass
                 n = len(self.body)
+                if self.chunked:
+                    pieces = [self.body[i:i + 65536] for i in range(0, n, 65536)]
+                    conn.sendall(
+                        (f"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n"
+                         f"Content-Range: bytes 0-{n - 1}/{n}\r\nAis-Version: 1\r\n\r\n"
+                         ).encode()
+                        + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n")
+                    continue
                 head = (f"HTTP/1.1 206 Partial Content\r\nContent-Length: {n}\r\n"
                         f"Content-Range: bytes 0-{n - 1}/{n}\r\nAis-Version: 1\r\n\r\n").encode()
                 conn.sendall(head + self.body[: self.cut])
@@ -545,15 +554,16 @@ class RawBodyServer:
 @pytest.fixture
 def raw_body_server() -> Iterator[Callable[..., RawBodyServer]]:
     with contextlib.ExitStack() as stack:
-        yield lambda body, cut=None, then="stall": stack.enter_context(
-            contextlib.closing(RawBodyServer(body, cut, then)))
+        yield lambda body, cut=None, then="stall", chunked=False: stack.enter_context(
+            contextlib.closing(RawBodyServer(body, cut, then, chunked)))
 
 
+@pytest.mark.parametrize("chunked", [False, True])  # chunked: not one receive, the usual read
 def test_ranged_bodies_whole_and_connection_reused(
-    raw_body_server: Callable[..., RawBodyServer],
+    raw_body_server: Callable[..., RawBodyServer], chunked: bool
 ) -> None:
     body = os.urandom(3 * 1024 * 1024 + 7)
-    server = raw_body_server(body)
+    server = raw_body_server(body, chunked=chunked)
     c = fast_client(server.url)
     for _ in range(3):
         buf = bytearray(len(body) + 10)

@@ -391,6 +391,25 @@ async def test_write_parts_grow_within_the_budget(  # type: ignore[no-untyped-de
     assert bucket.object("big").get_reader().read_all() == data
 
 
+async def test_a_writer_that_turns_staged_gives_its_grown_parts_back(  # type: ignore[no-untyped-def]
+    opsf, make_bucket
+) -> None:
+    bucket = make_bucket()
+    data = bytearray(os.urandom(6 * MIB))
+    async with opsf(f"ais://{bucket.name}", write_part_size=MIB, write_part_max=4 * MIB,
+                    write_buffer_budget=64 * MIB) as ops:
+        fi, _ = await ops.create(ROOT_INODE, b"f", 0o644, os.O_RDWR, CTX)
+        for off in range(0, len(data), MIB):
+            await ops.write(fi.fh, off, bytes(data[off:off + MIB]))
+        assert ops.write_budget.used > 0  # parts grew
+        await ops.write(fi.fh, 10, b"patched")  # not at the end: staged from now on
+        data[10:17] = b"patched"
+        assert ops.write_budget.used == 0
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+    assert bucket.object("f").get_reader().read_all() == bytes(data)
+
+
 @pytest.mark.parametrize("made_here", [True, False])
 async def test_stream_over_an_empty_object_deletes_it_first(  # type: ignore[no-untyped-def]
     opsf, make_bucket, made_here: bool
