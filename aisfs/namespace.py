@@ -44,6 +44,10 @@ _LISTED_ENTRIES = 250_000
 FIRST_PAGE_SIZE = 1000
 # Names one recursive listing for a tree walk fetches at most (then the walk starts another).
 SCAN_LIMIT = 50_000
+# Lookups of names in one directory without a cached listing before it is listed for them, and
+# the most names such a listing fetches (a bigger directory is looked up name by name).
+COLD_LOOKUPS_BEFORE_LISTING = 3
+LOOKUP_LISTING_LIMIT = 20_000
 
 
 def stat_of(props: ObjectProps) -> Stat:
@@ -82,6 +86,9 @@ class Namespace:
         # Counts changes made through this mount to cached listings: a recursive listing during
         # which one happened is not believed.
         self.changes = 0
+        # Lookups in directories without a cached listing, and the listings fetched for them.
+        self.cold_lookups: TtlMap[int] = TtlMap(4096, ttl, neg, timer)
+        self.background_listings: set[tuple[str, str]] = set()
         # Directories made with mkdir that have no object yet (AIS has no empty directories).
         self.local_dirs: set[tuple[str, str]] = set()
         # Files open for writing here, with their current attributes, whether or not AIS has
@@ -137,6 +144,8 @@ class Namespace:
             if stat_known is MISSING:
                 raise errors.NotFound("cached as missing", 404, f"ais://{bucket}/{key}")
             return False, stat_known
+        if listing is None:
+            self._note_cold_lookup(bucket, prefix)
         results: dict[str, object] = {}
         failures: list[errors.AisFsError] = []
 
@@ -171,6 +180,37 @@ class Namespace:
             raise errors.NotFound("no such object or prefix", 404, f"ais://{bucket}/{key}")
         assert isinstance(stat, Stat)
         return False, stat
+
+    def _note_cold_lookup(self, bucket: str, prefix: str) -> None:
+        """Names looked up one by one in a directory whose listing is not cached (a data loader
+        opening files by path): each costs AIS a HEAD and a LIST. From the third one, the
+        directory's listing is fetched in the background, and the rest are answered from it."""
+        where = (bucket, prefix)
+        if where in self.background_listings or where in self.streams:
+            return
+        count = (self.cold_lookups.get(where) or 0) + 1
+        self.cold_lookups.put(where, count)
+        if count >= COLD_LOOKUPS_BEFORE_LISTING:
+            self.cold_lookups.pop(where)
+            self.background_listings.add(where)
+            self.spawn(functools.partial(self._list_in_background, bucket, prefix))
+
+    async def _list_in_background(self, bucket: str, prefix: str) -> None:
+        changes = self.changes
+        try:
+            entries = await self.aio.list_all(bucket, prefix, limit=LOOKUP_LISTING_LIMIT)
+            if len(entries) > LOOKUP_LISTING_LIMIT:
+                return
+            entries = await self._without_removed_dirs(bucket, entries)
+            if (self.changes == changes and (bucket, prefix) not in self.streams
+                    and not isinstance(self.listings.get((bucket, prefix)), Listing)):
+                self._cache_listing(bucket, prefix, entries)
+        except errors.AisFsError as exc:
+            log.info("ais://%s/%s: listing for lookups failed: %s", bucket, prefix, exc)
+        except Exception:
+            log.exception("ais://%s/%s: listing for lookups failed", bucket, prefix)
+        finally:
+            self.background_listings.discard((bucket, prefix))
 
     async def dir_exists(self, bucket: str, prefix: str) -> bool:
         """Whether any object lives under ``prefix`` (which ends with "/")."""

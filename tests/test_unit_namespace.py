@@ -43,6 +43,7 @@ class FakeAis:
         self.fail_probes: errors.AisFsError | None = None
         self.fail_scans: errors.AisFsError | None = None  # recursive listings from a name
         self.max_page: int | None = None  # what page size 0 means (AIS: 10,000)
+        self.list_all_gate: trio.Event | None = None  # holds list_all
         # Pages of (prefix, recursive) are answered with what the bucket held when asked, once
         # the event is set.
         self.held_pages: dict[tuple[str, bool], trio.Event] = {}
@@ -97,6 +98,14 @@ class FakeAis:
         if (prefix, recursive) in self.held_pages:
             await self.held_pages[(prefix, recursive)].wait()
         return ListPage(entries[start:end], "u", token)
+
+    async def list_all(self, bucket: str, prefix: str, *, recursive: bool = False,
+                       limit: int | None = None) -> list[ListEntry]:
+        self.calls["list_all"] += 1
+        if self.list_all_gate is not None:
+            await self.list_all_gate.wait()
+        entries = self._entries(bucket, prefix, recursive)
+        return entries[: limit + 1] if limit is not None else entries
 
     async def head_object(self, bucket: str, key: str) -> ObjectProps:
         self.calls["head_object"] += 1
@@ -782,3 +791,64 @@ async def test_a_recursive_listing_stops_inside_a_big_directory(
     # inside d2/big/ again: then d2 is listed by pages of its own), from d3 (1). Without
     # stopping, the one from d1 would have read all of d2/big/ (7 pages in all).
     assert fake.calls["probe"] == 5
+
+
+# ---------------------------------------------------------------------- lookups by name
+
+
+BIG = {f"d/{i:04}": 1 for i in range(1500)}  # bigger than a lookup's first page
+
+
+async def cold_lookups(ns: Namespace, names: list[str]) -> Inode:
+    d, _ = await ns.lookup(ns.root, "d")
+    for name in names:
+        await ns.lookup(d, name)
+    await trio.testing.wait_all_tasks_blocked()  # the background listing, if any
+    return d
+
+
+async def test_lookups_by_name_in_a_big_directory_get_it_listed() -> None:
+    fake = FakeAis(dict(BIG))
+    fake.list_all_gate = gate = trio.Event()
+    ns, _ = make_ns(fake)
+    d = await cold_lookups(ns, ["0001", "0002", "0003"])
+    assert fake.calls["head_object"] == 1 + 3  # d itself, then each name
+    assert fake.calls["list_all"] == 1  # from the third one on, in the background
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert isinstance(ns.listings.get(("b", "d/")), Listing)
+    calls = fake.calls.copy()
+    for name in ("0004", "1499"):
+        _, st = await ns.lookup(d, name)
+        assert st is not None and st.size == 1
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(d, "nope")
+    assert fake.calls == calls  # from the listing
+
+
+async def test_two_lookups_by_name_do_not_list_and_a_huge_directory_is_not_listed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeAis(dict(BIG))
+    ns, _ = make_ns(fake)
+    await cold_lookups(ns, ["0001", "0002"])
+    assert ns.listings.get(("b", "d/")) is None
+    monkeypatch.setattr("aisfs.namespace.LOOKUP_LISTING_LIMIT", 1000)
+    await cold_lookups(ns, ["0003"])
+    assert ns.listings.get(("b", "d/")) is None  # 1,500 names: more than the limit
+    assert not ns.background_listings
+
+
+async def test_a_listing_for_lookups_made_during_a_change_is_not_cached() -> None:
+    fake = FakeAis(dict(BIG))
+    fake.list_all_gate = gate = trio.Event()
+    ns, _ = make_ns(fake)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cold_lookups, ns, ["0001", "0002", "0003"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert ns.background_listings == {("b", "d/")}
+        ns.note_written("b", "d/new", 5, 1, "1")  # meanwhile, through the mount
+        gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not ns.background_listings  # done
+    assert ns.listings.get(("b", "d/")) is None
