@@ -44,6 +44,7 @@ class FakeAis:
         self.fail_scans: errors.AisFsError | None = None  # recursive listings from a name
         self.max_page: int | None = None  # what page size 0 means (AIS: 10,000)
         self.list_all_gate: trio.Event | None = None  # holds list_all
+        self.fail_list_all: errors.AisFsError | None = None
         # Pages of (prefix, recursive) are answered with what the bucket held when asked, once
         # the event is set.
         self.held_pages: dict[tuple[str, bool], trio.Event] = {}
@@ -104,6 +105,8 @@ class FakeAis:
         self.calls["list_all"] += 1
         if self.list_all_gate is not None:
             await self.list_all_gate.wait()
+        if self.fail_list_all is not None:
+            raise self.fail_list_all
         entries = self._entries(bucket, prefix, recursive)
         return entries[: limit + 1] if limit is not None else entries
 
@@ -852,3 +855,14 @@ async def test_a_listing_for_lookups_made_during_a_change_is_not_cached() -> Non
     await trio.testing.wait_all_tasks_blocked()
     assert not ns.background_listings  # done
     assert ns.listings.get(("b", "d/")) is None
+
+
+async def test_a_failed_listing_for_lookups_leaves_lookups_going_to_ais() -> None:
+    fake = FakeAis(dict(BIG))
+    fake.fail_list_all = errors.Transient("connection reset", 0, "ais://b/d/")
+    ns, _ = make_ns(fake)
+    d = await cold_lookups(ns, ["0001", "0002", "0003"])
+    assert fake.calls["list_all"] == 1 and not ns.background_listings
+    heads = fake.calls["head_object"]
+    _, st = await ns.lookup(d, "0004")
+    assert st is not None and fake.calls["head_object"] == heads + 1
