@@ -5,14 +5,17 @@ Answers lookup, getattr and directory listings from the metadata cache, going to
 is cached with every entry's attributes, so ``ls -l`` and ``find`` cost one paged LIST per
 directory and no HEAD per entry; lookups answer from it too. Looking a directory up fetches the
 first page of its listing: the whole listing of a small directory, the start for the opendir of
-a big one. A tree walk gets many directories' listings from one recursive LIST (``subtree``).
+a big one. A tree walk gets many directories' listings from one recursive LIST (``subtree``);
+names looked up one by one in a directory get it listed in the background.
 
 Name rule: a name that is both an object ``a`` and a prefix ``a/`` is the directory (the object
 stays reachable only through other tools), in lookups as in listings.
 
 Concurrency: trio thread only. Every ``await`` may let the world change, so the inode table is
 touched only after the awaited remote call returned, with no ``await`` in between. Listing
-producers are tasks of their own (``spawn``).
+producers (streams, tree-walk scans, listings for lookups) are tasks of their own (``spawn``);
+what they fetched is cached only if no change was made through the mount meanwhile (``changes``
+counts them).
 """
 
 from __future__ import annotations
