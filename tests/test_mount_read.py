@@ -108,6 +108,29 @@ def test_an_object_made_elsewhere_after_a_listing_opens_after_the_negative_ttl( 
     assert (m.path / "d" / "new").read_bytes() == b"new"
 
 
+def test_files_opened_by_name_in_a_big_directory_get_it_listed(  # type: ignore[no-untyped-def]
+    make_bucket, mount
+) -> None:
+    """A loader opening files by path in a directory bigger than a lookup's first page: after a
+    few lookups (HEAD each) the directory is listed and the rest need no HEAD."""
+    objects = {f"big/{i:04}": str(i).encode() for i in range(1100)}
+    bucket = make_bucket(objects)
+    port = free_port()
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "60", "--metrics-addr",
+              f"127.0.0.1:{port}")
+    names = [f"{i:04}" for i in range(0, 1100, 11)]  # 100 files, in and beyond the first page
+    for name in names[:3]:
+        assert (m.path / "big" / name).read_bytes() == objects[f"big/{name}"]
+    deadline = time.monotonic() + 30  # the listing is fetched in the background
+    while metric(scrape(port), "aisfs_metadata_cache_entries", cache="listings") < 1:
+        assert time.monotonic() < deadline, "big/ was not listed"
+        time.sleep(0.05)
+    heads = metric(scrape(port), "aisfs_backend_requests_total", kind="head_object")
+    for name in names[3:]:
+        assert (m.path / "big" / name).read_bytes() == objects[f"big/{name}"]
+    assert metric(scrape(port), "aisfs_backend_requests_total", kind="head_object") == heads
+
+
 def test_stat_sizes_and_mtimes(tree_mount) -> None:  # type: ignore[no-untyped-def]
     bucket, m = tree_mount
     for key, data in TREE.items():
