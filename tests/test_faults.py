@@ -1,0 +1,113 @@
+"""Failures between aisfs and the real cluster, injected by a relay in front of it (faultproxy).
+
+Each test mounts aisfs against the relay and checks what a user sees: retried transient errors
+are invisible, what cannot be retried is EIO (never wrong bytes, never a hang), a failed upload
+reaches the writer and leaves nothing visible, and the mount stays up for what follows. The
+``mount`` fixture also fails a test whose daemon logged a traceback or exited uncleanly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .faultproxy import FaultProxy
+
+pytestmark = pytest.mark.mount
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def fault(ais_endpoint: str) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(ais_endpoint)
+    yield proxy
+    proxy.close()
+
+
+def test_transient_errors_are_retried_unseen(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(3 * MIB + 1)
+    bucket = make_bucket({"d/a.bin": data, "d/b": b"b"})
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url)
+    lists = fault.fail("GET", f"/v1/buckets/{bucket.name}", "status", times=2, status=503)
+    assert sorted(os.listdir(m.path / "d")) == ["a.bin", "b"]
+    assert lists.hits == 2
+    gets = fault.fail("GET", "/v1/objects/", "status", times=2, status=503)
+    assert (m.path / "d" / "a.bin").read_bytes() == data
+    assert gets.hits == 2
+    resets = fault.fail("GET", "/v1/objects/", "reset", times=2)
+    assert (m.path / "d" / "b").read_bytes() == b"b"
+    assert resets.hits == 2
+
+
+def test_a_stalled_read_is_eio_in_bounded_time_and_the_mount_stays_up(  # type: ignore[no-untyped-def]
+    make_bucket, mount, fault
+) -> None:
+    data = os.urandom(MIB)
+    bucket = make_bucket({"x": data})
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--read-timeout", "1",
+              "--retries", "1")
+    os.stat(m.path / "x")
+    stall = fault.fail("GET", "/v1/objects/", "stall", times=100)
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        (m.path / "x").read_bytes()
+    assert info.value.errno == errno.EIO
+    assert time.monotonic() - started < 20
+    assert stall.hits >= 2  # the first try and its retry
+    assert f"ais://{bucket.name}/x" in m.log()
+    fault.clear()
+    assert (m.path / "x").read_bytes() == data
+
+
+def test_a_body_cut_short_is_never_served(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(2 * MIB + 3)
+    bucket = make_bucket({"y": data})
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url)
+    cut = fault.fail("GET", "/v1/objects/", "cut", times=1)
+    try:
+        got = (m.path / "y").read_bytes()
+    except OSError as exc:
+        assert exc.errno == errno.EIO  # refused, as it may be: what matters is no wrong byte
+    else:
+        assert got == data
+    assert cut.hits == 1
+    assert (m.path / "y").read_bytes() == data
+
+
+def test_a_failed_append_reaches_the_writer_and_leaves_nothing(  # type: ignore[no-untyped-def]
+    make_bucket, mount, fault
+) -> None:
+    bucket = make_bucket()
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--write-part-size", "1M",
+              "--retries", "1")
+    fault.fail("PUT", "append_type=append", "status", times=100, status=500)
+    with pytest.raises(OSError) as info:
+        with open(m.path / "doomed.bin", "wb") as f:
+            for _ in range(4):
+                f.write(os.urandom(MIB))
+    assert info.value.errno == errno.EIO
+    assert "doomed.bin" in m.log()
+    assert not [e.name for e in bucket.list_all_objects()]  # nothing visible in AIS
+    fault.clear()
+    (m.path / "after.bin").write_bytes(b"fine")  # the mount goes on
+    assert bucket.object("after.bin").get_reader().read_all() == b"fine"
+
+
+def test_a_tree_walk_lists_one_by_one_when_recursive_listings_fail(  # type: ignore[no-untyped-def]
+    make_bucket, mount, fault
+) -> None:
+    objects = {f"t/d{i:02}/s{j}/f": b"x" for i in range(12) for j in range(2)}
+    bucket = make_bucket(objects)
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url)
+    refused = fault.fail("GET", f"/v1/buckets/{bucket.name}", "status", status=400,
+                         times=1000, body_contains=b'"start_after"')
+    found = {os.path.relpath(os.path.join(d, n), m.path)
+             for d, dirs, files in os.walk(m.path) for n in dirs + files}
+    want = {k[:i] for k in objects for i in range(len(k) + 1) if i == len(k) or k[i] == "/"}
+    assert found == want - {""}
+    assert refused.hits == 1  # then the bucket is listed directory by directory
+    assert "recursive listing failed" in m.log()
