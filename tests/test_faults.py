@@ -111,3 +111,47 @@ def test_a_tree_walk_lists_one_by_one_when_recursive_listings_fail(  # type: ign
     assert found == want - {""}
     assert refused.hits == 1  # then the bucket is listed directory by directory
     assert "recursive listing failed" in m.log()
+
+
+def test_a_failed_flush_fails_close_and_leaves_nothing_a_refused_append_is_retried(  # type: ignore[no-untyped-def]
+    make_bucket, mount, fault
+) -> None:
+    bucket = make_bucket()
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--write-part-size", "1M",
+              "--retries", "1")
+    data = os.urandom(3 * MIB + 5)
+    once = fault.fail("PUT", "append_type=append", "status", times=1, status=503)
+    (m.path / "kept.bin").write_bytes(data)  # the refused APPEND was sent again
+    assert once.hits == 1
+    assert bucket.object("kept.bin").get_reader().read_all() == data
+    fault.fail("PUT", "append_type=flush", "reset", times=100)
+    with pytest.raises(OSError) as info:
+        (m.path / "lost.bin").write_bytes(data)
+    assert info.value.errno == errno.EIO
+    assert [e.name for e in bucket.list_all_objects()] == ["kept.bin"]
+
+
+def test_an_error_is_never_remembered_as_no_such_file(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({"d/f": b"f"})
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--retries", "1")
+    fault.fail("", f"/v1/buckets/{bucket.name}", "status", times=100, status=500)
+    fault.fail("HEAD", "/v1/objects/", "status", times=100, status=500)
+    with pytest.raises(OSError) as info:
+        os.stat(m.path / "d" / "f")
+    assert info.value.errno == errno.EIO
+    fault.clear()
+    assert (m.path / "d" / "f").read_bytes() == b"f"  # at once: no negative entry was kept
+
+
+def test_a_listing_that_fails_midway_is_eio_and_not_cached(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+    objects = {f"big/{i:04}": b"" for i in range(1200)}  # two pages: 1,000, then the rest
+    bucket = make_bucket(objects)
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--retries", "1")
+    os.stat(m.path / "big")  # the first page comes with the lookup
+    fault.fail("GET", f"/v1/buckets/{bucket.name}", "status", times=100, status=500,
+               body_contains=b'"continuation_token": "big/')
+    with pytest.raises(OSError) as info:
+        os.listdir(m.path / "big")
+    assert info.value.errno == errno.EIO
+    fault.clear()
+    assert sorted(os.listdir(m.path / "big")) == sorted(k[4:] for k in objects)
