@@ -155,3 +155,16 @@ def test_a_listing_that_fails_midway_is_eio_and_not_cached(make_bucket, mount, f
     assert info.value.errno == errno.EIO
     fault.clear()
     assert sorted(os.listdir(m.path / "big")) == sorted(k[4:] for k in objects)
+
+
+def test_an_append_whose_answer_is_lost_is_not_sent_twice(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket()
+    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--write-part-size", "1M")
+    lost = fault.fail("PUT", "append_type=append", "reset", times=1)
+    with pytest.raises(OSError) as info:
+        (m.path / "unsure.bin").write_bytes(os.urandom(3 * MIB))
+    # AIS may or may not have appended the part: sending it again could double it, so the
+    # writer hears of it instead, and no object appears.
+    assert info.value.errno == errno.EIO
+    assert lost.hits == 1
+    assert not [e.name for e in bucket.list_all_objects()]
