@@ -53,9 +53,14 @@ class TtlMap(Generic[T]):
         def ttu(_key: Hashable, value: Any, now: float) -> float:
             return now + (self.negative_ttl if value is MISSING else self.ttl)
 
-        def getsizeof(value: Any) -> int:
-            return 1 if value is MISSING or sizeof is None else sizeof(value)
+        getsizeof: Callable[[Any], int] | None = None
+        if sizeof is not None:
+            weigh = sizeof
 
+            def getsizeof(value: Any) -> int:
+                return 1 if value is MISSING else weigh(value)
+
+        self._weighed = getsizeof is not None
         self._data: cachetools.TLRUCache[Hashable, Any] = cachetools.TLRUCache(
             maxsize, ttu, timer=timer, getsizeof=getsizeof
         )
@@ -71,7 +76,7 @@ class TtlMap(Generic[T]):
 
     def put(self, key: Hashable, value: T) -> None:
         if self.ttl > 0 or (value is MISSING and self.negative_ttl > 0):
-            if self._data.getsizeof(value) > self._data.maxsize:
+            if self._weighed and self._data.getsizeof(value) > self._data.maxsize:
                 self._data.pop(key, None)  # too big to keep (an older value would be stale)
                 return
             self._data[key] = value
@@ -80,8 +85,9 @@ class TtlMap(Generic[T]):
         if self.negative_ttl > 0:
             self._data[key] = MISSING
 
-    def pop(self, key: Hashable) -> None:
-        self._data.pop(key, None)
+    def pop(self, key: Hashable) -> Any:
+        """Remove ``key``; its value (or MISSING), None when there was none."""
+        return self._data.pop(key, None)
 
     def pop_where(self, predicate: Callable[[Hashable], bool]) -> None:
         for key in [k for k in list(self._data.keys()) if predicate(k)]:

@@ -337,8 +337,7 @@ class Namespace:
                                    shown)
             self.listings.misses += 1
             self.streams[(bucket, prefix)] = stream
-            first = self.first_pages.get((bucket, prefix))
-            self.first_pages.pop((bucket, prefix))
+            first = self.first_pages.pop((bucket, prefix))
             self.spawn(lambda: self._fill(stream, bucket, prefix, first))
         stream.readers += 1
         return stream

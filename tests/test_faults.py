@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from .faultproxy import FaultProxy
+from .util import Mount, paths_of
 
 pytestmark = pytest.mark.mount
 MIB = 1024 * 1024
@@ -28,10 +29,20 @@ def fault(ais_endpoint: str) -> Iterator[FaultProxy]:
     proxy.close()
 
 
-def test_transient_errors_are_retried_unseen(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def through(mount, fault):  # type: ignore[no-untyped-def]
+    """``through(bucket, *args)``: mount the bucket with the relay as the endpoint."""
+
+    def mount_through(bucket, *args: str) -> Mount:  # type: ignore[no-untyped-def]
+        return mount(f"ais://{bucket.name}", "--endpoint", fault.url, *args)  # type: ignore[no-any-return]
+
+    return mount_through
+
+
+def test_transient_errors_are_retried_unseen(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(3 * MIB + 1)
     bucket = make_bucket({"d/a.bin": data, "d/b": b"b"})
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url)
+    m = through(bucket)
     lists = fault.fail("GET", f"/v1/buckets/{bucket.name}", "status", times=2, status=503)
     assert sorted(os.listdir(m.path / "d")) == ["a.bin", "b"]
     assert lists.hits == 2
@@ -44,12 +55,11 @@ def test_transient_errors_are_retried_unseen(make_bucket, mount, fault) -> None:
 
 
 def test_a_stalled_read_is_eio_in_bounded_time_and_the_mount_stays_up(  # type: ignore[no-untyped-def]
-    make_bucket, mount, fault
+    make_bucket, through, fault
 ) -> None:
     data = os.urandom(MIB)
     bucket = make_bucket({"x": data})
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--read-timeout", "1",
-              "--retries", "1")
+    m = through(bucket, "--read-timeout", "1", "--retries", "1")
     os.stat(m.path / "x")
     stall = fault.fail("GET", "/v1/objects/", "stall", times=100)
     started = time.monotonic()
@@ -63,10 +73,10 @@ def test_a_stalled_read_is_eio_in_bounded_time_and_the_mount_stays_up(  # type: 
     assert (m.path / "x").read_bytes() == data
 
 
-def test_a_body_cut_short_is_never_served(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_cut_short_is_never_served(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(2 * MIB + 3)
     bucket = make_bucket({"y": data})
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url)
+    m = through(bucket)
     cut = fault.fail("GET", "/v1/objects/", "cut", times=1)
     try:
         got = (m.path / "y").read_bytes()
@@ -79,11 +89,10 @@ def test_a_body_cut_short_is_never_served(make_bucket, mount, fault) -> None:  #
 
 
 def test_a_failed_append_reaches_the_writer_and_leaves_nothing(  # type: ignore[no-untyped-def]
-    make_bucket, mount, fault
+    make_bucket, through, fault
 ) -> None:
     bucket = make_bucket()
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--write-part-size", "1M",
-              "--retries", "1")
+    m = through(bucket, "--write-part-size", "1M", "--retries", "1")
     fault.fail("PUT", "append_type=append", "status", times=100, status=500)
     with pytest.raises(OSError) as info:
         with open(m.path / "doomed.bin", "wb") as f:
@@ -98,27 +107,25 @@ def test_a_failed_append_reaches_the_writer_and_leaves_nothing(  # type: ignore[
 
 
 def test_a_tree_walk_lists_one_by_one_when_recursive_listings_fail(  # type: ignore[no-untyped-def]
-    make_bucket, mount, fault
+    make_bucket, through, fault
 ) -> None:
     objects = {f"t/d{i:02}/s{j}/f": b"x" for i in range(12) for j in range(2)}
     bucket = make_bucket(objects)
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url)
+    m = through(bucket)
     refused = fault.fail("GET", f"/v1/buckets/{bucket.name}", "status", status=400,
                          times=1000, body_contains=b'"start_after"')
     found = {os.path.relpath(os.path.join(d, n), m.path)
              for d, dirs, files in os.walk(m.path) for n in dirs + files}
-    want = {k[:i] for k in objects for i in range(len(k) + 1) if i == len(k) or k[i] == "/"}
-    assert found == want - {""}
+    assert found == paths_of(objects)
     assert refused.hits == 1  # then the bucket is listed directory by directory
     assert "recursive listing failed" in m.log()
 
 
 def test_a_failed_flush_fails_close_and_leaves_nothing_a_refused_append_is_retried(  # type: ignore[no-untyped-def]
-    make_bucket, mount, fault
+    make_bucket, through, fault
 ) -> None:
     bucket = make_bucket()
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--write-part-size", "1M",
-              "--retries", "1")
+    m = through(bucket, "--write-part-size", "1M", "--retries", "1")
     data = os.urandom(3 * MIB + 5)
     once = fault.fail("PUT", "append_type=append", "status", times=1, status=503)
     (m.path / "kept.bin").write_bytes(data)  # the refused APPEND was sent again
@@ -131,9 +138,9 @@ def test_a_failed_flush_fails_close_and_leaves_nothing_a_refused_append_is_retri
     assert [e.name for e in bucket.list_all_objects()] == ["kept.bin"]
 
 
-def test_an_error_is_never_remembered_as_no_such_file(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+def test_an_error_is_never_remembered_as_no_such_file(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket({"d/f": b"f"})
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--retries", "1")
+    m = through(bucket, "--retries", "1")
     fault.fail("", f"/v1/buckets/{bucket.name}", "status", times=100, status=500)
     fault.fail("HEAD", "/v1/objects/", "status", times=100, status=500)
     with pytest.raises(OSError) as info:
@@ -143,10 +150,10 @@ def test_an_error_is_never_remembered_as_no_such_file(make_bucket, mount, fault)
     assert (m.path / "d" / "f").read_bytes() == b"f"  # at once: no negative entry was kept
 
 
-def test_a_listing_that_fails_midway_is_eio_and_not_cached(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+def test_a_listing_that_fails_midway_is_eio_and_not_cached(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     objects = {f"big/{i:04}": b"" for i in range(1200)}  # two pages: 1,000, then the rest
     bucket = make_bucket(objects)
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--retries", "1")
+    m = through(bucket, "--retries", "1")
     os.stat(m.path / "big")  # the first page comes with the lookup
     fault.fail("GET", f"/v1/buckets/{bucket.name}", "status", times=100, status=500,
                body_contains=b'"continuation_token": "big/')
@@ -157,9 +164,9 @@ def test_a_listing_that_fails_midway_is_eio_and_not_cached(make_bucket, mount, f
     assert sorted(os.listdir(m.path / "big")) == sorted(k[4:] for k in objects)
 
 
-def test_an_append_whose_answer_is_lost_is_not_sent_twice(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
+def test_an_append_whose_answer_is_lost_is_not_sent_twice(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket()
-    m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--write-part-size", "1M")
+    m = through(bucket, "--write-part-size", "1M")
     lost = fault.fail("PUT", "append_type=append", "reset", times=1)
     with pytest.raises(OSError) as info:
         (m.path / "unsure.bin").write_bytes(os.urandom(3 * MIB))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .service_util import free_port, metric, scrape
-from .util import aisfs_cmd, is_mounted, unique
+from .util import aisfs_cmd, is_mounted, paths_of, unique
 
 MIB = 1024 * 1024
 TREE = {
@@ -83,9 +83,7 @@ def test_find_over_a_wide_tree_sees_what_ais_holds_with_few_listings(  # type: i
         return {os.path.relpath(p, m.path) for p in out if p}
 
     def expected(keys: set[str]) -> set[str]:
-        # Every key and every directory above it.
-        return {k[:i] for k in keys for i in range(len(k) + 1) if i == len(k) or k[i] == "/"
-                } - {"", "w"}
+        return paths_of(keys) - {"w"}
 
     assert found() == expected(set(objects))
     lists = metric(scrape(port), "aisfs_backend_requests_total", kind="list_objects")

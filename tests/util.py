@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +46,11 @@ def free_port_block(start: int) -> int:
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def paths_of(keys: Iterable[str]) -> set[str]:
+    """What a mount shows for these object names: each name and every directory above it."""
+    return {k[:i] for k in keys for i in range(1, len(k) + 1) if i == len(k) or k[i] == "/"}
 
 
 def is_mounted(path: str | Path) -> bool:
