@@ -416,6 +416,7 @@ def run_mount(inv: Invocation, prog: str = "aisfs") -> int:
     else:
         readiness = daemon.daemonize(log_file, prog)
         logging_to(syslog=not log_file)
+    daemon.tune_malloc()
     client = AisClient(config.client, token)
     return mount.serve(config, client, readiness, service)
 

@@ -4,12 +4,14 @@
 a pipe and exits 0 only once the child reports the mount live, or prints the child's one-line
 error and exits 1. ``sd_notify`` is the few lines of the ``NOTIFY_SOCKET`` protocol we need
 (``READY=1``, ``STOPPING=1``, ``STATUS=...``), so python-systemd is not a dependency.
+``tune_malloc()`` sets glibc's allocator for a process that moves MiB-sized buffers.
 Main thread only, before ``trio.run``, except ``Readiness.report`` and ``sd_notify``, which any
 one thread may call (the report only once).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import sys
@@ -17,6 +19,14 @@ from dataclasses import dataclass
 
 STARTUP_TIMEOUT = 180.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
+# glibc mallopt parameters, and the values tune_malloc sets (each unless its environment variable
+# already says otherwise).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MALLOC_SETTINGS = (
+    (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 4 * 1024 * 1024),
+    (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 32 * 1024 * 1024),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,26 @@ class Readiness:
         except OSError:
             pass
         self._fd = None
+
+
+def tune_malloc() -> bool:
+    """Keep freed MiB-sized buffers in the heap for reuse instead of unmapping them at once.
+
+    Every FUSE write arrives as a fresh 1 MiB bytes object. With glibc's defaults, each one is
+    a new mmap (or heap memory trimmed back to the kernel as soon as a part is sent), so every
+    written 4 KiB page costs a page fault: measured 110,000-140,000 faults and ~20% of the
+    daemon's CPU per GiB written. With 1 MiB blocks below the mmap threshold and 32 MiB of free
+    heap kept before trimming: ~16,000 faults per GiB, and the memory still goes back to the
+    kernel when the writing ends. Returns False where there is no glibc ``mallopt``.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    for param, env, value in MALLOC_SETTINGS:
+        if env not in os.environ:
+            mallopt(ctypes.c_int(param), ctypes.c_int(value))
+    return True
 
 
 def sd_notify(state: str) -> bool:

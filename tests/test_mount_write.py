@@ -52,15 +52,26 @@ def test_sizes_roundtrip(rw, size: int) -> None:  # type: ignore[no-untyped-def]
     assert os.stat(mp / "f.bin").st_size == size
 
 
-def test_gib_plus_one(rw, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    bucket, mp = rw
+def minor_faults(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def test_gib_plus_one(make_bucket, mount, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket()
+    m = mount(f"ais://{bucket.name}")
     src = tmp_path / "big"
     with open(src, "wb") as f:
         block = os.urandom(MIB)
         for _ in range(1024):
             f.write(block)
         f.write(b"!")
-    sh("dd", f"if={src}", f"of={mp / 'big'}", "bs=1M", "status=none")
+    sh("dd", f"if={src}", f"of={m.path / 'first'}", "bs=1M", "count=256", "status=none")
+    faults = minor_faults(m.proc.pid)
+    sh("dd", f"if={src}", f"of={m.path / 'big'}", "bs=1M", "status=none")
+    # Every write is a fresh 1 MiB buffer: the daemon's allocator must reuse freed ones rather
+    # than fault in new pages for each (glibc's defaults, measured: 73,000-88,000 faults for this
+    # GiB after a first file; tuned: ~16,500, the parts' first touch).
+    assert minor_faults(m.proc.pid) - faults < 40_000
     want = hashlib.sha256(src.read_bytes()).hexdigest()
     h = hashlib.sha256()
     reader = bucket.object("big").get_reader()
