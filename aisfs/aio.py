@@ -46,12 +46,12 @@ class AsyncAis:
 
     async def list_objects_page(
         self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
-        uuid: str = "", continuation_token: str = "", start_after: str = "",
+        uuid: str = "", continuation_token: str = "", start_after: str = "", convert: bool = True,
     ) -> ListPage:
         return await self._run(
             self.client.list_objects_page, bucket, prefix, recursive=recursive,
             page_size=page_size, uuid=uuid, continuation_token=continuation_token,
-            start_after=start_after,
+            start_after=start_after, convert=convert,
         )
 
     async def list_all(

@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +96,8 @@ class ListPage:
     entries: list[ListEntry]
     uuid: str
     continuation_token: str
+    # AIS's entries as decoded JSON, when the caller asked to convert them itself (in pieces).
+    raw: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -174,6 +176,38 @@ Body = bytes | bytearray | memoryview | Chunks | Callable[[], Any]
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
         return False
+
+
+def list_entries(raw_entries: Iterable[dict[str, Any]]) -> list[ListEntry]:
+    """The entries of a listing page as AIS sent them (decoded JSON), as ListEntry."""
+    entries: list[ListEntry] = []
+    # Once per listed object (100,000s for a big tree): the one time shape TIME_FORMAT gives
+    # is parsed inline, the seconds part once per second of time.
+    add = entries.append
+    seconds_ns: dict[str, int] = {}
+    for raw in raw_entries:
+        name = raw.get("name", "")
+        if raw.get("flags", 0) & LS_ENTRY_IS_DIR:
+            add(ListEntry(name if name.endswith("/") else name + "/", True))
+            continue
+        custom = raw.get("custom-md")
+        m = _MTIME_IN_LISTING.search(custom) if custom and MTIME_KEY in custom else None
+        if m is not None:
+            mtime = int(m.group(1))
+        else:
+            atime = raw.get("atime") or ""
+            fraction = atime[20:29]
+            if len(atime) == 30 and atime[29] == "Z" and fraction.isdigit():
+                second = atime[:19]
+                base = seconds_ns.get(second)
+                if base is None:
+                    base = seconds_ns[second] = parse_rfc3339_ns(second + "Z")
+                mtime = base + int(fraction)
+            else:
+                mtime = parse_rfc3339_ns(atime)
+        add(ListEntry(name, False, int(raw.get("size") or 0), mtime,
+                      str(raw.get("version") or "")))
+    return entries
 
 
 class AisClient:
@@ -478,9 +512,11 @@ class AisClient:
         uuid: str = "",
         continuation_token: str = "",
         start_after: str = "",
+        convert: bool = True,
     ) -> ListPage:
         """One page of a listing (of names after ``start_after``, when given: ais buckets only).
-        Non-recursive pages include virtual-directory entries."""
+        Non-recursive pages include virtual-directory entries. With ``convert=False`` the entries
+        are left in ``raw``, for :func:`list_entries`."""
         value = {
             "prefix": prefix,
             "props": LIST_PROPS,
@@ -498,34 +534,11 @@ class AisClient:
             json_body={"action": "list", "name": bucket, "value": value},
         )
         doc = orjson.loads(resp.content) or {}
-        entries: list[ListEntry] = []
-        # Once per listed object (100,000s for a big tree): the one time shape TIME_FORMAT gives
-        # is parsed inline, the seconds part once per second of time.
-        add = entries.append
-        seconds_ns: dict[str, int] = {}
-        for raw in doc.get("entries") or ():
-            name = raw.get("name", "")
-            if raw.get("flags", 0) & LS_ENTRY_IS_DIR:
-                add(ListEntry(name if name.endswith("/") else name + "/", True))
-                continue
-            custom = raw.get("custom-md")
-            m = _MTIME_IN_LISTING.search(custom) if custom and MTIME_KEY in custom else None
-            if m is not None:
-                mtime = int(m.group(1))
-            else:
-                atime = raw.get("atime") or ""
-                fraction = atime[20:29]
-                if len(atime) == 30 and atime[29] == "Z" and fraction.isdigit():
-                    second = atime[:19]
-                    base = seconds_ns.get(second)
-                    if base is None:
-                        base = seconds_ns[second] = parse_rfc3339_ns(second + "Z")
-                    mtime = base + int(fraction)
-                else:
-                    mtime = parse_rfc3339_ns(atime)
-            add(ListEntry(name, False, int(raw.get("size") or 0), mtime,
-                          str(raw.get("version") or "")))
-        return ListPage(entries, doc.get("uuid") or "", doc.get("continuation_token") or "")
+        raw = doc.get("entries") or []
+        uuid, token = doc.get("uuid") or "", doc.get("continuation_token") or ""
+        if not convert:
+            return ListPage([], uuid, token, raw)
+        return ListPage(list_entries(raw), uuid, token)
 
     def iter_objects(
         self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections import Counter
+from typing import Any
 
 import pytest
 import trio
@@ -12,7 +14,7 @@ import trio.testing
 
 from aisfs import errors
 from aisfs.cache import Stat
-from aisfs.client import ListEntry, ListPage, ObjectProps
+from aisfs.client import LS_ENTRY_IS_DIR, ListEntry, ListPage, ObjectProps
 from aisfs.config import MountConfig, parse_source
 from aisfs.inodes import Inode, Kind
 from aisfs.listing import Child, Listing, ListingStream, valid_name
@@ -26,6 +28,15 @@ class FakeTimer:
 
     def __call__(self) -> float:
         return self.now
+
+
+def as_json(entry: ListEntry) -> dict[str, Any]:
+    """A listed entry the way AIS sends it (TIME_FORMAT: nine fraction digits)."""
+    if entry.is_dir:
+        return {"name": entry.name, "flags": LS_ENTRY_IS_DIR}
+    sec, ns = divmod(entry.mtime_ns, 1_000_000_000)
+    atime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns:09d}Z"
+    return {"name": entry.name, "size": entry.size, "version": entry.version, "atime": atime}
 
 
 class FakeAis:
@@ -75,11 +86,11 @@ class FakeAis:
 
     async def list_objects_page(
         self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
-        uuid: str = "", continuation_token: str = "", start_after: str = "",
+        uuid: str = "", continuation_token: str = "", start_after: str = "", convert: bool = True,
     ) -> ListPage:
         """Recursive pages ("probe") tell whether a prefix holds objects; non-recursive ones
         ("list") are directory listings (a lookup's first page too), paged after the token (the
-        last name of a page)."""
+        last name of a page). Unconverted pages carry the entries as AIS's JSON has them."""
         self.calls["probe" if recursive else "list"] += 1
         self.log.append(("page", bucket, prefix, str(recursive), str(page_size)))
         await self._maybe_wait()
@@ -98,6 +109,8 @@ class FakeAis:
         token = entries[end - 1].name if end < len(entries) else ""
         if (prefix, recursive) in self.held_pages:
             await self.held_pages[(prefix, recursive)].wait()
+        if not convert:
+            return ListPage([], "u", token, [as_json(e) for e in entries[start:end]])
         return ListPage(entries[start:end], "u", token)
 
     async def list_all(self, bucket: str, prefix: str, *, recursive: bool = False,
@@ -288,6 +301,18 @@ async def test_first_page_is_handed_out_before_the_rest_arrives() -> None:
     await drain(stream)
     assert [c.name for c in stream.children] == [f"o{i:05d}" for i in range(2500)]
     assert [e[4] for e in fake.log if e[0] == "page"] == ["1000", "0"]  # then AIS's maximum
+    assert isinstance(ns.listings.get(("b", "")), Listing)
+
+
+async def test_a_big_page_is_handed_out_a_piece_at_a_time() -> None:
+    # A page of 4,000 after the first: readers get its first piece while the rest is made,
+    # so the kernel and `ls` take in one piece while the daemon makes the next.
+    fake, ns, stream, gate = await first_page_of(5000)
+    gate.set()
+    await stream.wait_beyond(999)
+    assert 1999 <= len(stream.children) < 4999 and not stream.done
+    await drain(stream)
+    assert [c.name for c in stream.children] == [f"o{i:05d}" for i in range(5000)]
     assert isinstance(ns.listings.get(("b", "")), Listing)
 
 
