@@ -142,18 +142,29 @@ class Operations(pyfuse3.Operations):
         return handle
 
     def make_attr(self, inode: Inode, st: Stat | None) -> pyfuse3.EntryAttributes:
-        # Called once per entry of every listing: plain ints (no NewType calls) and no reads
-        # back from the Cython object keep it at half the cost.
+        attr = self._new_attr()
+        self._set_attr(attr, inode, st)
+        return attr
+
+    def _new_attr(self) -> pyfuse3.EntryAttributes:
+        """Attributes with what every entry shares set; the rest comes from ``_set_attr``."""
         config = self.config
         attr = pyfuse3.EntryAttributes()
-        attr.st_ino = inode.ino  # type: ignore[assignment]
         attr.entry_timeout = attr.attr_timeout = config.metadata_ttl
         attr.st_uid = config.uid
         attr.st_gid = config.gid
         attr.st_blksize = BLOCK_SIZE
+        return attr
+
+    def _set_attr(self, attr: pyfuse3.EntryAttributes, inode: Inode, st: Stat | None) -> None:
+        # Called once per entry of every listing: plain ints (no NewType calls) and no reads
+        # back from the Cython object keep it cheap. Sets every field that differs between
+        # entries, as readdir reuses one object for all.
+        attr.st_ino = inode.ino  # type: ignore[assignment]
         if st is None or inode.kind is not Kind.FILE:
             attr.st_mode = self._dir_mode  # type: ignore[assignment]
             attr.st_nlink = 2
+            attr.st_size = attr.st_blocks = 0
             mtime = self.ns.mount_time_ns
         else:
             attr.st_mode = self._file_mode  # type: ignore[assignment]
@@ -162,7 +173,6 @@ class Operations(pyfuse3.Operations):
             attr.st_blocks = (st.size + 511) // 512
             mtime = st.mtime_ns or self.ns.mount_time_ns
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
-        return attr
 
     def _negative_entry(self) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -247,11 +257,12 @@ class Operations(pyfuse3.Operations):
         children = handle.entries.children
         parent = handle.inode
         pending = self.ns.pending
+        attr = self._new_attr()  # one for all entries: readdir_reply copies it at once
         for index in range(start_id, len(children)):
             child = children[index]
             inode = self._child_inode(parent, child)
             current = pending.get(inode.path) if pending and not child.is_dir else None
-            attr = self.make_attr(inode, current() if current is not None else child.stat)
+            self._set_attr(attr, inode, current() if current is not None else child.stat)
             if not pyfuse3.readdir_reply(token, os.fsencode(child.name), attr, index + 1):
                 self.table.drop_if_unused(inode)
                 break

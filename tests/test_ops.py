@@ -30,7 +30,8 @@ class Collector:
 
     def __init__(self) -> None:
         self.limit = 1 << 30
-        self.entries: list[tuple[str, int, int, int]] = []  # name, st_ino, st_mode, next_id
+        # name, st_ino, st_mode, next_id, st_size
+        self.entries: list[tuple[str, int, int, int, int]] = []
         self.refused: list[str] = []
 
     def __call__(self, token: object, name: bytes, attr: pyfuse3.EntryAttributes,
@@ -39,10 +40,10 @@ class Collector:
         if len(self.entries) >= self.limit:
             self.refused.append(os.fsdecode(name))
             return False
-        self.entries.append((os.fsdecode(name), attr.st_ino, attr.st_mode, next_id))
+        self.entries.append((os.fsdecode(name), attr.st_ino, attr.st_mode, next_id, attr.st_size))
         return True
 
-    def take(self) -> list[tuple[str, int, int, int]]:
+    def take(self) -> list[tuple[str, int, int, int, int]]:
         out, self.entries, self.refused = self.entries, [], []
         return out
 
@@ -217,7 +218,7 @@ async def test_readdir_offsets_and_lookup_counts(  # type: ignore[no-untyped-def
         first = collector.take()
         assert [e[0] for e in first] == ROOT_NAMES[:3]
         assert [e[3] for e in first] == [1, 2, 3]
-        for name, ino, _mode, _ in first:
+        for name, ino, *_ in first:
             assert ops.table.get(ino).lookups == 1, name
         assert stat.S_ISDIR(first[1][2]) and stat.S_ISREG(first[0][2])
         # The refused 4th entry took no reference.
@@ -247,6 +248,10 @@ async def test_readdir_offsets_and_lookup_counts(  # type: ignore[no-untyped-def
         assert ops.table.get(a.st_ino).lookups == 2
         await ops.releasedir(fh)
         assert ops.table.root.opens == 0
+        # Each entry's attributes are its own (readdir fills one object for all of them).
+        for name, _ino, mode, _, size in first + rest:
+            attr = await lookup(ops, ROOT_INODE, name)
+            assert (attr.st_mode, attr.st_size) == (mode, size), name
 
 
 async def test_readdir_snapshot_and_rewind(  # type: ignore[no-untyped-def]
