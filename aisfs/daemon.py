@@ -71,11 +71,11 @@ def tune_malloc() -> bool:
     """Keep freed MiB-sized buffers in the heap for reuse instead of unmapping them at once.
 
     Every FUSE write arrives as a fresh 1 MiB bytes object. With glibc's defaults, each one is
-    a new mmap (or heap memory trimmed back to the kernel as soon as a part is sent), so every
-    written 4 KiB page costs a page fault: measured 110,000-140,000 faults and ~20% of the
-    daemon's CPU per GiB written. With 1 MiB blocks below the mmap threshold and 32 MiB of free
-    heap kept before trimming: ~16,000 faults per GiB, and the memory still goes back to the
-    kernel when the writing ends. Returns False where there is no glibc ``mallopt``.
+    a new mmap (or heap memory trimmed back to the kernel as soon as a part is sent), so written
+    pages keep costing page faults: measured 73,000-140,000 per GiB after a first file, ~20% of
+    the daemon's CPU. With 1 MiB blocks below the mmap threshold and 32 MiB of free heap kept
+    before trimming: ~16,500 per file (the parts' first touch), and the memory still goes back
+    to the kernel when the writing ends. Returns False where there is no glibc ``mallopt``.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
