@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import trio
 
-from .client import AisClient, Body, ListEntry, ListPage, ObjectProps, RangeResult
+from .client import AisClient, Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class AsyncAis:
         return await self._run(self.client.head_object, bucket, key)
 
     async def get_range(
-        self, bucket: str, key: str, start: int, length: int, into: bytearray | None = None
+        self, bucket: str, key: str, start: int, length: int, into: RecvBuffer | None = None
     ) -> RangeResult:
         return await self._run(self.client.get_range, bucket, key, start, length, into)
 

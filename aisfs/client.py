@@ -20,6 +20,7 @@ import http.client
 import http.cookiejar
 import json
 import logging
+import mmap
 import os
 import re
 import socket
@@ -168,6 +169,9 @@ class Chunks:
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.parts)
 
+
+# Where a response body can be received: a bytearray, or a page-aligned anonymous mapping.
+RecvBuffer = bytearray | mmap.mmap
 
 # Request bodies: bytes, chunks, or a function that makes a fresh body stream for each attempt.
 Body = bytes | bytearray | memoryview | Chunks | Callable[[], Any]
@@ -574,7 +578,7 @@ class AisClient:
         )
 
     def get_range(
-        self, bucket: str, key: str, start: int, length: int, into: bytearray | None = None
+        self, bucket: str, key: str, start: int, length: int, into: RecvBuffer | None = None
     ) -> RangeResult:
         """Bytes [start, start+length) of an object; shorter at EOF. 416 means start >= size.
 
@@ -698,7 +702,7 @@ def _custom_headers(custom: dict[str, bytes] | None) -> dict[str, str]:
     return {"Ais-Custom-Md": f"{key}={value.decode('latin-1')}"}  # requests sends Latin-1
 
 
-def read_body_into(resp: requests.Response, buf: bytearray | memoryview, length: int) -> int:
+def read_body_into(resp: requests.Response, buf: RecvBuffer | memoryview, length: int) -> int:
     """Read up to ``length`` body bytes straight from the socket into ``buf`` (one copy)."""
     view = memoryview(buf)[:length]
     fp = getattr(resp.raw, "_fp", None)  # http.client.HTTPResponse under urllib3

@@ -46,7 +46,13 @@ import orjson  # noqa: E402
 import requests  # noqa: E402
 import requests.adapters  # noqa: E402
 
-from aisfs.client import LIST_PROPS, LS_NO_RECURSION, TIME_FORMAT, read_body_into  # noqa: E402
+from aisfs.client import (  # noqa: E402
+    LIST_PROPS,
+    LS_NO_RECURSION,
+    TIME_FORMAT,
+    RecvBuffer,
+    read_body_into,
+)
 
 
 def log(msg: str) -> None:
@@ -178,7 +184,7 @@ class Direct:
             for _ in ex.map(one, items):
                 pass
 
-    def get_parallel(self, bucket: str, key: str, size: int, buf: bytearray, threads: int,
+    def get_parallel(self, bucket: str, key: str, size: int, buf: RecvBuffer, threads: int,
                      part: int, pool: concurrent.futures.ThreadPoolExecutor | None = None) -> int:
         """Whole object into ``buf`` with ranged GETs of ``part`` bytes on ``threads`` threads."""
         url = self.locate(bucket, key)
