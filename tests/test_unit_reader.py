@@ -6,6 +6,8 @@ buffer recycling bugs show up as wrong bytes.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import random
 from collections.abc import Callable
 
@@ -98,6 +100,18 @@ async def read(reader: ObjectReader, off: int, size: int) -> bytes:
 
 
 # ---------------------------------------------------------------------- sizes and EOF
+
+
+def test_part_buffers_start_on_a_page_and_are_reused() -> None:
+    pool = BufferPool(4 * MIB, keep=2)
+    parts = [pool.take(4 * MIB), pool.take(3 * MIB)]  # a part, and the last one of a file
+    for buf in parts:
+        # Page-aligned: each page of a FUSE reply then comes from one page of the buffer.
+        assert ctypes.addressof(ctypes.c_char.from_buffer(buf)) % mmap.PAGESIZE == 0
+        assert len(buf) == 4 * MIB
+    pool.give(parts[0])
+    assert pool.take(4 * MIB) is parts[0]
+    assert len(pool.take(64 * 1024)) == 64 * 1024  # a small random read gets what it asked
 
 
 async def test_read_sizes_and_eof() -> None:
