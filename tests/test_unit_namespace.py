@@ -36,7 +36,8 @@ def as_json(entry: ListEntry) -> dict[str, Any]:
         return {"name": entry.name, "flags": LS_ENTRY_IS_DIR}
     sec, ns = divmod(entry.mtime_ns, 1_000_000_000)
     atime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns:09d}Z"
-    return {"name": entry.name, "size": entry.size, "version": entry.version, "atime": atime}
+    # AIS sends the size as a JSON string.
+    return {"name": entry.name, "size": str(entry.size), "version": entry.version, "atime": atime}
 
 
 class FakeAis:
