@@ -443,9 +443,9 @@ class AisClient:
             try:
                 resp = self._http("GET", location, headers=hdrs, stream=True,
                                   allow_redirects=False)
-                if resp.status_code in (200, 206, 404, 416):
+                if resp.status_code in (200, 206, 416):
                     return resp
-                resp.close()
+                resp.close()  # a 404 too: the object may live on another target by now
             except requests.ConnectionError:
                 pass  # the target may have left the cluster: ask the proxy again
             self._forget(self._locations, url)
@@ -561,10 +561,15 @@ class AisClient:
     # ------------------------------------------------------------------ objects
 
     def head_object(self, bucket: str, key: str) -> ObjectProps:
+        url = self._object_url(bucket, key)
         resp = self._request(
-            "HEAD", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="head_object",
+            "HEAD", url, f"ais://{bucket}/{key}", kind="head_object",
             params={"provider": "ais", "props": HEAD_PROPS},
         )
+        if resp.history:
+            # The target that answered serves the GETs that usually follow (open, then read):
+            # they go straight to it, one round trip to the proxy less for the first byte.
+            self._remember(self._locations, url, _without_param(resp.url, "props"))
         h = resp.headers
         custom = _custom_from_headers(resp)
         atime = int(h.get("Ais-Atime") or 0)
@@ -689,6 +694,14 @@ class AisClient:
             "PATCH", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="set_custom",
             params=params, json_body={"action": "", "name": "", "value": value},
         )
+
+
+def _without_param(url: str, name: str) -> str:
+    """``url`` without the query parameter ``name``."""
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+             if k != name]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def _custom_headers(custom: dict[str, bytes] | None) -> dict[str, str]:

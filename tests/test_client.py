@@ -237,6 +237,31 @@ def test_get_range_repeated_uses_cached_location(client: AisClient, make_bucket)
     assert bytes(r.data) == b"new content" and r.version == "2"
 
 
+def test_get_after_head_goes_straight_to_the_target(  # type: ignore[no-untyped-def]
+    client: AisClient, make_bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = make_bucket({"obj": b"0123456789"})
+    proxy = client._base
+    hosts: list[str] = []
+    real_http = client._http
+
+    def spy(method: str, url: str, **kw: Any) -> Any:
+        hosts.append(f"{method} {'proxy' if url.startswith(proxy) else 'target'}")
+        return real_http(method, url, **kw)
+
+    monkeypatch.setattr(client, "_http", spy)
+    assert client.head_object(b.name, "obj").size == 10
+    assert bytes(client.get_range(b.name, "obj", 2, 3).data) == b"234"
+    assert hosts == ["HEAD proxy", "GET target"]  # the HEAD's redirect was followed by requests
+    # A remembered target that no longer has the object (moved by a rebalance, say) is not the
+    # last word: the proxy is asked where it is now.
+    url = client._object_url(b.name, "obj")
+    client._locations[url] = client._locations[url].replace("/obj?", "/obj-elsewhere?")
+    hosts.clear()
+    assert bytes(client.get_range(b.name, "obj", 0, 2).data) == b"01"
+    assert hosts == ["GET target", "GET proxy", "GET target"]
+
+
 # ---------------------------------------------------------------------- writes
 
 

@@ -54,6 +54,20 @@ def test_transient_errors_are_retried_unseen(make_bucket, through, fault) -> Non
     assert resets.hits == 2
 
 
+def test_a_read_after_a_lookup_goes_straight_to_the_target(  # type: ignore[no-untyped-def]
+    make_bucket, through, fault
+) -> None:
+    # The lookup's HEAD was redirected to the object's target: the GETs that follow go there
+    # directly (requests to the proxy carry no redirect marker "utm=").
+    data = os.urandom(MIB + 5)
+    bucket = make_bucket({"x": data})
+    m = through(bucket)
+    os.stat(m.path / "x")
+    assert (m.path / "x").read_bytes() == data
+    gets = [p for method, p in fault.log if method == "GET" and f"/{bucket.name}/x" in p]
+    assert gets and all("utm=" in p for p in gets), gets
+
+
 def test_a_stalled_read_is_eio_in_bounded_time_and_the_mount_stays_up(  # type: ignore[no-untyped-def]
     make_bucket, through, fault
 ) -> None:
