@@ -4,7 +4,10 @@ One :class:`AisClient` per mount. Every call has a (connect, read) timeout; idem
 retried with capped exponential backoff on connection errors, timeouts, 429 and 5xx; requests that
 carry object data are retried only when the connection could not be established, because a
 repeated APPEND would duplicate bytes. AIS's error JSON (body, or ``Hdr-Error`` on HEAD) becomes a
-typed :mod:`aisfs.errors` exception.
+typed :mod:`aisfs.errors` exception. Object requests that AIS's proxy redirects remember the
+target it chose (a HEAD's for the GETs that follow, a GET's for the next parts, an APPEND's for the
+rest of its session), so later requests skip the proxy; a target that refuses or no longer has the
+object sends us back to the proxy.
 
 Concurrency: methods are called from trio worker threads (see ``aio.py``), several at once. The
 shared ``requests.Session`` holds no per-request state (cookies are refused) and its connection
