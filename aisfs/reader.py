@@ -35,14 +35,13 @@ RANDOM_BLOCK = 128 * 1024
 BACKWARD_KEEP = 1024 * 1024  # keep this much behind the reader for slightly reordered reads
 
 
-
 class BufferPool:
     """Recycled part-size buffers: a fresh multi-MiB buffer costs a page fault per 4 KiB.
 
     Part-size buffers are anonymous mappings, so they start on a page boundary (a bytearray's
     bytes start 16 bytes into a page): every 4 KiB page of a FUSE reply then comes from one page
-    of ours, and the socket receive writes whole pages. Measured, 1 GiB through the mount, 5
-    alternated runs: daemon CPU 1.14-1.5 -> 0.77-0.92 s, dd 710-920 -> 920-1140 MB/s.
+    of ours, and the socket receive writes whole pages. Measured, 1 GiB through the mount, 6
+    alternated runs: daemon CPU 1.11-1.45 -> 0.75-0.94 s, dd median 870 -> 991 MB/s.
     """
 
     def __init__(self, size: int, keep: int) -> None:
