@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,6 +145,11 @@ class Direct:
         self.session.delete(f"{self.base}/buckets/{bucket}", params={"provider": "ais"},
                             json={"action": "destroy-bck"}, timeout=120)
 
+    def memsys_buf(self) -> str:
+        """The cluster's memsys.default_buf: what AIS's APPEND handler copies bodies with."""
+        r = self.session.get(f"{self.base}/daemon", params={"what": "config"}, timeout=30)
+        return str(r.json().get("memsys", {}).get("default_buf", "?")) if r.ok else "?"
+
     # -- objects
     def delete(self, bucket: str, key: str) -> None:
         r = self.session.delete(self.object_url(bucket, key), timeout=60)
@@ -175,6 +181,26 @@ class Direct:
         r = s.put(url, data=data, timeout=600)
         if r.status_code != 200:
             raise RuntimeError(f"PUT ais://{bucket}/{key}: {r.status_code} {r.text[:200]}")
+
+    def append_all(self, bucket: str, key: str, data: memoryview, part: int) -> None:
+        """Write ``data`` with AIS's append protocol alone: APPENDs of ``part`` bytes straight
+        to the target, then FLUSH (the speed the protocol allows, without a file system)."""
+        s = self.session
+        r = s.put(self.object_url(bucket, key), data=b"", allow_redirects=False, timeout=60,
+                  params={"append_type": "append", "append_handle": ""})
+        r.close()
+        if r.status_code not in (301, 302, 307, 308) or "Location" not in r.headers:
+            raise RuntimeError(f"APPEND ais://{bucket}/{key}: no redirect ({r.status_code})")
+        base, _, query = r.headers["Location"].partition("?")
+        params = dict(urllib.parse.parse_qsl(query))
+        handle = ""
+        bodies = [data[off:off + part] for off in range(0, len(data), part)]
+        for body in [*bodies, memoryview(b"")]:  # the empty one is the FLUSH
+            params.update(append_type="append" if body else "flush", append_handle=handle)
+            r = s.put(base, params=params, data=body, allow_redirects=False, timeout=600)
+            if r.status_code != 200:
+                raise RuntimeError(f"APPEND ais://{bucket}/{key}: {r.status_code} {r.text[:200]}")
+            handle = r.headers.get("Ais-Append-Handle", "")
 
     def put_many(self, bucket: str, items: Sequence[tuple[str, bytes]], threads: int = 16) -> None:
         def one(item: tuple[str, bytes]) -> None:
