@@ -162,6 +162,16 @@ class ObjectWriter:
     # ------------------------------------------------------------------ public operations
 
     async def write(self, off: int, data: bytes) -> int:
+        if (self.mode is Mode.STREAM and off == self.size and self.error is None
+                and self.buffered + len(data) < self.part and not self.lock.locked()):
+            # Most writes of a stream only join the part being filled. Nothing is awaited
+            # here, so nothing can interleave; the lock's two trio checkpoints cost more than
+            # such a write itself (py-spy: a fifth of the FUSE thread's time in a 1 MiB dd).
+            self.buffer.append(data)
+            self.buffered += len(data)
+            self.size += len(data)
+            self.dirty = True
+            return len(data)
         async with self.lock:
             self._check()
             try:

@@ -14,6 +14,7 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from aisfs.aio import AsyncAis
 from aisfs.client import AisClient
@@ -371,6 +372,24 @@ async def test_write_only_handles_bypass_the_page_cache(opsf, make_bucket) -> No
             fi, _ = await ops.create(ROOT_INODE, f"new{flags}".encode(), 0o644, flags, CTX)
             assert fi.direct_io is direct, flags
             await ops.release(fi.fh)
+
+
+async def test_a_write_during_a_flush_waits_for_it(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    """A small write at the end skips the writer's lock, but not while a flush holds it: the
+    flush's upload would otherwise drop bytes that arrive during it."""
+    bucket = make_bucket()
+    async with opsf(f"ais://{bucket.name}") as ops:
+        fi, _ = await ops.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY, CTX)
+        await ops.write(fi.fh, 0, b"a" * 100)
+        writer = ops._file(fi.fh).writer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ops.flush, fi.fh)
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer.lock.locked()  # the flush is waiting for AIS
+            await ops.write(fi.fh, 100, b"b" * 50)
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+    assert bucket.object("f").get_reader().read_all() == b"a" * 100 + b"b" * 50
 
 
 @pytest.mark.parametrize("budget,parts", [(64 * MIB, [1, 2, 4]), (2 * MIB, [1, 2]), (0, [1])])
