@@ -130,7 +130,10 @@ class ObjectReader:
                 # A concurrent seek on this handle dropped what covered pos: fetch it again.
                 self._fill(pos, end, self.config.read_part_size)
                 continue
-            await chunk.done.wait()
+            if not chunk.done.is_set():
+                # (Event.wait() of a set event still yields to trio's scheduler: one round
+                # trip per FUSE read of bytes already here.)
+                await chunk.done.wait()
             if not self._holds(chunk):
                 continue  # dropped while we waited: look again
             if chunk.error is not None:

@@ -114,6 +114,21 @@ def test_part_buffers_start_on_a_page_and_are_reused() -> None:
     assert len(pool.take(64 * 1024)) == 64 * 1024  # a small random read gets what it asked
 
 
+async def test_a_read_of_fetched_bytes_does_not_yield() -> None:
+    """Bytes already here are returned without a trip through trio's scheduler (a set
+    Event's wait() still makes one), once per FUSE read of a streamed file."""
+    data = pattern(4 * MIB)
+    fake = FakeAis(data)
+    async with trio.open_nursery() as nursery:
+        reader = make_reader(fake, nursery)
+        assert await read(reader, 0, 128 * KIB) == data[: 128 * KIB]
+        await trio.testing.wait_all_tasks_blocked()  # the read-ahead has landed
+        with trio.testing.assert_no_checkpoints():
+            piece = bytes(await reader.read(128 * KIB, 128 * KIB))
+        assert piece == data[128 * KIB : 256 * KIB]
+        nursery.cancel_scope.cancel()
+
+
 async def test_read_sizes_and_eof() -> None:
     data = pattern(300 * KIB + 7)
     fake = FakeAis(data)
