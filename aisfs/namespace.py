@@ -139,8 +139,8 @@ class Namespace:
         pending = self.pending.get((bucket, prefix + name))
         if pending is not None:
             return False, pending()
-        listing = self.listings.get((bucket, prefix))
-        if isinstance(listing, Listing):
+        listing = self._listing(bucket, prefix)
+        if listing is not None:
             child = listing.by_name.get(name)
             if child is not None:
                 return child.is_dir, child.stat
@@ -216,7 +216,7 @@ class Namespace:
                 return
             entries = await self._without_removed_dirs(bucket, entries)
             if (self.changes == changes and (bucket, prefix) not in self.streams
-                    and not isinstance(self.listings.get((bucket, prefix)), Listing)):
+                    and self._listing(bucket, prefix) is None):
                 self._cache_listing(bucket, prefix, entries)
         except errors.AisFsError as exc:
             log.info("ais://%s/%s: listing for lookups failed: %s", bucket, prefix, exc)
@@ -269,8 +269,8 @@ class Namespace:
         """What a cached listing of ``key``'s parent says: the child, None (not there), or
         False (no cached listing)."""
         head, _, name = key.rstrip("/").rpartition("/")
-        listing = self.listings.get((bucket, head + "/" if head else ""))
-        if not isinstance(listing, Listing):
+        listing = self._listing(bucket, head + "/" if head else "")
+        if listing is None:
             return False
         child: Child | None = listing.by_name.get(name)
         return child
@@ -326,16 +326,14 @@ class Namespace:
             names = await self.bucket_names()
             return ListingStream.complete([Child(name, True, None) for name in names])
         bucket, prefix = inode.bucket, inode.key
-        if (bucket, prefix) not in self.streams and not isinstance(
-            self.listings.get((bucket, prefix)), Listing
-        ):
+        if (bucket, prefix) not in self.streams and self._listing(bucket, prefix) is None:
             await self._walk_ahead(bucket, prefix)
         # Files being written here show at once, with their current size.
         shown = [Child(key[len(prefix):], False, current())
                  for (b, key), current in self.pending.items()
                  if b == bucket and key.startswith(prefix) and "/" not in key[len(prefix):]]
-        cached = self.listings.get((bucket, prefix))
-        if isinstance(cached, Listing):
+        cached = self._listing(bucket, prefix)
+        if cached is not None:
             self.listings.hits += 1
             hidden = {c.name for c in shown}
             # A copy: the cached list changes in place with what is done through this mount.
@@ -432,6 +430,11 @@ class Namespace:
             if self.streams.get((bucket, prefix)) is stream:
                 del self.streams[(bucket, prefix)]
 
+    def _listing(self, bucket: str, prefix: str) -> Listing | None:
+        """The cached complete listing of ``prefix``, if any."""
+        listing = self.listings.get((bucket, prefix))
+        return listing if isinstance(listing, Listing) else None
+
     def _local_subdirs(self, bucket: str, prefix: str) -> list[str]:
         """Names of the directories made here (no object yet) directly under ``prefix``."""
         depth = prefix.count("/") + 1
@@ -448,8 +451,8 @@ class Namespace:
                 return
             head, _, name = prefix[:-1].rpartition("/")
             parent = head + "/" if head else ""
-            listing = self.listings.get((bucket, parent))
-            if not isinstance(listing, Listing):
+            listing = self._listing(bucket, parent)
+            if listing is None:
                 return
             child = listing.by_name.get(name)
             if child is None or not child.is_dir:
@@ -460,9 +463,7 @@ class Namespace:
             scan = SubtreeScan(bucket, parent, prefix)
             self.scans.append(scan)
             self.spawn(functools.partial(self._scan, scan))
-        while scan.will_settle(bucket, prefix) and not isinstance(
-            self.listings.get((bucket, prefix)), Listing
-        ):
+        while scan.will_settle(bucket, prefix) and self._listing(bucket, prefix) is None:
             await scan.progress()
 
     async def _scan(self, scan: SubtreeScan) -> None:
@@ -571,8 +572,8 @@ class Namespace:
         self.changes += 1
         self.streams.pop((bucket, parent), None)
         self.first_pages.pop((bucket, parent))
-        listing = self.listings.get((bucket, parent))
-        if not isinstance(listing, Listing):
+        listing = self._listing(bucket, parent)
+        if listing is None:
             return
         old = listing.by_name.pop(name, None)
         if old is not None:

@@ -158,11 +158,16 @@ class Direct:
 
     def locate(self, bucket: str, key: str, session: requests.Session | None = None) -> str:
         """The target URL the proxy redirects a GET of this object to."""
-        r = (session or self.session).get(self.object_url(bucket, key), allow_redirects=False,
-                                          timeout=30)
+        return self._redirect("GET", bucket, key, session or self.session)
+
+    def _redirect(self, method: str, bucket: str, key: str, session: requests.Session,
+                  params: dict[str, str] | None = None) -> str:
+        """Where the proxy sends this request (asked with an empty body)."""
+        r = session.request(method, self.object_url(bucket, key), params=params, data=b"",
+                            allow_redirects=False, timeout=60)
         r.close()
         if r.status_code not in (301, 302, 307, 308) or "Location" not in r.headers:
-            raise RuntimeError(f"GET ais://{bucket}/{key}: no redirect ({r.status_code})")
+            raise RuntimeError(f"{method} ais://{bucket}/{key}: no redirect ({r.status_code})")
         return r.headers["Location"]
 
     def head_size(self, bucket: str, key: str) -> int:
@@ -173,12 +178,7 @@ class Direct:
             session: requests.Session | None = None) -> None:
         """PUT with the body sent once, straight to the target the proxy names."""
         s = session or self.session
-        r = s.put(self.object_url(bucket, key), data=b"", allow_redirects=False, timeout=60)
-        r.close()
-        url = r.headers.get("Location") if r.status_code in (301, 302, 307, 308) else None
-        if url is None:
-            raise RuntimeError(f"PUT ais://{bucket}/{key}: no redirect ({r.status_code})")
-        r = s.put(url, data=data, timeout=600)
+        r = s.put(self._redirect("PUT", bucket, key, s), data=data, timeout=600)
         if r.status_code != 200:
             raise RuntimeError(f"PUT ais://{bucket}/{key}: {r.status_code} {r.text[:200]}")
 
@@ -186,12 +186,9 @@ class Direct:
         """Write ``data`` with AIS's append protocol alone: APPENDs of ``part`` bytes straight
         to the target, then FLUSH (the speed the protocol allows, without a file system)."""
         s = self.session
-        r = s.put(self.object_url(bucket, key), data=b"", allow_redirects=False, timeout=60,
-                  params={"append_type": "append", "append_handle": ""})
-        r.close()
-        if r.status_code not in (301, 302, 307, 308) or "Location" not in r.headers:
-            raise RuntimeError(f"APPEND ais://{bucket}/{key}: no redirect ({r.status_code})")
-        base, _, query = r.headers["Location"].partition("?")
+        location = self._redirect("PUT", bucket, key, s,
+                                  {"append_type": "append", "append_handle": ""})
+        base, _, query = location.partition("?")
         params = dict(urllib.parse.parse_qsl(query))
         handle = ""
         bodies = [data[off:off + part] for off in range(0, len(data), part)]
