@@ -15,7 +15,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import trio
 
-from .client import AisClient, Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
+from .client import AisClient
+from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 
 P = ParamSpec("P")
 T = TypeVar("T")

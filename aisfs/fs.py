@@ -30,11 +30,11 @@ from . import errors, xattrs
 from .aio import AsyncAis, Spawn
 from .budget import MemoryBudget
 from .cache import Stat
-from .client import MTIME_KEY
 from .config import MountConfig
 from .inodes import Inode, Kind
 from .listing import Child, ListingStream
 from .namespace import Namespace
+from .objects import MTIME_KEY
 from .reader import BufferPool, ObjectReader
 from .writer import ObjectWriter, SpillArea
 

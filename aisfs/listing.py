@@ -27,8 +27,8 @@ import trio
 
 from . import errors
 from .cache import Stat
-from .client import ListEntry
 from .config import TMP_MARKER
+from .objects import ListEntry
 
 log = logging.getLogger(__name__)
 

@@ -36,12 +36,13 @@ import trio
 from . import __version__, errors, fs
 from .aio import AsyncAis
 from .cache import TtlMap
-from .client import AisClient, RangeResult
+from .client import AisClient
 from .config import ConfigError, MountConfig
 from .daemon import Readiness, ServiceSettings, sd_notify
 from .fs import FileHandle, Operations, make_spawn
 from .logsetup import cycle_level
 from .metrics import Metrics, Snapshot
+from .objects import RangeResult
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ import trio
 from . import errors, xattrs
 from .aio import AsyncAis, Spawn
 from .cache import MISSING, Stat, TtlMap
-from .client import ListEntry, ListPage, ObjectProps, list_entries
 from .config import MountConfig
 from .inodes import Inode, InodeTable, Kind
 from .listing import NAME_MAX, Child, Listing, ListingStream, valid_name
+from .objects import ListEntry, ListPage, ObjectProps, list_entries
 from .subtree import SubtreeScan, SubtreeSplitter
 
 log = logging.getLogger(__name__)

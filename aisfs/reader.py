@@ -26,8 +26,8 @@ import trio
 from . import errors
 from .aio import AsyncAis, Spawn
 from .budget import MemoryBudget
-from .client import RecvBuffer
 from .config import MountConfig
+from .objects import RecvBuffer
 
 log = logging.getLogger(__name__)
 

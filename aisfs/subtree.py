@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import trio
 
-from .client import ListEntry
+from .objects import ListEntry
 
 
 class SubtreeSplitter:

@@ -40,8 +40,8 @@ import trio
 from . import errors
 from .aio import AsyncAis, Spawn
 from .budget import MemoryBudget
-from .client import MTIME_KEY, Chunks
 from .config import TMP_MARKER, MountConfig
+from .objects import MTIME_KEY, Chunks
 from .xattrs import CUSTOM_MD_MAX, custom_size
 
 log = logging.getLogger(__name__)

@@ -51,9 +51,9 @@ from aisfs.client import (  # noqa: E402
     LIST_PROPS,
     LS_NO_RECURSION,
     TIME_FORMAT,
-    RecvBuffer,
     read_body_into,
 )
+from aisfs.objects import RecvBuffer  # noqa: E402
 
 
 def log(msg: str) -> None:

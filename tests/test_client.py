@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from aisfs import errors
-from aisfs.client import MTIME_KEY, AisClient, parse_rfc3339_ns
+from aisfs.client import AisClient
 from aisfs.config import ClientConfig
+from aisfs.objects import MTIME_KEY, parse_rfc3339_ns
 
 from .util import unique
 

@@ -14,11 +14,11 @@ import trio.testing
 
 from aisfs import errors
 from aisfs.cache import Stat
-from aisfs.client import LS_ENTRY_IS_DIR, ListEntry, ListPage, ObjectProps
 from aisfs.config import MountConfig, parse_source
 from aisfs.inodes import Inode, Kind
 from aisfs.listing import Child, Listing, ListingStream, valid_name
 from aisfs.namespace import Namespace
+from aisfs.objects import LS_ENTRY_IS_DIR, ListEntry, ListPage, ObjectProps
 from aisfs.subtree import SubtreeSplitter
 
 

@@ -17,8 +17,8 @@ import trio.testing
 
 from aisfs import errors
 from aisfs.budget import MemoryBudget
-from aisfs.client import RangeResult
 from aisfs.config import MountConfig, parse_source
+from aisfs.objects import RangeResult
 from aisfs.reader import RANDOM_BLOCK, BufferPool, ObjectReader
 
 KIB = 1024
