@@ -1,6 +1,6 @@
 """Fixtures: the real local AIS cluster, the aistore SDK as an independent checker, real mounts.
 
-The cluster is the one at ``AIS_ENDPOINT`` when that answers; otherwise this session starts one
+The cluster is the one at ``AIS_ENDPOINT`` when that answers; otherwise the test run starts one
 with ``scripts/ais-local`` (state and port of its own) and stops it at the end.
 """
 
