@@ -1,4 +1,5 @@
-"""Async facade over :class:`aisfs.client.AisClient` for the trio thread.
+"""Async facade over :class:`aisfs.client.AisClient` for the trio thread: the mount's
+implementation of :class:`aisfs.aisapi.AisApi`.
 
 This is the only module that calls ``trio.to_thread.run_sync``: every blocking HTTP call runs in a
 worker thread under one dedicated ``CapacityLimiter`` sized to the client's connection pool, so
@@ -10,8 +11,8 @@ worker threads touch no shared state. Cancellation: a call already in a thread i
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import trio
 
@@ -20,8 +21,6 @@ from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBu
 
 P = ParamSpec("P")
 T = TypeVar("T")
-# Starts a background task in the mount's nursery (the tasks catch their own errors).
-Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 class AsyncAis:

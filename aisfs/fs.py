@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from . import errors, xattrs
-from .aio import AsyncAis, Spawn
+from .aisapi import AisApi, Spawn
 from .budget import MemoryBudget
 from .cache import Stat
 from .config import MountConfig
@@ -100,7 +100,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False  # the append uploader needs the writes as the app issued them
     enable_acl = False
 
-    def __init__(self, config: MountConfig, aio: AsyncAis, spawn: Spawn) -> None:
+    def __init__(self, config: MountConfig, aio: AisApi, spawn: Spawn) -> None:
         super().__init__()
         self.config = config
         self.aio = aio

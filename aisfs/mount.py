@@ -240,7 +240,7 @@ def serve(
     def spawn(fn: Callable[..., object]) -> None:
         spawn_box[0](fn)
 
-    ops = Operations(config, aio, spawn)  # type: ignore[arg-type]
+    ops = Operations(config, aio, spawn)
     metrics: Metrics | None = None
     if service.metrics_addr is not None:
         host, port = service.metrics_addr

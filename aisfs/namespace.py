@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import trio
 
 from . import errors, xattrs
-from .aio import AsyncAis, Spawn
+from .aisapi import AisApi, Spawn
 from .cache import MISSING, Stat, TtlMap
 from .config import MountConfig
 from .inodes import Inode, InodeTable, Kind
@@ -69,7 +69,7 @@ def stat_of(props: ObjectProps) -> Stat:
 
 class Namespace:
     def __init__(
-        self, aio: AsyncAis, config: MountConfig, spawn: Spawn,
+        self, aio: AisApi, config: MountConfig, spawn: Spawn,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.aio = aio

@@ -24,7 +24,7 @@ import mmap
 import trio
 
 from . import errors
-from .aio import AsyncAis, Spawn
+from .aisapi import AisApi, Spawn
 from .budget import MemoryBudget
 from .config import MountConfig
 from .objects import RecvBuffer
@@ -76,7 +76,7 @@ class _Chunk:
 
 class ObjectReader:
     def __init__(
-        self, aio: AsyncAis, bucket: str, key: str, size: int, version: str,
+        self, aio: AisApi, bucket: str, key: str, size: int, version: str,
         config: MountConfig, budget: MemoryBudget, spawn: Spawn, pool: BufferPool,
     ) -> None:
         self.aio = aio

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import trio
 
 from . import errors
-from .aio import AsyncAis, Spawn
+from .aisapi import AisApi, Spawn
 from .budget import MemoryBudget
 from .config import TMP_MARKER, MountConfig
 from .objects import MTIME_KEY, Chunks
@@ -111,7 +111,7 @@ class Uploaded:
 
 class ObjectWriter:
     def __init__(
-        self, aio: AsyncAis, bucket: str, key: str, config: MountConfig, spill: SpillArea,
+        self, aio: AisApi, bucket: str, key: str, config: MountConfig, spill: SpillArea,
         budget: MemoryBudget, spawn: Spawn, *, exists: bool | None, size: int, truncate: bool,
         had_custom_mtime: bool = False,
     ) -> None:

@@ -1,12 +1,10 @@
-"""aisfs/namespace.py against a fake async client (no HTTP): listings, lookups, caching."""
+"""aisfs/namespace.py against the in-memory AIS of tests/fakeais.py: listings, lookups, caching."""
 
 from __future__ import annotations
 
 import errno
 import logging
-import time
 from collections import Counter
-from typing import Any
 
 import pytest
 import trio
@@ -18,8 +16,10 @@ from aisfs.config import MountConfig, parse_source
 from aisfs.inodes import Inode, Kind
 from aisfs.listing import Child, Listing, ListingStream, valid_name
 from aisfs.namespace import Namespace
-from aisfs.objects import LS_ENTRY_IS_DIR, ListEntry, ListPage, ObjectProps
+from aisfs.objects import ListEntry
 from aisfs.subtree import SubtreeSplitter
+
+from .fakeais import STORED_NS, FakeAis
 
 
 class FakeTimer:
@@ -28,110 +28,6 @@ class FakeTimer:
 
     def __call__(self) -> float:
         return self.now
-
-
-def as_json(entry: ListEntry) -> dict[str, Any]:
-    """A listed entry the way AIS sends it (TIME_FORMAT: nine fraction digits)."""
-    if entry.is_dir:
-        return {"name": entry.name, "flags": LS_ENTRY_IS_DIR}
-    sec, ns = divmod(entry.mtime_ns, 1_000_000_000)
-    atime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns:09d}Z"
-    # AIS sends the size as a JSON string.
-    return {"name": entry.name, "size": str(entry.size), "version": entry.version, "atime": atime}
-
-
-class FakeAis:
-    """A bucket as {key: size}; non-recursive listings derived from it, or given verbatim."""
-
-    def __init__(self, objects: dict[str, int] | None = None, buckets: tuple[str, ...] = ("b",)):
-        self.objects: dict[tuple[str, str], int] = {("b", k): v for k, v in (objects or {}).items()}
-        self.buckets = list(buckets)
-        self.raw_listings: dict[tuple[str, str], list[ListEntry]] = {}
-        self.calls: Counter[str] = Counter()
-        self.log: list[tuple[str, ...]] = []
-        self.gate: trio.Event | None = None
-        self.later_pages_gate: trio.Event | None = None  # holds every page after the first
-        self.fail_later_pages: errors.AisFsError | None = None
-        self.fail_probes: errors.AisFsError | None = None
-        self.fail_scans: errors.AisFsError | None = None  # recursive listings from a name
-        self.max_page: int | None = None  # what page size 0 means (AIS: 10,000)
-        self.list_all_gate: trio.Event | None = None  # holds list_all
-        self.fail_list_all: errors.AisFsError | None = None
-        # Pages of (prefix, recursive) are answered with what the bucket held when asked, once
-        # the event is set.
-        self.held_pages: dict[tuple[str, bool], trio.Event] = {}
-
-    async def _maybe_wait(self) -> None:
-        if self.gate is not None:
-            await self.gate.wait()
-
-    async def list_buckets(self) -> list[str]:
-        self.calls["list_buckets"] += 1
-        await self._maybe_wait()
-        return sorted(self.buckets)
-
-    def _entries(self, bucket: str, prefix: str, recursive: bool) -> list[ListEntry]:
-        if not recursive and (bucket, prefix) in self.raw_listings:
-            return list(self.raw_listings[(bucket, prefix)])
-        out: dict[str, ListEntry] = {}
-        for (b, key), size in sorted(self.objects.items()):
-            if b != bucket or not key.startswith(prefix):
-                continue
-            rest = key[len(prefix):]
-            if not recursive and "/" in rest:
-                name = prefix + rest.split("/", 1)[0] + "/"
-                out[name] = ListEntry(name, True)
-            else:
-                out[key] = ListEntry(key, False, size, 1_000_000_000 * size, "1")
-        return [out[k] for k in sorted(out)]
-
-    async def list_objects_page(
-        self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
-        uuid: str = "", continuation_token: str = "", start_after: str = "", convert: bool = True,
-    ) -> ListPage:
-        """Recursive pages ("probe") tell whether a prefix holds objects; non-recursive ones
-        ("list") are directory listings (a lookup's first page too), paged after the token (the
-        last name of a page). Unconverted pages carry the entries as AIS's JSON has them."""
-        self.calls["probe" if recursive else "list"] += 1
-        self.log.append(("page", bucket, prefix, str(recursive), str(page_size)))
-        await self._maybe_wait()
-        if continuation_token and self.later_pages_gate is not None:
-            await self.later_pages_gate.wait()
-        if continuation_token and self.fail_later_pages is not None:
-            raise self.fail_later_pages
-        if recursive and self.fail_probes is not None:
-            raise self.fail_probes
-        if self.fail_scans is not None and start_after:
-            raise self.fail_scans
-        entries = [e for e in self._entries(bucket, prefix, recursive) if e.name > start_after]
-        start = next((i for i, e in enumerate(entries) if e.name > continuation_token),
-                     len(entries)) if continuation_token else 0
-        end = start + (page_size or self.max_page or len(entries))
-        token = entries[end - 1].name if end < len(entries) else ""
-        if (prefix, recursive) in self.held_pages:
-            await self.held_pages[(prefix, recursive)].wait()
-        if not convert:
-            return ListPage([], "u", token, [as_json(e) for e in entries[start:end]])
-        return ListPage(entries[start:end], "u", token)
-
-    async def list_all(self, bucket: str, prefix: str, *, recursive: bool = False,
-                       limit: int | None = None) -> list[ListEntry]:
-        self.calls["list_all"] += 1
-        if self.list_all_gate is not None:
-            await self.list_all_gate.wait()
-        if self.fail_list_all is not None:
-            raise self.fail_list_all
-        entries = self._entries(bucket, prefix, recursive)
-        return entries[: limit + 1] if limit is not None else entries
-
-    async def head_object(self, bucket: str, key: str) -> ObjectProps:
-        self.calls["head_object"] += 1
-        self.log.append(("head", bucket, key))
-        await self._maybe_wait()
-        if (bucket, key) not in self.objects:
-            raise errors.NotFound(f"{key} does not exist", 404, f"ais://{bucket}/{key}")
-        size = self.objects[(bucket, key)]
-        return ObjectProps(key, size, 7_000_000_000, "3")
 
 
 def make_ns(fake: FakeAis, source: str = "ais://b", ttl: float = 5.0,
@@ -195,7 +91,7 @@ async def test_listing_gives_child_names() -> None:
     assert [(c.name, c.is_dir) for c in children] == [("a", False), ("b", True), ("e", False)]
     assert ns.table.find("b", "d/a") is None
     stat_a = next(c.stat for c in children if c.name == "a")
-    assert stat_a == Stat(1, 1_000_000_000, "1")
+    assert stat_a == Stat(1, STORED_NS, "1")
     assert ("page", "b", "d/", "False", "1000") in fake.log
 
 
@@ -204,7 +100,7 @@ async def test_listing_seeds_the_stat_cache() -> None:
     ns, _ = make_ns(fake)
     await list_dir(ns)
     inode, st = await ns.lookup(ns.root, "f2")
-    assert st == Stat(20, 20_000_000_000, "1")
+    assert st == Stat(20, STORED_NS, "1")
     assert await ns.getattr(inode) == st
     assert fake.calls["head_object"] == 0
 
@@ -407,7 +303,7 @@ async def test_lookup_uses_fresh_listing() -> None:
     await list_dir(ns)
     before = dict(fake.calls)
     inode, st = await ns.lookup(ns.root, "a")
-    assert inode.kind is Kind.FILE and st == Stat(1, 1_000_000_000, "1")
+    assert inode.kind is Kind.FILE and st == Stat(1, STORED_NS, "1")
     d, st_d = await ns.lookup(ns.root, "d")
     assert d.kind is Kind.DIR and st_d is None
     with pytest.raises(errors.NotFound):
@@ -419,7 +315,7 @@ async def test_a_name_missing_from_a_listing_is_believed_missing_for_the_negativ
     fake = FakeAis({"a": 1})
     ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
     await list_dir(ns)
-    fake.objects[("b", "new")] = 3  # made by another client
+    fake.store("new", 3)  # made by another client
     with pytest.raises(errors.NotFound):
         await ns.lookup(ns.root, "new")
     assert fake.calls["head_object"] == 0
@@ -431,7 +327,8 @@ async def test_a_name_missing_from_a_listing_is_believed_missing_for_the_negativ
 
 
 async def test_lookup_without_listing_heads_and_lists_a_first_page() -> None:
-    fake = FakeAis({"a": 1, "d/x": 2})
+    fake = FakeAis({"d/x": 2})
+    fake.store("a", 1, version="3", atime_ns=7_000_000_000)
     ns, timer = make_ns(fake)
     inode, st = await ns.lookup(ns.root, "a")
     assert inode.kind is Kind.FILE and inode.key == "a"
@@ -486,7 +383,7 @@ async def test_a_lookup_of_a_small_directory_caches_its_listing() -> None:
     d, _ = await ns.lookup(ns.root, "d")
     calls = fake.calls.copy()
     x, st = await ns.lookup(d, "x")
-    assert x.kind is Kind.FILE and st == Stat(1, 1_000_000_000, "1")
+    assert x.kind is Kind.FILE and st == Stat(1, STORED_NS, "1")
     sub, _ = await ns.lookup(d, "sub")
     assert sub.kind is Kind.DIR
     with pytest.raises(errors.NotFound):
@@ -501,7 +398,7 @@ async def test_a_lookup_does_not_cache_a_listing_made_during_a_change() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ns.lookup, ns.root, "d")
         await trio.testing.wait_all_tasks_blocked()
-        fake.objects[("b", "d/new")] = 5
+        fake.store("d/new", 5)
         ns.note_written("b", "d/new", 5, 1, "1")  # written here while the page was on its way
         gate.set()
     assert ns.listings.get(("b", "d/")) is None
@@ -514,7 +411,7 @@ async def test_a_listing_after_a_lookup_misses_no_change_made_here_meanwhile() -
     ns, _ = make_ns(fake)
     d, _ = await ns.lookup(ns.root, "d")
     assert ns.first_pages.get(("b", "d/")) is not None  # kept for the opendir
-    fake.objects[("b", "d/0000a")] = 5
+    fake.store("d/0000a", 5)
     ns.note_written("b", "d/0000a", 5, 1, "1")  # written through this mount after the lookup
     assert "0000a" in {c.name for c in await list_dir(ns, d)}
 
@@ -523,7 +420,7 @@ async def test_a_lookups_first_page_expires_with_the_metadata_ttl() -> None:
     fake = FakeAis({"d/x": 1})
     ns, timer = make_ns(fake, ttl=5.0)
     d, _ = await ns.lookup(ns.root, "d")
-    fake.objects[("b", "d/late")] = 1  # changed remotely
+    fake.store("d/late", 1)  # changed remotely
     timer.now += 6
     assert names(await list_dir(ns, d)) == [("late", False), ("x", False)]
 
@@ -533,7 +430,7 @@ async def test_lookup_after_listing_expired_goes_remote() -> None:
     ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
     await list_dir(ns)
     timer.now += 6
-    fake.objects[("b", "a")] = 99  # changed remotely
+    fake.store("a", 99)  # changed remotely
     _, st = await ns.lookup(ns.root, "a")
     assert st is not None and st.size == 99
     assert fake.calls == Counter({"list": 2, "head_object": 1})  # the listing, then the lookup
@@ -549,7 +446,7 @@ async def test_negative_entries_cached_for_negative_ttl() -> None:
     with pytest.raises(errors.NotFound):
         await ns.lookup(ns.root, "nope")
     assert fake.calls == Counter({"head_object": 1, "list": 1})
-    fake.objects[("b", "nope")] = 5  # appears remotely
+    fake.store("nope", 5)  # appears remotely
     timer.now += 0.7  # 1.2 s: the negative entries expired
     inode, st = await ns.lookup(ns.root, "nope")
     assert inode.kind is Kind.FILE and st is not None and st.size == 5
@@ -600,7 +497,7 @@ async def test_fresh_stat_bypasses_cache() -> None:
     fake = FakeAis({"a": 1})
     ns, _ = make_ns(fake)
     inode, _ = await ns.lookup(ns.root, "a")
-    fake.objects[("b", "a")] = 2
+    fake.store("a", 2)
     assert (await ns.getattr(inode)).size == 1  # type: ignore[union-attr]
     assert (await ns.fresh_stat(inode)).size == 2
     assert fake.calls["head_object"] == 2
@@ -674,7 +571,7 @@ async def test_invalidate_drops_parent_listing_and_stats() -> None:
     assert (await ns.object_stat("b", "top")).size == 1  # still answered by the cached listing
     assert fake.calls["head_object"] == heads
     assert ns.dirs.get(("b", "a/")) is None  # the ancestor may have gone away
-    fake.objects[("b", "a/new")] = 4
+    fake.store("a/new", 4)
     cached = await listing(ns, "a/")
     assert "new" in cached.by_name
     assert fake.calls["list"] == 4
@@ -719,7 +616,7 @@ def test_the_splitter_agrees_with_non_recursive_listings() -> None:
     fake = FakeAis({k: 1 for k in keys})
     for cut in range(len(keys) + 1):  # every split into two pages
         got = split(SubtreeSplitter("t/"), [keys[:cut], keys[cut:]])
-        want = {d: [(e.name, e.is_dir) for e in fake._entries("b", d, recursive=False)]
+        want = {d: [(e.name, e.is_dir) for e in fake.entries("b", d, recursive=False)]
                 for d in got}
         assert got == want
         every_dir = {k[:i + 1] for k in keys for i in range(2, len(k)) if k[i] == "/"}
@@ -772,7 +669,7 @@ async def test_a_tree_walk_does_not_believe_a_listing_made_during_a_change() -> 
         nursery.start_soon(run)
         await trio.testing.wait_all_tasks_blocked()
         assert [scan.prefix for scan in ns.scans] == ["t/"]  # the walk waits for it
-        fake.objects[("b", "t/d3/s1/new")] = 1
+        fake.store("t/d3/s1/new", 1)
         ns.note_written("b", "t/d3/s1/new", 1, 1, "1")  # written here meanwhile
         gate.set()
     assert ("new", False) in result["t/d3/s1/"]

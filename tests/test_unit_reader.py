@@ -1,4 +1,4 @@
-"""aisfs/reader.py against a recording fake of the async client (no HTTP, no kernel).
+"""aisfs/reader.py against the in-memory AIS of tests/fakeais.py (no HTTP, no kernel).
 
 The fake writes each response into the ``into`` buffer it is given, as the real client does, so
 buffer recycling bugs show up as wrong bytes.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import random
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -18,8 +17,9 @@ import trio.testing
 from aisfs import errors
 from aisfs.budget import MemoryBudget
 from aisfs.config import MountConfig, parse_source
-from aisfs.objects import RangeResult
 from aisfs.reader import RANDOM_BLOCK, BufferPool, ObjectReader
+
+from .fakeais import FakeAis
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -29,53 +29,11 @@ def pattern(n: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-class FakeAis:
-    """``get_range`` over an in-memory object; records every (start, length)."""
-
-    def __init__(self, data: bytes, version: str = "1") -> None:
-        self.data = data
-        self.version = version
-        self.total: int | None = None  # None: len(data)
-        self.calls: list[tuple[int, int]] = []
-        self.delay: Callable[[int, int], float] | None = None
-        self.gates: dict[int, trio.Event] | None = None  # start -> gate, when gating is on
-        self.fail: Callable[[int, int], BaseException | None] | None = None
-        self.in_flight = 0
-
-    async def get_range(
-        self, bucket: str, key: str, start: int, length: int, into: bytearray | None = None
-    ) -> RangeResult:
-        assert (bucket, key) == ("b", "k")
-        assert length > 0
-        if into is not None:
-            assert len(into) >= length
-        self.calls.append((start, length))
-        self.in_flight += 1
-        try:
-            if self.delay is not None:
-                await trio.sleep(self.delay(start, length))
-            if self.gates is not None:
-                gate = self.gates.setdefault(start, trio.Event())
-                await gate.wait()
-        finally:
-            self.in_flight -= 1
-        # No checkpoint from here on: like a worker thread whose result is already delivered.
-        if self.fail is not None:
-            exc = self.fail(start, length)
-            if exc is not None:
-                raise exc
-        size = len(self.data)
-        if start >= size:
-            raise errors.RangeNotSatisfiable("range not satisfiable", 416, "ais://b/k")
-        piece = self.data[start : start + length]
-        buf = into if into is not None else bytearray(length)
-        buf[: len(piece)] = piece
-        total = size if self.total is None else self.total
-        return RangeResult(memoryview(buf)[: len(piece)], total, self.version)
-
-    def release(self, start: int) -> None:
-        assert self.gates is not None
-        self.gates.setdefault(start, trio.Event()).set()
+def fake_of(data: bytes, version: str = "1") -> FakeAis:
+    """An AIS holding ``data`` as object b/k."""
+    fake = FakeAis()
+    fake.store("k", data, version=version)
+    return fake
 
 
 def make_config(**kw: int) -> MountConfig:
@@ -87,8 +45,9 @@ def make_reader(
     version: str | None = None, **kw: int,
 ) -> ObjectReader:
     config = make_config(**kw)
+    obj = fake.objects[("b", "k")]
     return ObjectReader(
-        fake, "b", "k", len(fake.data), fake.version if version is None else version,  # type: ignore[arg-type]
+        fake, "b", "k", obj.size, obj.version if version is None else version,
         config, budget or MemoryBudget(config.read_ahead_budget),
         lambda fn: nursery.start_soon(fn), BufferPool(config.read_part_size, keep=8),
     )
@@ -118,7 +77,7 @@ async def test_a_read_of_fetched_bytes_does_not_yield() -> None:
     """Bytes already here are returned without a trip through trio's scheduler (a set
     Event's wait() still makes one), once per FUSE read of a streamed file."""
     data = pattern(4 * MIB)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     async with trio.open_nursery() as nursery:
         reader = make_reader(fake, nursery)
         assert await read(reader, 0, 128 * KIB) == data[: 128 * KIB]
@@ -131,7 +90,7 @@ async def test_a_read_of_fetched_bytes_does_not_yield() -> None:
 
 async def test_read_sizes_and_eof() -> None:
     data = pattern(300 * KIB + 7)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery)
         assert await read(r, 0, 4096) == data[:4096]
@@ -142,29 +101,29 @@ async def test_read_sizes_and_eof() -> None:
         assert await read(r, 5, 0) == b""
         assert await read(r, 0, 10 * MIB) == data  # whole object, larger request
         r.close()
-    assert all(start + length <= len(data) for start, length in fake.calls)
+    assert all(start + length <= len(data) for start, length in fake.ranges)
 
 
 async def test_zero_byte_object_sends_no_request() -> None:
-    fake = FakeAis(b"")
+    fake = fake_of(b"")
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery)
         assert await read(r, 0, 128 * KIB) == b""
         assert await read(r, 4096, 4096) == b""
         r.close()
-    assert fake.calls == []
+    assert fake.ranges == []
     assert r.requests == 0
 
 
 async def test_small_object_one_request() -> None:
     data = pattern(5000)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery)
         assert await read(r, 0, 128 * KIB) == data
         assert await read(r, 4096, 128 * KIB) == data[4096:]
         r.close()
-    assert fake.calls == [(0, 5000)]
+    assert fake.ranges == [(0, 5000)]
 
 
 # ---------------------------------------------------------------------- sequential reads
@@ -173,7 +132,7 @@ async def test_small_object_one_request() -> None:
 async def test_sequential_reads_grow_the_window() -> None:
     size = 64 * MIB
     data = pattern(size, seed=2)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     step = 128 * KIB
     config = make_config()
     budget = MemoryBudget(config.read_ahead_budget)
@@ -189,23 +148,23 @@ async def test_sequential_reads_grow_the_window() -> None:
         r.close()
         assert budget.used == 0
     assert reads == 512
-    lengths = [length for _, length in fake.calls]
-    assert len(fake.calls) < reads // 10, fake.calls
+    lengths = [length for _, length in fake.ranges]
+    assert len(fake.ranges) < reads // 10, fake.ranges
     assert max(lengths) == config.read_part_size
     # Every byte fetched exactly once: sorted ranges tile [0, size).
     pos = 0
-    for start, length in sorted(fake.calls):
+    for start, length in sorted(fake.ranges):
         assert start == pos, (start, pos)
         pos += length
     assert pos == size
     assert budget.peak <= budget.limit + step
-    assert r.requests == len(fake.calls)
+    assert r.requests == len(fake.ranges)
 
 
 async def test_budget_bounds_read_ahead() -> None:
     size = 32 * MIB
     data = pattern(size, seed=3)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     step = 128 * KIB
     budget = MemoryBudget(4 * MIB)
     async with trio.open_nursery() as nursery:
@@ -218,13 +177,13 @@ async def test_budget_bounds_read_ahead() -> None:
         r.close()
         assert budget.used == 0
     assert budget.peak <= budget.limit + step
-    assert len(fake.calls) < size // step  # still far fewer GETs than reads
+    assert len(fake.ranges) < size // step  # still far fewer GETs than reads
 
 
 async def test_two_handles_share_the_budget() -> None:
     size = 16 * MIB
     data = pattern(size, seed=4)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     step = 128 * KIB
     budget = MemoryBudget(3 * MIB)
     async with trio.open_nursery() as nursery:
@@ -249,7 +208,7 @@ async def test_two_handles_share_the_budget() -> None:
 async def test_random_reads_fetch_small_blocks() -> None:
     size = 64 * MIB
     data = pattern(size, seed=5)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     rng = random.Random(7)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery)
@@ -257,41 +216,41 @@ async def test_random_reads_fetch_small_blocks() -> None:
         for off in offsets:
             assert await read(r, off, 4096) == data[off : off + 4096]
         r.close()
-    assert 0 < len(fake.calls) <= len(offsets)
-    for start, length in fake.calls:
+    assert 0 < len(fake.ranges) <= len(offsets)
+    for start, length in fake.ranges:
         assert length == min(RANDOM_BLOCK, size - start), (start, length)
-    assert sum(length for _, length in fake.calls) <= len(offsets) * RANDOM_BLOCK
+    assert sum(length for _, length in fake.ranges) <= len(offsets) * RANDOM_BLOCK
 
 
 async def test_large_random_read_uses_random_blocks() -> None:
     size = 8 * MIB
     data = pattern(size, seed=6)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery)
         off = 3 * MIB + 17
         assert await read(r, off, 1 * MIB) == data[off : off + MIB]
         r.close()
-    assert all(length <= RANDOM_BLOCK for _, length in fake.calls)
-    assert sum(length for _, length in fake.calls) == MIB
-    assert min(start for start, _ in fake.calls) == off
+    assert all(length <= RANDOM_BLOCK for _, length in fake.ranges)
+    assert sum(length for _, length in fake.ranges) == MIB
+    assert min(start for start, _ in fake.ranges) == off
 
 
 async def test_random_read_near_eof_is_clamped() -> None:
     size = 1 * MIB + 100
     data = pattern(size, seed=8)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery)
         assert await read(r, size - 50, 4096) == data[-50:]
         r.close()
-    assert fake.calls == [(size - 50, 50)]
+    assert fake.ranges == [(size - 50, 50)]
 
 
 async def test_seek_then_sequential_again() -> None:
     size = 8 * MIB
     data = pattern(size, seed=9)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     step = 128 * KIB
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery)
@@ -302,7 +261,7 @@ async def test_seek_then_sequential_again() -> None:
             assert await read(r, off, step) == data[off : off + step]
         r.close()
     # The reads after the seek became sequential again: far fewer GETs than reads.
-    after_seek = [c for c in fake.calls if c[0] >= base]
+    after_seek = [c for c in fake.ranges if c[0] >= base]
     assert len(after_seek) < ((size - base) // step) // 2
 
 
@@ -314,30 +273,31 @@ async def test_changed_object_is_stale(change: str) -> None:
     size = 2 * MIB
     old = pattern(size, seed=10)
     new = pattern(size, seed=11)
-    fake = FakeAis(old)
+    fake = fake_of(old)
     step = 64 * KIB
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, read_part_size=256 * KIB, read_ahead_initial=256 * KIB,
                         read_ahead_max=256 * KIB)
         assert await read(r, 0, step) == old[:step]
         await trio.testing.wait_all_tasks_blocked()
-        fetched_end = max(s + n for s, n in fake.calls)
+        fetched_end = max(s + n for s, n in fake.ranges)
         assert fetched_end < size
         if change == "version":
-            fake.data, fake.version = new, "2"
+            fake.store("k", new, version="2")
         elif change == "total":
-            fake.data, fake.total = new, size + 1
+            fake.store("k", new, version="1")
+            fake.claimed_size = size + 1
         elif change == "short":
-            fake.data = old[: fetched_end + 10]
-            fake.total = size  # claims the old size, sends fewer bytes
+            fake.store("k", old[: fetched_end + 10], version="1")
+            fake.claimed_size = size  # claims the old size, sends fewer bytes
         else:
-            fake.data = old[:fetched_end]  # 416 for anything past it
-        calls_before = len(fake.calls)
+            fake.store("k", old[:fetched_end], version="1")  # 416 for anything past it
+        calls_before = len(fake.ranges)
         # A read across the boundary of what was fetched before the change: never a mix.
         off = fetched_end - step // 2
         with pytest.raises(errors.StaleObject):
             await read(r, off, step)
-        assert len(fake.calls) > calls_before
+        assert len(fake.ranges) > calls_before
         # Still stale on a retry: the object really changed.
         with pytest.raises(errors.StaleObject):
             await read(r, off, step)
@@ -346,7 +306,7 @@ async def test_changed_object_is_stale(change: str) -> None:
 
 async def test_unchanged_version_is_not_stale_and_empty_version_is_ignored() -> None:
     data = pattern(MIB, seed=12)
-    fake = FakeAis(data, version="")
+    fake = fake_of(data, version="")
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, version="7")  # server sends no version: no check
         assert await read(r, 0, MIB) == data
@@ -359,7 +319,7 @@ async def test_unchanged_version_is_not_stale_and_empty_version_is_ignored() -> 
 async def test_error_surfaces_on_the_read_that_needs_it_and_next_read_retries() -> None:
     size = 4 * MIB
     data = pattern(size, seed=13)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     failed: list[tuple[int, int]] = []
     bad_pos = 1 * MIB + 5000
 
@@ -369,7 +329,7 @@ async def test_error_surfaces_on_the_read_that_needs_it_and_next_read_retries() 
             return errors.Transient("boom", 503, "ais://b/k")
         return None
 
-    fake.fail = fail
+    fake.fail_range = fail
     step = 128 * KIB
     raised_at = []
     async with trio.open_nursery() as nursery:
@@ -381,9 +341,9 @@ async def test_error_surfaces_on_the_read_that_needs_it_and_next_read_retries() 
             except errors.Transient as exc:
                 assert "boom" in str(exc)
                 raised_at.append(off)
-                calls = len(fake.calls)
+                calls = len(fake.ranges)
                 got = await read(r, off, step)  # the next read retries
-                assert any(s <= off < s + n for s, n in fake.calls[calls:])
+                assert any(s <= off < s + n for s, n in fake.ranges[calls:])
             assert got == data[off : off + step], off
         r.close()
     assert len(failed) == 1
@@ -396,7 +356,7 @@ async def test_error_surfaces_on_the_read_that_needs_it_and_next_read_retries() 
 
 async def test_error_on_first_read_then_retry() -> None:
     data = pattern(300 * KIB, seed=14)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     failed: list[int] = []
 
     def fail(start: int, length: int) -> BaseException | None:
@@ -405,7 +365,7 @@ async def test_error_on_first_read_then_retry() -> None:
             return OSError("connection reset")
         return None
 
-    fake.fail = fail
+    fake.fail_range = fail
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery)
         with pytest.raises(OSError, match="connection reset"):
@@ -419,28 +379,28 @@ async def test_error_on_first_read_then_retry() -> None:
 
 async def test_close_returns_budget_with_fetches_in_flight() -> None:
     data = pattern(16 * MIB, seed=15)
-    fake = FakeAis(data)
-    fake.gates = {}
+    fake = fake_of(data)
+    fake.range_gates = {}
     budget = MemoryBudget(64 * MIB)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, budget, read_part_size=1 * MIB)
-        fake.release(0)
-        fake.release(128 * KIB)
+        fake.release_range(0)
+        fake.release_range(128 * KIB)
         assert await read(r, 0, 128 * KIB) == data[: 128 * KIB]
         assert await read(r, 128 * KIB, 128 * KIB) == data[128 * KIB : 256 * KIB]
         await trio.testing.wait_all_tasks_blocked()
-        assert fake.in_flight > 0  # prefetches are waiting
+        assert fake.in_flight_ranges > 0  # prefetches are waiting
         assert budget.used > 0
         r.close()
         assert budget.used == 0
         await trio.testing.wait_all_tasks_blocked()
-        assert fake.in_flight == 0  # the fetches were cancelled
+        assert fake.in_flight_ranges == 0  # the fetches were cancelled
     assert budget.used == 0
 
 
 async def test_close_after_complete_reads_returns_budget() -> None:
     data = pattern(3 * MIB, seed=16)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     budget = MemoryBudget(128 * MIB)
     async with trio.open_nursery() as nursery:
         r = make_reader(fake, nursery, budget)
@@ -465,8 +425,8 @@ async def test_seek_does_not_corrupt_a_pending_multi_chunk_read() -> None:
     """
     size = 4 * MIB
     data = pattern(size, seed=17)
-    fake = FakeAis(data)
-    fake.gates = {}
+    fake = fake_of(data)
+    fake.range_gates = {}
     part = 256 * KIB
     results: dict[str, bytes] = {}
     async with trio.open_nursery() as nursery:
@@ -477,18 +437,18 @@ async def test_seek_does_not_corrupt_a_pending_multi_chunk_read() -> None:
 
         nursery.start_soon(task_a)
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(fake.calls) == [(0, part), (part, part)]
-        fake.release(0)  # the 1st chunk arrives, the 2nd does not
+        assert sorted(fake.ranges) == [(0, part), (part, part)]
+        fake.release_range(0)  # the 1st chunk arrives, the 2nd does not
         await trio.testing.wait_all_tasks_blocked()
         assert "a" not in results
         # B seeks: A's chunks are dropped; B's block lands in the recycled buffer.
         seek = 2 * MIB
-        fake.release(seek)
+        fake.release_range(seek)
         results["b"] = await read(r, seek, 4096)
         assert results["b"] == data[seek : seek + 4096]
         await trio.testing.wait_all_tasks_blocked()
-        fake.release(part)  # now every later request is answered
-        fake.gates = None
+        fake.release_range(part)  # now every later request is answered
+        fake.range_gates = None
         await trio.testing.wait_all_tasks_blocked()
         r.close()
     assert results["a"] == data[: 2 * part]
@@ -502,8 +462,8 @@ async def test_removed_chunk_completing_anyway_is_not_misused() -> None:
     """
     size = 4 * MIB
     data = pattern(size, seed=18)
-    fake = FakeAis(data)
-    fake.gates = {}
+    fake = fake_of(data)
+    fake.range_gates = {}
     part = 256 * KIB
     results: dict[str, bytes | BaseException] = {}
     async with trio.open_nursery() as nursery:
@@ -518,11 +478,11 @@ async def test_removed_chunk_completing_anyway_is_not_misused() -> None:
         nursery.start_soon(task_a)
         await trio.testing.wait_all_tasks_blocked()
         seek = 2 * MIB
-        fake.release(0)  # delivered: the fetch task is scheduled but has not run yet
-        fake.release(seek)
+        fake.release_range(0)  # delivered: the fetch task is scheduled but has not run yet
+        fake.release_range(seek)
         b = await read(r, seek, 4096)  # synchronously drops A's chunks before yielding
         assert b == data[seek : seek + 4096]
-        fake.gates = None  # from now on every request is answered at once
+        fake.range_gates = None  # from now on every request is answered at once
         await trio.testing.wait_all_tasks_blocked()
         r.close()
     a = results["a"]
@@ -564,12 +524,12 @@ async def test_concurrent_reads_out_of_order_responses(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     data = pattern(3 * MIB + 1234, seed=seed)
-    fake = FakeAis(data)
+    fake = fake_of(data)
     delays = random.Random(seed)
     # Later requests often answer first: out-of-order completion.
-    fake.delay = lambda start, length: delays.choice([0.0, 0.001, 0.005, 0.02, 0.05])
+    fake.range_delay = lambda start, length: delays.choice([0.0, 0.001, 0.005, 0.02, 0.05])
     r = await _stress(seed, fake, data, tasks=6, reads=40)
-    assert r.requests == len(fake.calls) > 0
+    assert r.requests == len(fake.ranges) > 0
 
 
 async def test_concurrent_overlapping_and_disjoint_reads(
@@ -577,8 +537,8 @@ async def test_concurrent_overlapping_and_disjoint_reads(
 ) -> None:
     size = 2 * MIB
     data = pattern(size, seed=30)
-    fake = FakeAis(data)
-    fake.delay = lambda start, length: 0.01 if (start // (64 * KIB)) % 2 else 0.001
+    fake = fake_of(data)
+    fake.range_delay = lambda start, length: 0.01 if (start // (64 * KIB)) % 2 else 0.001
     ranges = [(0, 512 * KIB), (100_000, 300_000), (0, 4096), (MIB, 256 * KIB),
               (MIB - 10, 20), (1_500_000, 600_000), (64 * KIB, 64 * KIB), (0, size)]
     results: dict[int, bytes] = {}

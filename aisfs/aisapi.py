@@ -1,0 +1,106 @@
+"""The async AIS interface the layers (namespace, reader, writer, fs) are typed against.
+
+:class:`AisApi` is what a layer may ask of the cluster; ``aio.AsyncAis`` implements it over the
+HTTP client for a mount, ``tests/fakeais.py`` implements it in memory for unit tests. A layer
+imports this module, never ``aio`` or ``client``, so it depends on no HTTP machinery and any
+implementation can be passed in (``mount.py`` builds the real one). :data:`Spawn` is the other
+thing every layer is handed: how it starts a background task.
+
+Errors: every method raises :mod:`aisfs.errors` exceptions only (``NotFound``,
+``BucketNotFound``, ``RangeNotSatisfiable``, ``Transient``, ...), never an HTTP library's.
+
+Concurrency: the methods are called from the trio thread; an implementation must not block it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
+
+T = TypeVar("T")
+
+# Starts a background task in the mount's nursery (the tasks catch their own errors).
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+class AisApi(Protocol):
+    """One AIS cluster as the layers see it: buckets, listings, objects (``ais://`` only)."""
+
+    async def list_buckets(self) -> list[str]:
+        """The names of the cluster's ais:// buckets, sorted."""
+        ...
+
+    async def head_bucket(self, bucket: str) -> None:
+        """Raise ``BucketNotFound`` when the bucket does not exist."""
+        ...
+
+    async def create_bucket(self, bucket: str) -> None: ...
+
+    async def destroy_bucket(self, bucket: str) -> None: ...
+
+    async def list_objects_page(
+        self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
+        uuid: str = "", continuation_token: str = "", start_after: str = "", convert: bool = True,
+    ) -> ListPage:
+        """One page of a listing, in the cluster's lexicographic order, of the names after
+        ``start_after`` when given. Non-recursive pages hold virtual-directory entries
+        (``"prefix/child/"``); ``page_size`` 0 is the cluster's maximum. With ``convert=False``
+        the entries are left as AIS's JSON in ``raw`` (for :func:`objects.list_entries`)."""
+        ...
+
+    async def list_all(
+        self, bucket: str, prefix: str, *, recursive: bool = False, limit: int | None = None
+    ) -> list[ListEntry]:
+        """Every entry under ``prefix``, all pages, in order; with ``limit``, paging stops once
+        more than ``limit`` are seen."""
+        ...
+
+    async def head_object(self, bucket: str, key: str) -> ObjectProps:
+        """The object's properties; ``NotFound`` when it does not exist."""
+        ...
+
+    async def get_range(
+        self, bucket: str, key: str, start: int, length: int, into: RecvBuffer | None = None
+    ) -> RangeResult:
+        """Bytes [start, start+length), shorter at the end; ``RangeNotSatisfiable`` when start
+        is at or past the end. With ``into`` (at least ``length`` bytes) the bytes land there
+        and the result's ``data`` is a view of it."""
+        ...
+
+    async def put_object(
+        self, bucket: str, key: str, data: bytes | memoryview,
+        custom: dict[str, bytes] | None = None,
+    ) -> ObjectProps:
+        """Create or replace the object; ``custom`` holds at most one key."""
+        ...
+
+    async def put_file(
+        self, bucket: str, key: str, fd: int, size: int, custom: dict[str, bytes] | None = None
+    ) -> ObjectProps:
+        """PUT the first ``size`` bytes of an open file (read with pread, offset untouched)."""
+        ...
+
+    async def append(self, bucket: str, key: str, handle: str, data: Body) -> str:
+        """Append to the object's pending append session (``handle`` "" starts one); returns
+        the handle for the next append or the flush. Nothing is visible until the flush."""
+        ...
+
+    async def flush(self, bucket: str, key: str, handle: str) -> None:
+        """Make the appended bytes the object's content (atomic replace)."""
+        ...
+
+    async def delete_object(self, bucket: str, key: str) -> None: ...
+
+    async def rename_object(self, bucket: str, key: str, new_key: str) -> None: ...
+
+    async def set_custom(
+        self, bucket: str, key: str, custom: dict[str, bytes], *, replace: bool = False
+    ) -> None:
+        """Merge ``custom`` into the object's custom metadata, or replace it whole."""
+        ...
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run a non-HTTP blocking call (the writer's local file I/O) off the trio thread."""
+        ...

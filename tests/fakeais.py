@@ -1,0 +1,403 @@
+"""An in-memory AIS cluster behind :class:`aisfs.aisapi.AisApi`, for fast unit tests of one layer.
+
+It keeps what AIS keeps (buckets; objects with bytes, version, write time and custom metadata;
+append sessions invisible until their flush) and answers as AIS does where the layers depend on
+it: listings in lexicographic order, paged after a continuation token, non-recursive ones with
+virtual directories; unconverted listing pages carry AIS's JSON (the size a string, times in
+TIME_FORMAT, custom metadata as ``"[k:v ...]"``) and converted ones go through the real decoder;
+the first APPEND to an existing object continues its content; errors are :mod:`aisfs.errors`.
+
+Every call is counted (``calls``) and the object calls logged (``log``); ``ranges`` records each
+``get_range``. The knobs below delay or fail calls, so a test can hold the world still at a chosen
+point. The end-to-end tests run against the real cluster; this fake is for one module at a time.
+
+Concurrency: trio thread only (the test's); a knob's gate is a ``trio.Event``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from aisfs import errors
+from aisfs.aisapi import AisApi
+from aisfs.objects import (
+    LS_ENTRY_IS_DIR,
+    Body,
+    Chunks,
+    ListEntry,
+    ListPage,
+    ObjectProps,
+    RangeResult,
+    RecvBuffer,
+    list_entries,
+    mtime_from_custom,
+)
+
+T = TypeVar("T")
+
+# The write time of objects a test stores without naming one (2023-11-14T22:13:20Z).
+STORED_NS = 1_700_000_000 * 1_000_000_000
+
+
+@dataclass(slots=True)
+class FakeObject:
+    """One object. ``data`` None: only the size is kept, the content reads as zero bytes."""
+
+    size: int
+    data: bytes | None = None
+    version: str = "1"
+    atime_ns: int = STORED_NS  # AIS's only time: set by every write
+    custom: dict[str, bytes] = field(default_factory=dict)
+
+    def content(self) -> bytes:
+        return self.data if self.data is not None else bytes(self.size)
+
+
+def as_json(entry: ListEntry, custom: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """A listed entry the way AIS sends it (TIME_FORMAT: nine fraction digits)."""
+    if entry.is_dir:
+        return {"name": entry.name, "flags": LS_ENTRY_IS_DIR}
+    sec, ns = divmod(entry.mtime_ns, 1_000_000_000)
+    atime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns:09d}Z"
+    # AIS sends the size as a JSON string.
+    doc: dict[str, Any] = {"name": entry.name, "size": str(entry.size), "version": entry.version,
+                           "atime": atime}
+    if custom:
+        doc["custom-md"] = "[" + " ".join(f"{k}:{v.decode('latin-1')}"
+                                          for k, v in sorted(custom.items())) + "]"
+    return doc
+
+
+def _data_of(body: Body) -> bytes:
+    if isinstance(body, Chunks):
+        return b"".join(body)
+    if callable(body):
+        stream = body()
+        return bytes(stream.read())
+    return bytes(body)
+
+
+class FakeAis:
+    """Buckets of objects; ``FakeAis({"key": size or bytes})`` fills bucket ``b``."""
+
+    def __init__(
+        self, objects: dict[str, int | bytes] | None = None, buckets: tuple[str, ...] = ("b",)
+    ) -> None:
+        self.buckets = set(buckets)
+        self.objects: dict[tuple[str, str], FakeObject] = {}
+        for key, content in (objects or {}).items():
+            self.store(key, content)
+        # Append sessions: handle -> (bucket, key, bytes so far). A handle is good once.
+        self.sessions: dict[str, tuple[str, str, bytes]] = {}
+        self._handles = itertools.count(1)
+        self.calls: Counter[str] = Counter()  # method name -> calls
+        # ("page", bucket, prefix, recursive, page_size) and ("head", bucket, key), in order.
+        self.log: list[tuple[str, ...]] = []
+        self.ranges: list[tuple[int, int]] = []  # (start, length) of every get_range
+        self.in_flight_ranges = 0  # get_range calls waiting on a delay or gate
+
+        # ---- knobs: listings, heads
+        # Non-recursive listings answered verbatim instead of derived from the objects.
+        self.raw_listings: dict[tuple[str, str], list[ListEntry]] = {}
+        self.max_page: int | None = None  # what page size 0 means (AIS: 10,000)
+        self.gate: trio.Event | None = None  # holds list_buckets, pages and heads
+        self.later_pages_gate: trio.Event | None = None  # holds every page after the first
+        self.fail_later_pages: errors.AisFsError | None = None
+        self.fail_probes: errors.AisFsError | None = None  # recursive pages
+        self.fail_scans: errors.AisFsError | None = None  # pages with start_after
+        self.list_all_gate: trio.Event | None = None
+        self.fail_list_all: errors.AisFsError | None = None
+        # Pages of (prefix, recursive) are answered with what the bucket held when asked, once
+        # the event is set.
+        self.held_pages: dict[tuple[str, bool], trio.Event] = {}
+        # ---- knobs: ranged GETs
+        self.range_delay: Callable[[int, int], float] | None = None  # (start, length) -> s
+        self.range_gates: dict[int, trio.Event] | None = None  # start -> gate, when gating is on
+        # (start, length) -> an exception to raise after the delay or gate, or None.
+        self.fail_range: Callable[[int, int], BaseException | None] | None = None
+        self.claimed_size: int | None = None  # the total a range answer claims (None: true)
+        # ---- knobs: any call
+        self.fail_calls: dict[str, errors.AisFsError] = {}  # method name -> raised every call
+
+    # ------------------------------------------------------------------ test helpers
+
+    def store(
+        self, key: str, content: int | bytes, *, bucket: str = "b", version: str | None = None,
+        atime_ns: int = STORED_NS, custom: dict[str, bytes] | None = None,
+    ) -> FakeObject:
+        """Put an object as another client would (no call counted): a size, or bytes. The
+        version counts up from the previous one unless given."""
+        self.buckets.add(bucket)
+        old = self.objects.get((bucket, key))
+        if version is None:
+            version = str(int(old.version) + 1) if old and old.version.isdigit() else "1"
+        obj = (FakeObject(content, None, version, atime_ns, dict(custom or {}))
+               if isinstance(content, int)
+               else FakeObject(len(content), bytes(content), version, atime_ns,
+                               dict(custom or {})))
+        self.objects[(bucket, key)] = obj
+        return obj
+
+    def content(self, key: str, bucket: str = "b") -> bytes:
+        return self.objects[(bucket, key)].content()
+
+    def release_range(self, start: int) -> None:
+        """Let the ``get_range`` at ``start`` (now or when it comes) answer."""
+        assert self.range_gates is not None
+        self.range_gates.setdefault(start, trio.Event()).set()
+
+    def entries(self, bucket: str, prefix: str, recursive: bool) -> list[ListEntry]:
+        """What a full listing of ``prefix`` holds, in order."""
+        return [entry for entry, _ in self._listing(bucket, prefix, recursive)]
+
+    # ------------------------------------------------------------------ internals
+
+    def _enter(self, method: str) -> None:
+        """Count the call; raise its ``fail_calls`` error. No checkpoint, as a worker thread's
+        call makes none before it is sent."""
+        self.calls[method] += 1
+        failure = self.fail_calls.get(method)
+        if failure is not None:
+            raise failure
+
+    async def _maybe_wait(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+
+    def _check_bucket(self, bucket: str) -> None:
+        if bucket not in self.buckets:
+            raise errors.BucketNotFound(f"bucket ais://{bucket} does not exist", 404,
+                                        f"ais://{bucket}")
+
+    def _object(self, bucket: str, key: str) -> FakeObject:
+        self._check_bucket(bucket)
+        obj = self.objects.get((bucket, key))
+        if obj is None:
+            raise errors.NotFound(f"ais://{bucket}/{key} does not exist", 404,
+                                  f"ais://{bucket}/{key}")
+        return obj
+
+    def _listing(
+        self, bucket: str, prefix: str, recursive: bool
+    ) -> list[tuple[ListEntry, dict[str, bytes] | None]]:
+        if not recursive and (bucket, prefix) in self.raw_listings:
+            return [(e, None) for e in self.raw_listings[(bucket, prefix)]]
+        out: dict[str, tuple[ListEntry, dict[str, bytes] | None]] = {}
+        for (b, key), obj in sorted(self.objects.items()):
+            if b != bucket or not key.startswith(prefix):
+                continue
+            rest = key[len(prefix):]
+            if not recursive and "/" in rest:
+                name = prefix + rest.split("/", 1)[0] + "/"
+                out[name] = (ListEntry(name, True), None)
+            else:
+                mtime = mtime_from_custom(obj.custom) or obj.atime_ns
+                out[key] = (ListEntry(key, False, obj.size, mtime, obj.version), obj.custom)
+        return [out[k] for k in sorted(out)]
+
+    def _write(self, bucket: str, key: str, data: bytes, custom: dict[str, bytes] | None,
+               keep_custom: bool) -> FakeObject:
+        """A PUT or a flush: a new version, written now (AIS keeps the old custom metadata)."""
+        self._check_bucket(bucket)
+        old = self.objects.get((bucket, key))
+        merged = dict(old.custom) if old is not None and keep_custom else {}
+        merged.update(custom or {})
+        version = str(int(old.version) + 1) if old and old.version.isdigit() else "1"
+        obj = FakeObject(len(data), data, version, time.time_ns(), merged)
+        self.objects[(bucket, key)] = obj
+        return obj
+
+    # ------------------------------------------------------------------ buckets
+
+    async def list_buckets(self) -> list[str]:
+        self._enter("list_buckets")
+        await self._maybe_wait()
+        return sorted(self.buckets)
+
+    async def head_bucket(self, bucket: str) -> None:
+        self._enter("head_bucket")
+        self._check_bucket(bucket)
+
+    async def create_bucket(self, bucket: str) -> None:
+        self._enter("create_bucket")
+        if bucket in self.buckets:
+            raise errors.Conflict(f"bucket ais://{bucket} already exists", 409,
+                                  f"ais://{bucket}")
+        self.buckets.add(bucket)
+
+    async def destroy_bucket(self, bucket: str) -> None:
+        self._enter("destroy_bucket")
+        self._check_bucket(bucket)
+        self.buckets.discard(bucket)  # with every object in it, as AIS does
+        for name in [name for name in self.objects if name[0] == bucket]:
+            del self.objects[name]
+
+    # ------------------------------------------------------------------ listings
+
+    async def list_objects_page(
+        self, bucket: str, prefix: str, *, recursive: bool = False, page_size: int = 0,
+        uuid: str = "", continuation_token: str = "", start_after: str = "", convert: bool = True,
+    ) -> ListPage:
+        """Pages after the token (the last name of the page before). Counted as "probe" when
+        recursive, "list" when not."""
+        self._enter("probe" if recursive else "list")
+        self.log.append(("page", bucket, prefix, str(recursive), str(page_size)))
+        await self._maybe_wait()
+        if continuation_token and self.later_pages_gate is not None:
+            await self.later_pages_gate.wait()
+        if continuation_token and self.fail_later_pages is not None:
+            raise self.fail_later_pages
+        if recursive and self.fail_probes is not None:
+            raise self.fail_probes
+        if self.fail_scans is not None and start_after:
+            raise self.fail_scans
+        self._check_bucket(bucket)
+        listed = [(e, c) for e, c in self._listing(bucket, prefix, recursive)
+                  if e.name > start_after]
+        start = next((i for i, (e, _) in enumerate(listed) if e.name > continuation_token),
+                     len(listed)) if continuation_token else 0
+        end = start + (page_size or self.max_page or len(listed))
+        token = listed[end - 1][0].name if end < len(listed) else ""
+        if (prefix, recursive) in self.held_pages:
+            await self.held_pages[(prefix, recursive)].wait()
+        raw = [as_json(e, c) for e, c in listed[start:end]]
+        if not convert:
+            return ListPage([], "u", token, raw)
+        return ListPage(list_entries(raw), "u", token)
+
+    async def list_all(self, bucket: str, prefix: str, *, recursive: bool = False,
+                       limit: int | None = None) -> list[ListEntry]:
+        self._enter("list_all")
+        if self.list_all_gate is not None:
+            await self.list_all_gate.wait()
+        if self.fail_list_all is not None:
+            raise self.fail_list_all
+        self._check_bucket(bucket)
+        entries = list_entries(as_json(e, c) for e, c in self._listing(bucket, prefix, recursive))
+        return entries[: limit + 1] if limit is not None else entries
+
+    # ------------------------------------------------------------------ objects
+
+    async def head_object(self, bucket: str, key: str) -> ObjectProps:
+        self._enter("head_object")
+        self.log.append(("head", bucket, key))
+        await self._maybe_wait()
+        obj = self._object(bucket, key)
+        mtime = mtime_from_custom(obj.custom) or obj.atime_ns
+        return ObjectProps(key, obj.size, mtime, obj.version, "", obj.atime_ns, dict(obj.custom))
+
+    async def get_range(
+        self, bucket: str, key: str, start: int, length: int, into: RecvBuffer | None = None
+    ) -> RangeResult:
+        """The bytes as of the answer (after any delay or gate), written into ``into``."""
+        self._enter("get_range")
+        assert length > 0
+        assert into is None or len(into) >= length
+        self.log.append(("get", bucket, key))
+        self.ranges.append((start, length))
+        self.in_flight_ranges += 1
+        try:
+            if self.range_delay is not None:
+                await trio.sleep(self.range_delay(start, length))
+            if self.range_gates is not None:
+                await self.range_gates.setdefault(start, trio.Event()).wait()
+        finally:
+            self.in_flight_ranges -= 1
+        # No checkpoint from here on: like a worker thread whose result is already delivered.
+        if self.fail_range is not None:
+            exc = self.fail_range(start, length)
+            if exc is not None:
+                raise exc
+        obj = self._object(bucket, key)
+        if start >= obj.size:
+            raise errors.RangeNotSatisfiable("range not satisfiable", 416, f"ais://{bucket}/{key}")
+        piece = obj.content()[start : start + length]
+        buf = into if into is not None else bytearray(length)
+        buf[: len(piece)] = piece
+        total = obj.size if self.claimed_size is None else self.claimed_size
+        return RangeResult(memoryview(buf)[: len(piece)], total, obj.version)
+
+    async def put_object(
+        self, bucket: str, key: str, data: bytes | memoryview,
+        custom: dict[str, bytes] | None = None,
+    ) -> ObjectProps:
+        self._enter("put_object")
+        self.log.append(("put", bucket, key))
+        if custom is not None and len(custom) > 1:
+            raise ValueError("a PUT carries at most one custom-metadata key")
+        obj = self._write(bucket, key, bytes(data), custom, keep_custom=True)
+        return ObjectProps(key, obj.size, version=obj.version)
+
+    async def put_file(
+        self, bucket: str, key: str, fd: int, size: int, custom: dict[str, bytes] | None = None
+    ) -> ObjectProps:
+        self._enter("put_file")
+        self.log.append(("put", bucket, key))
+        if custom is not None and len(custom) > 1:
+            raise ValueError("a PUT carries at most one custom-metadata key")
+        data = os.pread(fd, size, 0)
+        obj = self._write(bucket, key, data + bytes(size - len(data)), custom, keep_custom=True)
+        return ObjectProps(key, size, version=obj.version)
+
+    async def append(self, bucket: str, key: str, handle: str, data: Body) -> str:
+        """A session's first APPEND (handle "") starts from the object's content, if any."""
+        self._enter("append")
+        self.log.append(("append", bucket, key))
+        self._check_bucket(bucket)
+        if handle:
+            session = self.sessions.pop(handle, None)
+            if session is None or session[:2] != (bucket, key):
+                raise errors.InvalidRequest("invalid APPEND handle", 400, f"ais://{bucket}/{key}")
+            so_far = session[2]
+        else:
+            old = self.objects.get((bucket, key))
+            so_far = old.content() if old is not None else b""
+        new_handle = f"h{next(self._handles)}"
+        self.sessions[new_handle] = (bucket, key, so_far + _data_of(data))
+        return new_handle
+
+    async def flush(self, bucket: str, key: str, handle: str) -> None:
+        self._enter("flush")
+        self.log.append(("flush", bucket, key))
+        session = self.sessions.pop(handle, None) if handle else None
+        if session is None or session[:2] != (bucket, key):
+            raise errors.InvalidRequest("invalid APPEND handle", 400, f"ais://{bucket}/{key}")
+        self._write(bucket, key, session[2], None, keep_custom=True)
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        self._enter("delete_object")
+        self.log.append(("delete", bucket, key))
+        self._object(bucket, key)
+        del self.objects[(bucket, key)]
+
+    async def rename_object(self, bucket: str, key: str, new_key: str) -> None:
+        self._enter("rename_object")
+        self.log.append(("rename", bucket, key, new_key))
+        self.objects[(bucket, new_key)] = self._object(bucket, key)
+        del self.objects[(bucket, key)]
+
+    async def set_custom(
+        self, bucket: str, key: str, custom: dict[str, bytes], *, replace: bool = False
+    ) -> None:
+        self._enter("set_custom")
+        self.log.append(("set_custom", bucket, key))
+        obj = self._object(bucket, key)
+        obj.custom = dict(custom) if replace else {**obj.custom, **custom}
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Runs ``fn`` in a worker thread, as the mount does."""
+        self._enter("run_blocking")
+        return await trio.to_thread.run_sync(fn)
+
+
+def _conforms(fake: FakeAis) -> AisApi:
+    """Makes mypy hold the fake to the interface the layers are typed against."""
+    return fake
