@@ -36,7 +36,8 @@ from .listing import Child, ListingStream
 from .namespace import Namespace
 from .objects import MTIME_KEY
 from .reader import BufferPool, ObjectReader
-from .writer import ObjectWriter, SpillArea
+from .spill import SpillArea
+from .writer import ObjectWriter
 
 log = logging.getLogger(__name__)
 
@@ -646,7 +647,7 @@ class Operations(pyfuse3.Operations):
         if handle.reader is None:
             raise errors.PosixError(errno.EBADF, "file not open for reading")
         writer = handle.writer
-        if writer is not None and writer.staged is not None:
+        if writer is not None and writer.staged:
             return await writer.read(off, size)
         if writer is not None and writer.dirty:
             await self._upload(handle)  # read what this handle wrote: upload it first

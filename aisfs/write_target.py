@@ -1,0 +1,80 @@
+"""What a write handle and its uploads share: the object's name, what AIS holds under it, and the
+handle's latched error.
+
+Errors are latched: after a failed append, flush or upload every later call on the handle raises
+the same error (see ``writer.py``).
+
+Concurrency: trio thread only. The handle's operations (under its lock) and its streaming upload's
+APPEND task touch these fields; the APPEND task only latches an error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import errors
+from .aisapi import AisApi, Spawn
+
+log = logging.getLogger(__name__)
+
+
+class WriteTarget:
+    """The object one handle writes.
+
+    Invariants: ``error``, once set, never changes; ``exists`` is None until asked (only when a
+    file outgrows one part: a small file is one PUT either way), then whether an object with
+    this name is in AIS (to be replaced at upload), and True after an upload; ``empty_in_ais``:
+    AIS holds an empty object under this name (opened at size 0, or made so by an upload of this
+    handle), which an upload deletes rather than replaces.
+    """
+
+    def __init__(
+        self, aio: AisApi, spawn: Spawn, bucket: str, key: str, *, exists: bool | None,
+        empty_in_ais: bool,
+    ) -> None:
+        self.aio = aio
+        self.spawn = spawn
+        self.bucket = bucket
+        self.key = key
+        self.exists = exists
+        self.empty_in_ais = empty_in_ais
+        self.error: BaseException | None = None
+
+    @property
+    def what(self) -> str:
+        return f"ais://{self.bucket}/{self.key}"
+
+    def check(self) -> None:
+        """Raise the latched error, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def latch(self, exc: BaseException) -> None:
+        """Remember the first error (an unexpected one as EIO, logged with its traceback); a
+        cancellation or other BaseException is not latched."""
+        if self.error is not None or not isinstance(exc, Exception):
+            return
+        if not isinstance(exc, errors.AisFsError | OSError):
+            log.error("%s: unexpected error while writing", self.what, exc_info=exc)
+            exc = errors.AisError(f"unexpected {type(exc).__name__}", 0, self.what)
+        log.warning("%s: write failed, failing this file handle from now on: %s", self.what, exc)
+        self.error = exc
+
+    async def object_exists(self, key: str) -> bool:
+        try:
+            await self.aio.head_object(self.bucket, key)
+            return True
+        except errors.NotFound:
+            return False
+
+    async def delete_if_present(self, key: str) -> None:
+        try:
+            await self.aio.delete_object(self.bucket, key)
+        except errors.NotFound:
+            pass
+
+    async def custom_of(self, key: str) -> dict[str, bytes]:
+        try:
+            return (await self.aio.head_object(self.bucket, key)).custom
+        except errors.NotFound:
+            return {}
