@@ -1,4 +1,4 @@
-"""aisfs/routing.py: the cluster map's parsing (canned maps) and the HRW choice of a target,
+"""aisfs/clustermap.py: the cluster map's parsing (canned maps) and the HRW choice of a target,
 checked against the real cluster's proxy for thousands of random names."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aistore.sdk.utils import get_digest, xoshiro256_hash
 
-from aisfs.routing import (
+from aisfs.clustermap import (
     FLAG_DECOMMISSION,
     FLAG_MAINTENANCE,
     ClusterMap,
