@@ -5,6 +5,9 @@ cluster unless a rule added with :meth:`FaultProxy.fail` matches it; then the re
 an error status, resets the connection, stalls without answering, or relays the answer with its
 body cut short. AIS redirects object requests from its proxy to a target: the relay rewrites each
 ``Location`` to a listener of its own for that target, so object traffic passes through it too.
+:meth:`FaultProxy.flaky` resets random connections to the targets instead, in proportion to the
+bytes they carry: before the request reaches the target (nothing applied) or after its answer
+came back (applied, answer lost).
 
 Concurrency: one thread per connection (``ThreadingHTTPServer``); rules and the request log are
 guarded by one lock. Loopback only; every upstream call has a timeout.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import random
 import socket
 import struct
 import threading
@@ -47,7 +51,19 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.log: list[tuple[str, str]] = []  # (method, path) of every request relayed or failed
         self._servers: dict[str, http.server.ThreadingHTTPServer] = {}  # upstream origin -> ours
-        self.url = self._listener(upstream.rstrip("/"))
+        self._upstream = upstream.rstrip("/")
+        self.url = self._listener(self._upstream)
+        self._reset_rate = 0.0
+        self._random = random.Random(0)
+        self.resets = {"before": 0, "after": 0}  # flaky resets: request lost / answer lost
+
+    def flaky(self, rate: float, seed: int = 0) -> None:
+        """Reset each connection to a target with probability ``rate`` per 64 KiB it carries
+        (request and answer body; at least one unit per request), half of them before the
+        request is relayed and half after its answer came back."""
+        with self._lock:
+            self._reset_rate = rate
+            self._random = random.Random(seed)
 
     def fail(self, method: str, path: str, action: str, *, times: int = 1, status: int = 503,
              body_contains: bytes = b"") -> Rule:
@@ -90,6 +106,20 @@ class FaultProxy:
                     return rule
         return None
 
+    def _flaky_reset(self, origin: str, size: int) -> str:
+        """Whether to reset a request of ``size`` bytes to ``origin``: "", "before" or "after"."""
+        if origin == self._upstream:
+            return ""  # the AIS proxy: only target traffic is made flaky
+        with self._lock:
+            if self._reset_rate <= 0:
+                return ""
+            units = max(1, size // (64 * 1024))
+            if self._random.random() >= 1 - (1 - self._reset_rate) ** units:
+                return ""
+            when = self._random.choice(("before", "after"))
+            self.resets[when] += 1
+            return when
+
     def _give_back(self, rule: Rule | None) -> bool:
         """A "cut" rule matched a response with no body to cut: it applies to a later one."""
         if rule is not None:
@@ -121,14 +151,24 @@ class FaultProxy:
                         self.rfile.readline()
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _reset(self) -> None:
+                # RST instead of FIN: the client sees "connection reset by peer".
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.close_connection = True
+
             def _any(self) -> None:
                 body = self._body()
                 rule = relay._rule_for(self.command, self.path, body)
                 if rule is not None and rule.action == "reset":
-                    # RST instead of FIN: the client sees "connection reset by peer".
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               struct.pack("ii", 1, 0))
-                    self.close_connection = True
+                    self._reset()
+                    return
+                flaky = relay._flaky_reset(origin, len(body)) if rule is None else ""
+                if flaky == "before":
+                    self._reset()
+                    return
+                if flaky == "after":
+                    self._relay(body, None, reset_after=True)
                     return
                 if rule is not None and rule.action == "stall":
                     relay._stop.wait(60)
@@ -146,7 +186,7 @@ class FaultProxy:
                     return
                 self._relay(body, rule)
 
-            def _relay(self, body: bytes, rule: Rule | None) -> None:
+            def _relay(self, body: bytes, rule: Rule | None, reset_after: bool = False) -> None:
                 cut = rule is not None
                 conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port,
                                                   timeout=60)
@@ -157,6 +197,9 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
+                    if reset_after:  # the target did the work; its answer is lost
+                        self._reset()
+                        return
                     if cut and (resp.status >= 300 or len(data) < 2):
                         cut = relay._give_back(rule)  # a redirect or no body: the next one
                     self.send_response(resp.status, resp.reason)
