@@ -21,10 +21,11 @@ each point checked on a local cluster):
 
 :func:`read_batch` yields exactly one :class:`BatchItem` per requested name, in request order:
 the object's bytes, :class:`~aisfs.errors.NotFound` (missing), or :class:`NotFetched` (the batch
-did not deliver it: the stream broke or ended early, the member exceeded ``max_size``, or the
-reply was not the TAR we asked for) so that the caller fetches that object on its own. Memory:
-one member's bytes at a time (in the caller's buffer when ``buffer_for`` gives one), plus a
-header; a member over ``max_size`` is read through a small scratch buffer and dropped.
+did not deliver it: the stream broke or ended early, the member exceeded ``max_size`` or was
+not of its expected size, or the reply was not the TAR we asked for) so that the caller fetches
+that object on its own. Memory: one member's bytes at a time (in the caller's buffer when
+``buffer_for`` gives one), plus a header; a member that is not kept is read through a small
+scratch buffer and dropped.
 
 Concurrency: pure functions over the caller's stream; one stream is read by one thread.
 """
@@ -95,10 +96,14 @@ def read_batch(
     names: Sequence[str],
     *,
     max_size: int,
+    sizes: Sequence[int] | None = None,
     buffer_for: BufferFor | None = None,
 ) -> Iterator[BatchItem]:
     """Read a Get-Batch reply; yield one item per name of ``names``, in order, as each member
     arrives (so the caller can serve a file before the batch ends).
+
+    ``sizes``, when given, are the sizes the caller expects (from a listing): a member of
+    another size changed since, and is NotFetched rather than served.
 
     A member's ``data`` stays valid until the caller reuses the buffer it gave for it.
     """
@@ -122,6 +127,10 @@ def read_batch(
                 reader.skip(size)
                 yield BatchItem(index, expected, error=NotFetched(
                     f"{size} bytes, over the batch's {max_size}-byte limit per object", 0, what))
+            elif sizes is not None and size != sizes[index]:
+                reader.skip(size)
+                yield BatchItem(index, expected, error=NotFetched(
+                    f"{size} bytes, not the {sizes[index]} expected: changed", 0, what))
             else:
                 buf = buffer_for(index, size) if buffer_for is not None else None
                 view = memoryview(buf if buf is not None else bytearray(size))[:size]

@@ -162,6 +162,16 @@ def test_member_over_max_size_is_skipped_not_held() -> None:
     assert bytes(items[2].data or b"") == b"z"
 
 
+def test_member_of_another_size_than_expected_is_not_served() -> None:
+    raw = make_tar([("same", b"s" * 10), ("grew", b"g" * 5000), ("shrank", b""), ("z", b"z")])
+    items = list(read_batch(Trickle(raw, 300), "bk", ["same", "grew", "shrank", "z"],
+                            max_size=1 << 20, sizes=[10, 100, 7, 1]))
+    assert bytes(items[0].data or b"") == b"s" * 10 and bytes(items[3].data or b"") == b"z"
+    for item in items[1:3]:
+        assert item.data is None and isinstance(item.error, NotFetched)
+        assert "changed" in str(item.error)
+
+
 def test_buffer_for_fills_caller_buffers() -> None:
     raw = make_tar([("a", b"A" * 700), ("b", b""), ("c", b"C" * 3)])
     pool = [bytearray(1024) for _ in range(3)]
