@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 import os
 import stat as statmod
@@ -51,6 +52,8 @@ observe: Callable[[str, float, int], None] | None = None
 def handler(fn: F) -> F:
     """Map every exception of a FUSE handler to an errno; never let one escape to pyfuse3."""
     name = fn.__name__
+    params = list(inspect.signature(fn).parameters)[1:]  # after self
+    data_args = frozenset(i for i, param in enumerate(params) if param in _DATA_PARAMS)
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
@@ -64,11 +67,11 @@ def handler(fn: F) -> F:
         except (errors.AisFsError, OSError) as exc:
             err = errors.to_errno(exc)
             level = exc.log_level if isinstance(exc, errors.AisFsError) else logging.WARNING
-            log.log(level, "%s%s: %s", name, _brief(args), exc)
+            log.log(level, "%s%s: %s", name, _brief(args, data_args), exc)
             raise pyfuse3.FUSEError(err) from None
         except Exception:
             err = errno.EIO
-            log.exception("unexpected error in %s%s; returning EIO", name, _brief(args))
+            log.exception("unexpected error in %s%s; returning EIO", name, _brief(args, data_args))
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             if observe is not None:
@@ -77,10 +80,15 @@ def handler(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _brief(args: Sequence[Any]) -> str:
-    shown = [a if not isinstance(a, bytes | memoryview) or len(a) < 256 else f"<{len(a)} bytes>"
-             for a in args if not isinstance(a, pyfuse3.RequestContext)]
-    return "(" + ", ".join(repr(a) for a in shown[:3]) + ")"
+# Handler parameters that carry file contents or xattr values: logged by size, never by value.
+_DATA_PARAMS = frozenset({"buf", "value"})
+
+
+def _brief(args: Sequence[Any], data_args: frozenset[int] = frozenset()) -> str:
+    shown = [f"<{len(a)} bytes>" if i in data_args or (
+                 isinstance(a, bytes | memoryview) and len(a) >= 256) else repr(a)
+             for i, a in enumerate(args) if not isinstance(a, pyfuse3.RequestContext)]
+    return "(" + ", ".join(shown[:3]) + ")"
 
 
 @dataclass(slots=True)

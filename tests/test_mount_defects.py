@@ -262,7 +262,6 @@ def test_lookups_while_a_target_is_down_are_never_einval(mount) -> None:  # type
         assert info.value.errno in (errno.EIO, errno.ENOENT)
 
 
-@pytest.mark.xfail(strict=True, reason="defect 11: a failed write logs the data")
 def test_a_failed_write_logs_where_not_what(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket()
     m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--retries", "1",
