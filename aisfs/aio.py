@@ -16,6 +16,7 @@ from typing import ParamSpec, TypeVar
 
 import trio
 
+from .archives import ArchiveContents, contents_from_listing
 from .client import AisClient
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 
@@ -105,6 +106,26 @@ class AsyncAis:
         self, bucket: str, key: str, custom: dict[str, bytes], *, replace: bool = False
     ) -> None:
         await self._run(self.client.set_custom, bucket, key, custom, replace=replace)
+
+    async def list_archive(self, bucket: str, key: str) -> ArchiveContents:
+        """The archive ``key`` and its member tree (listed and built in a worker thread)."""
+
+        def fetch() -> ArchiveContents:
+            return contents_from_listing(bucket, key, self.client.list_archive(bucket, key))
+
+        return await self._run(fetch)
+
+    async def get_member(
+        self, bucket: str, key: str, member: str, into: RecvBuffer | None = None
+    ) -> memoryview:
+        return await self._run(self.client.get_member, bucket, key, member, into)
+
+    async def get_member_range(
+        self, bucket: str, key: str, member: str, start: int, length: int,
+        into: RecvBuffer | None = None,
+    ) -> memoryview:
+        return await self._run(self.client.get_member_range, bucket, key, member, start, length,
+                               into)
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run a non-HTTP blocking call (local file I/O of the writer) off the trio thread."""

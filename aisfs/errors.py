@@ -67,6 +67,13 @@ class InsufficientStorage(AisError):
     errno = errno.ENOSPC
 
 
+class BadArchive(AisError):
+    """AIS could not read an archive object (corrupt, truncated, or not the format its name
+    says): its members cannot be read."""
+
+    errno = errno.EIO
+
+
 class Transient(AisError):
     """Connection errors, timeouts, 429 and 5xx that survived the retry policy."""
 
