@@ -95,6 +95,12 @@ class PosixError(AisFsError):
         self.log_level = logging.DEBUG if err in (errno.ENOENT, errno.ENODATA) else logging.INFO
 
 
+# AIS answers 400 with these when the request was fine but a node it needed failed: the proxy
+# could not reach a target ("failed to call t[...]": a target that is down stays in the cluster
+# map for a while, and every listing fails so until it is dropped).
+CLUSTER_FAILURE_TCODES = frozenset({"ErrFailedTo"})
+
+
 def error_for_status(status: int, message: str, what: str, tcode: str = "") -> AisError:
     """Map an HTTP status (plus AIS's ``tcode``) to the exception class for it."""
     if status == 404:
@@ -108,6 +114,8 @@ def error_for_status(status: int, message: str, what: str, tcode: str = "") -> A
     elif status == 507:
         cls = InsufficientStorage
     elif status == 429 or status >= 500:
+        cls = Transient
+    elif status == 400 and tcode in CLUSTER_FAILURE_TCODES:
         cls = Transient
     elif status == 400:
         cls = InvalidRequest

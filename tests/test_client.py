@@ -399,6 +399,7 @@ def test_mtime_from_custom_metadata(client: AisClient, make_bucket) -> None:  # 
     ("status", "tcode", "cls", "err"),
     [
         (400, "", errors.InvalidRequest, errno.EINVAL),
+        (400, "ErrFailedTo", errors.Transient, errno.EIO),  # the proxy could not reach a target
         (401, "", errors.AccessDenied, errno.EACCES),
         (403, "", errors.AccessDenied, errno.EACCES),
         (404, "ErrNotFound", errors.NotFound, errno.ENOENT),
