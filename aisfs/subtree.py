@@ -1,7 +1,7 @@
 """Many directories' listings from one recursive listing, for tree walks (`find`, `du`, `ls -R`).
 
 AIS answers a LIST in ~10 ms however small the directory, so a walk that lists 300 directories
-one by one spends 3 s waiting. When a walk is seen (see ``namespace``), one recursive listing of
+one by one spends 3 s waiting. When a walk is seen (:class:`TreeWalks`), one recursive listing of
 the parent directory, starting at the directory being opened, gives every directory below it:
 :class:`SubtreeSplitter` turns that listing into the non-recursive listing of each directory,
 handed out as soon as the listing has moved past it (AIS lists in name order, so nothing can be
@@ -11,13 +11,37 @@ added to a directory afterwards). goofys does the same ("slurp").
 settle, and an event per page for the opens waiting on it.
 
 Concurrency: trio thread only (the splitter is pure and synchronous).
+
+:class:`TreeWalks` spots walks and runs the scans for ``listings``. Invariants: ``scans`` holds
+the scans in flight (each is removed, finished, when its task ends); ``refused`` the buckets
+that refused a recursive listing from a given name (a bucket with a remote backend), which are
+listed one directory at a time from then on. A scan caches a directory's listing only while no
+change was made through the mount since it started (``Listings.changes``) and no stream of that
+directory is in flight.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from typing import TYPE_CHECKING
+
 import trio
 
+from . import errors
+from .aisapi import AisApi, Spawn
 from .objects import ListEntry
+
+if TYPE_CHECKING:
+    from .listings import Listings
+
+log = logging.getLogger(__name__)
+
+# A scan's first page is small, so the walk waits little for the directory it opens; then AIS's
+# maximum.
+SCAN_FIRST_PAGE = 1000
+# Names one recursive listing for a tree walk fetches at most (then the walk starts another).
+SCAN_LIMIT = 50_000
 
 
 class SubtreeSplitter:
@@ -95,3 +119,84 @@ class SubtreeScan:
     def _wake(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
+
+
+class TreeWalks:
+    """Tree walks (find, du, ls -R, cp -r) of one mount, and the scans that list ahead of them."""
+
+    def __init__(self, listings: Listings, aio: AisApi, spawn: Spawn) -> None:
+        self.listings = listings
+        self.aio = aio
+        self.spawn = spawn
+        self.scans: list[SubtreeScan] = []
+        self.refused: set[str] = set()
+
+    async def walk_ahead(self, bucket: str, prefix: str) -> None:
+        """Once a second subdirectory of one listed directory is opened, one recursive listing
+        of that directory from here on lists this subdirectory and all that follow it; wait
+        until it got this one."""
+        listings = self.listings
+        scan = next((s for s in self.scans if s.will_settle(bucket, prefix)), None)
+        if scan is None:
+            if not prefix or bucket in self.refused:
+                return
+            head, _, name = prefix[:-1].rpartition("/")
+            parent = head + "/" if head else ""
+            listing = listings.cached(bucket, parent)
+            if listing is None:
+                return
+            child = listing.by_name.get(name)
+            if child is None or not child.is_dir:
+                return
+            listing.subdirs_listed.add(name)
+            if len(listing.subdirs_listed) < 2:
+                return
+            scan = SubtreeScan(bucket, parent, prefix)
+            self.scans.append(scan)
+            self.spawn(functools.partial(self._scan, scan))
+        while scan.will_settle(bucket, prefix) and listings.cached(bucket, prefix) is None:
+            await scan.progress()
+
+    async def _scan(self, scan: SubtreeScan) -> None:
+        """Run one recursive listing, caching each directory's listing once it is complete."""
+        listings = self.listings
+        bucket, prefix = scan.bucket, scan.prefix
+        changes = listings.changes
+        splitter = SubtreeSplitter(prefix)
+        uuid = token = ""
+        page_size, listed = SCAN_FIRST_PAGE, 0
+        try:
+            while True:
+                page = await self.aio.list_objects_page(
+                    bucket, prefix, recursive=True, page_size=page_size, uuid=uuid,
+                    continuation_token=token, start_after=scan.start,
+                )
+                if listings.changes != changes:
+                    return  # it may miss a change made here meanwhile: list one by one
+                complete = splitter.feed(page.entries)
+                if not page.continuation_token:
+                    complete += splitter.finish()
+                elif not complete:
+                    # A whole page inside one directory: a big one, better streamed by its own
+                    # listing (its reader stops waiting here); the walk starts another scan
+                    # after it.
+                    return
+                for directory, entries in complete:
+                    if (bucket, directory) not in listings.streams:  # else its own is on the way
+                        listings.cache_listing(bucket, directory, entries)
+                        listings.local.objects_back(bucket, directory)
+                listed += len(page.entries)
+                scan.advance(page.entries[-1].name if page.entries else None)
+                if not page.continuation_token or listed >= SCAN_LIMIT:
+                    return
+                uuid, token, page_size = page.uuid, page.continuation_token, 0
+        except errors.AisFsError as exc:
+            self.refused.add(bucket)
+            log.warning("ais://%s/%s: recursive listing failed (%s); directories of this bucket "
+                        "are listed one by one from now on", bucket, prefix, exc)
+        except Exception:
+            self.refused.add(bucket)
+            log.exception("ais://%s/%s: recursive listing failed", bucket, prefix)
+        finally:
+            scan.finish()
+            self.scans.remove(scan)

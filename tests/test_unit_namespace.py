@@ -221,17 +221,17 @@ async def test_a_listing_that_fails_midway_reports_after_what_arrived() -> None:
     await stream.wait_beyond(998)  # the first page is there
     with pytest.raises(errors.AisError):
         await stream.wait_beyond(999)
-    assert ns.listings.get(("b", "")) is None and ("b", "") not in ns.streams
+    assert ns.listings.get(("b", "")) is None and ("b", "") not in ns.dir_listings.streams
 
 
 async def test_a_failed_check_of_a_removed_directory_fails_the_listing() -> None:
     fake = FakeAis({"a": 1, "gone/x": 2})
     fake.fail_probes = errors.AisError("target down", 503, "ais://b/gone/")
     ns, _ = make_ns(fake)
-    ns.removed_dirs.add(("b", "gone/"))  # rmdir'd here: AIS's listing must be checked
+    ns.local.removed.add(("b", "gone/"))  # rmdir'd here: AIS's listing must be checked
     with pytest.raises(errors.AisError, match="target down"):
         await list_dir(ns)
-    assert ns.listings.get(("b", "")) is None and not ns.streams
+    assert ns.listings.get(("b", "")) is None and not ns.dir_listings.streams
 
 
 async def test_a_listing_nobody_reads_any_more_stops() -> None:
@@ -243,7 +243,7 @@ async def test_a_listing_nobody_reads_any_more_stops() -> None:
     assert not stream.done  # one reader is left: the fetch goes on
     ns.close_dir(ns.root, again)  # `ls | head` exits
     await trio.testing.wait_all_tasks_blocked()
-    assert stream.done and not ns.streams and ns.listings.get(("b", "")) is None
+    assert stream.done and not ns.dir_listings.streams and ns.listings.get(("b", "")) is None
     gate.set()
     assert len(await list_dir(ns)) == 1500  # the next open lists anew
     assert fake.calls["list"] == 4
@@ -410,7 +410,7 @@ async def test_a_listing_after_a_lookup_misses_no_change_made_here_meanwhile() -
     fake = FakeAis({f"d/{i:04}": 1 for i in range(1500)})
     ns, _ = make_ns(fake)
     d, _ = await ns.lookup(ns.root, "d")
-    assert ns.first_pages.get(("b", "d/")) is not None  # kept for the opendir
+    assert ns.dir_listings.first_pages.get(("b", "d/")) is not None  # kept for the opendir
     fake.store("d/0000a", 5)
     ns.note_written("b", "d/0000a", 5, 1, "1")  # written through this mount after the lookup
     assert "0000a" in {c.name for c in await list_dir(ns, d)}
@@ -530,10 +530,10 @@ async def test_cluster_root_lists_and_looks_up_buckets() -> None:
 async def test_local_dirs_show_in_listings_and_lookups() -> None:
     fake = FakeAis({"a": 1, "d/x": 2})
     ns, _ = make_ns(fake)
-    ns.local_dirs.add(("b", "new/"))
-    ns.local_dirs.add(("b", "d/"))  # also exists remotely: still one entry
-    ns.local_dirs.add(("b", "new/sub/"))
-    ns.local_dirs.add(("other", "zzz/"))  # another bucket: not here
+    ns.local.made.add(("b", "new/"))
+    ns.local.made.add(("b", "d/"))  # also exists remotely: still one entry
+    ns.local.made.add(("b", "new/sub/"))
+    ns.local.made.add(("other", "zzz/"))  # another bucket: not here
     root = await listing(ns, "")
     assert names(root.children) == [("d", True), ("new", True), ("a", False)]  # made here: first
     sub = await listing(ns, "new/")
@@ -546,7 +546,7 @@ async def test_local_dirs_show_in_listings_and_lookups() -> None:
 async def test_local_dir_lookup_needs_no_remote_call() -> None:
     fake = FakeAis()
     ns, _ = make_ns(fake)
-    ns.local_dirs.add(("b", "made/"))
+    ns.local.made.add(("b", "made/"))
     inode, _ = await ns.lookup(ns.root, "made")
     assert inode.kind is Kind.DIR
     assert sum(fake.calls.values()) == 0
@@ -640,7 +640,7 @@ async def walk(ns: Namespace, inode: Inode) -> dict[str, list[tuple[str, bool]]]
 
 async def walk_one_by_one(fake: FakeAis) -> dict[str, list[tuple[str, bool]]]:
     ns, _ = make_ns(fake)
-    ns.scans_refused.add("b")
+    ns.dir_listings.walks.refused.add("b")
     return await walk(ns, ns.root)
 
 
@@ -653,7 +653,7 @@ async def test_a_tree_walk_lists_the_rest_of_the_tree_recursively() -> None:
     assert await walk(ns, ns.root) == want
     # One by one: the root, t/, t/d0/, t/d0/s0/; then t/d0/ from s1 and t/ from d1 recursively.
     assert fake.calls == Counter({"list": 4, "probe": 2})
-    assert not ns.scans
+    assert not ns.dir_listings.walks.scans
 
 
 async def test_a_tree_walk_does_not_believe_a_listing_made_during_a_change() -> None:
@@ -668,7 +668,8 @@ async def test_a_tree_walk_does_not_believe_a_listing_made_during_a_change() -> 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)
         await trio.testing.wait_all_tasks_blocked()
-        assert [scan.prefix for scan in ns.scans] == ["t/"]  # the walk waits for it
+        # The walk waits for the scan.
+        assert [scan.prefix for scan in ns.dir_listings.walks.scans] == ["t/"]
         fake.store("t/d3/s1/new", 1)
         ns.note_written("b", "t/d3/s1/new", 1, 1, "1")  # written here meanwhile
         gate.set()
@@ -684,15 +685,16 @@ async def test_a_failed_recursive_listing_falls_back_to_one_by_one(
     ns, _ = make_ns(fake)
     with caplog.at_level(logging.WARNING):
         assert await walk(ns, ns.root) == await walk_one_by_one(fake)
-    assert ns.scans_refused == {"b"}
+    assert ns.dir_listings.walks.refused == {"b"}
     assert sum("recursive listing failed" in r.getMessage() for r in caplog.records) == 1
 
 
 async def test_a_tree_walk_goes_on_after_a_recursive_listing_stopped_at_its_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("aisfs.namespace.FIRST_PAGE_SIZE", 5)
-    monkeypatch.setattr("aisfs.namespace.SCAN_LIMIT", 5)
+    monkeypatch.setattr("aisfs.listings.FIRST_PAGE_SIZE", 5)
+    monkeypatch.setattr("aisfs.subtree.SCAN_FIRST_PAGE", 5)
+    monkeypatch.setattr("aisfs.subtree.SCAN_LIMIT", 5)
     want = await walk_one_by_one(FakeAis(dict(TREE)))
     fake = FakeAis(dict(TREE))
     ns, _ = make_ns(fake)
@@ -705,7 +707,8 @@ async def test_a_tree_walk_goes_on_after_a_recursive_listing_stopped_at_its_limi
 async def test_a_recursive_listing_stops_inside_a_big_directory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("aisfs.namespace.FIRST_PAGE_SIZE", 10)
+    monkeypatch.setattr("aisfs.listings.FIRST_PAGE_SIZE", 10)
+    monkeypatch.setattr("aisfs.subtree.SCAN_FIRST_PAGE", 10)
     tree = {"t/d0/s0/f": 1, "t/d0/s1/f": 1, "t/d1/s0/f": 1, "t/d1/s1/f": 1, "t/d3/s0/f": 1}
     tree |= {f"t/d2/big/{i:02}": 1 for i in range(50)}
     want = await walk_one_by_one(FakeAis(dict(tree)))
@@ -759,10 +762,10 @@ async def test_two_lookups_by_name_do_not_list_and_a_huge_directory_is_not_liste
     ns, _ = make_ns(fake)
     await cold_lookups(ns, ["0001", "0002"])
     assert ns.listings.get(("b", "d/")) is None
-    monkeypatch.setattr("aisfs.namespace.LOOKUP_LISTING_LIMIT", 1000)
+    monkeypatch.setattr("aisfs.listings.LOOKUP_LISTING_LIMIT", 1000)
     await cold_lookups(ns, ["0003"])
     assert ns.listings.get(("b", "d/")) is None  # 1,500 names: more than the limit
-    assert not ns.background_listings
+    assert not ns.dir_listings.background
 
 
 async def test_a_listing_for_lookups_made_during_a_change_is_not_cached() -> None:
@@ -772,11 +775,11 @@ async def test_a_listing_for_lookups_made_during_a_change_is_not_cached() -> Non
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cold_lookups, ns, ["0001", "0002", "0003"])
         await trio.testing.wait_all_tasks_blocked()
-        assert ns.background_listings == {("b", "d/")}
+        assert ns.dir_listings.background == {("b", "d/")}
         ns.note_written("b", "d/new", 5, 1, "1")  # meanwhile, through the mount
         gate.set()
     await trio.testing.wait_all_tasks_blocked()
-    assert not ns.background_listings  # done
+    assert not ns.dir_listings.background  # done
     assert ns.listings.get(("b", "d/")) is None
 
 
@@ -785,7 +788,7 @@ async def test_a_failed_listing_for_lookups_leaves_lookups_going_to_ais() -> Non
     fake.fail_list_all = errors.Transient("connection reset", 0, "ais://b/d/")
     ns, _ = make_ns(fake)
     d = await cold_lookups(ns, ["0001", "0002", "0003"])
-    assert fake.calls["list_all"] == 1 and not ns.background_listings
+    assert fake.calls["list_all"] == 1 and not ns.dir_listings.background
     heads = fake.calls["head_object"]
     _, st = await ns.lookup(d, "0004")
     assert st is not None and fake.calls["head_object"] == heads + 1

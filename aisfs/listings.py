@@ -1,0 +1,362 @@
+"""Directory listings: cached, being fetched, and fetched ahead for lookups and tree walks.
+
+A directory's listing is fetched in the background page by page (a ``ListingStream``, shared
+by concurrent opens) and cached with every entry's attributes once complete, so ``ls -l`` and
+``find`` cost one paged LIST per directory and no HEAD per entry; lookups answer from it too.
+Other producers fill the same cache: a lookup of a directory fetches the first page of its
+listing (the whole of a small directory's, the start of a big one's for the opendir that
+follows), a tree walk gets many directories' listings from one recursive LIST (``subtree``),
+and names looked up one by one in a directory get it listed in the background.
+
+Concurrency: trio thread only. Producers (a stream's fill, a tree walk's scan, a listing for
+lookups) are tasks of their own (``spawn``); they write only their stream, and the cache once
+complete, with no ``await`` between the staleness check and the write. Changes made through the
+mount (``set_child``, ``forget``) run in FUSE handlers, synchronously.
+
+Invariants:
+- ``changes`` grows with every change made through the mount to a directory's listing. A
+  producer that does not own a registered stream notes it when it starts and caches what it
+  fetched only if it has not moved since.
+- ``streams[d]`` is the stream whose completion is cached as ``d``'s listing, and the one new
+  opens of ``d`` join. A change to ``d``, its last reader leaving, or a rename takes it out: then
+  it still serves its readers but is not cached. It leaves at the latest when its producer ends.
+- ``first_pages[d]`` is the first page of ``d``'s listing, fetched with no change to ``d``
+  since; the next open of ``d`` takes it (it is popped, so used at most once).
+- A cached ``Listing`` is the directory's truth for the metadata TTL: changes made here update
+  it in place (``set_child``), so opens hand out copies of its children.
+- ``background`` holds directories with a listing for lookups in flight; ``cold_lookups`` counts
+  lookups in directories with no cached listing, stream or background listing.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import trio
+
+from . import errors
+from .aisapi import AisApi, Spawn
+from .cache import Stat, TtlMap
+from .config import MountConfig
+from .listing import Child, Listing, ListingStream
+from .localdirs import LocalDirs
+from .metacache import MetadataCache
+from .objects import ListEntry, ListPage, list_entries
+from .subtree import TreeWalks
+
+log = logging.getLogger(__name__)
+
+# Cached listings hold this many entries in all (~70 MB); a bigger directory is not cached.
+LISTED_ENTRIES = 250_000
+# A listing's first page is small, so its first entries come quickly; then AIS's maximum (which
+# costs the cluster less than growing pages: 87 vs 110 CPU-ms for 10,000 names here).
+FIRST_PAGE_SIZE = 1000
+# Entries of a listing page made and handed to open directories at a time (~2 ms of work).
+STREAM_PIECE = 1000
+# Lookups of names in one directory without a cached listing before it is listed for them, and
+# the most names such a listing fetches (a bigger directory is looked up name by name).
+COLD_LOOKUPS_BEFORE_LISTING = 3
+LOOKUP_LISTING_LIMIT = 20_000
+
+_Send = trio.MemorySendChannel[ListPage | errors.AisFsError]
+
+
+def _pieces(page: ListPage) -> Iterator[list[ListEntry]]:
+    """A page's entries, made from what AIS sent a piece at a time when not made yet."""
+    if not page.raw:
+        yield page.entries
+    for start in range(0, len(page.raw), STREAM_PIECE):
+        yield list_entries(page.raw[start:start + STREAM_PIECE])
+
+
+def parent_of(key: str) -> tuple[str, str]:
+    """(the parent directory's prefix, the name) of an object key or a directory prefix."""
+    head, _, name = key.rstrip("/").rpartition("/")
+    return (head + "/" if head else ""), name
+
+
+class Listings:
+    def __init__(
+        self, aio: AisApi, config: MountConfig, spawn: Spawn, cache: MetadataCache,
+        local: LocalDirs, timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.aio = aio
+        self.spawn = spawn
+        self.cache = cache
+        self.local = local
+        self.timer = timer
+        ttl, neg = config.metadata_ttl, config.negative_metadata_ttl
+        self.listings: TtlMap[Listing] = TtlMap(LISTED_ENTRIES, ttl, neg, timer,
+                                                sizeof=lambda listing: len(listing.children) + 1)
+        self.streams: dict[tuple[str, str], ListingStream] = {}
+        self.first_pages: TtlMap[ListPage] = TtlMap(64, ttl, neg, timer)
+        self.changes = 0
+        self.cold_lookups: TtlMap[int] = TtlMap(4096, ttl, neg, timer)
+        self.background: set[tuple[str, str]] = set()
+        self.walks = TreeWalks(self, aio, spawn)
+
+    # ------------------------------------------------------------------ the cache
+
+    def cached(self, bucket: str, prefix: str) -> Listing | None:
+        """The cached complete listing of ``prefix``, if any."""
+        listing = self.listings.get((bucket, prefix))
+        return listing if isinstance(listing, Listing) else None
+
+    def listed(self, bucket: str, key: str) -> Child | None | bool:
+        """What a cached listing of ``key``'s parent says: the child, None (not there), or
+        False (no cached listing)."""
+        parent, name = parent_of(key)
+        listing = self.cached(bucket, parent)
+        if listing is None:
+            return False
+        child: Child | None = listing.by_name.get(name)
+        return child
+
+    def cache_listing(self, bucket: str, prefix: str, entries: list[ListEntry]) -> None:
+        """Cache a directory's complete listing got otherwise than by opening it."""
+        stream = ListingStream(f"ais://{bucket}/{prefix}", self.local.made_children(bucket, prefix))
+        stream.add(prefix, entries)
+        stream.finish()
+        self.keep(bucket, prefix, stream.listing)
+        self.cache.dirs.put((bucket, prefix), True)
+
+    def keep(self, bucket: str, prefix: str, listing: Listing) -> None:
+        listing.fetched_at = self.timer()
+        self.listings.put((bucket, prefix), listing)
+
+    async def without_removed_dirs(self, bucket: str, entries: list[ListEntry]
+                                   ) -> list[ListEntry]:
+        """Drop directories removed here that AIS still lists (emptied on-disk directories)."""
+        if not self.local.removed:
+            return entries
+        for entry in entries:
+            if entry.is_dir and self.local.is_removed(bucket, entry.name):
+                # Believe the listing only once objects are back under it.
+                page = await self.aio.list_objects_page(
+                    bucket, entry.name, recursive=True, page_size=1
+                )
+                if page.entries:
+                    self.local.objects_back(bucket, entry.name)
+        return [e for e in entries if not (e.is_dir and self.local.is_removed(bucket, e.name))]
+
+    # ------------------------------------------------------------------ changes made here
+
+    def set_child(self, bucket: str, key: str, stat: Stat | None, *, is_dir: bool = False,
+                  remove: bool = False) -> None:
+        """Update the cached listing of ``key``'s parent in place (when there is one), so that
+        changes made here do not cost a new LIST."""
+        parent, name = parent_of(key)
+        # A listing in flight, or a first page kept from a lookup, may miss this change.
+        self.changes += 1
+        self.streams.pop((bucket, parent), None)
+        self.first_pages.pop((bucket, parent))
+        listing = self.cached(bucket, parent)
+        if listing is None:
+            return
+        old = listing.by_name.pop(name, None)
+        if old is not None:
+            listing.children.remove(old)
+        if not remove:
+            child = Child(name, is_dir, stat)
+            listing.by_name[name] = child
+            listing.children.append(child)
+
+    def forget(self, bucket: str, prefix: str) -> None:
+        """Drop what is cached or being fetched of ``prefix``'s listing."""
+        self.changes += 1
+        self.listings.pop((bucket, prefix))
+        self.streams.pop((bucket, prefix), None)
+        self.first_pages.pop((bucket, prefix))
+
+    def forget_under(self, bucket: str, prefixes: tuple[str, ...]) -> None:
+        """Drop every listing of a directory at or below one of ``prefixes`` (a rename)."""
+        self.changes += 1
+
+        def under(key: object) -> bool:
+            return isinstance(key, tuple) and key[0] == bucket and str(key[1]).startswith(prefixes)
+
+        self.listings.pop_where(under)
+        self.first_pages.pop_where(under)
+        for where in [w for w in self.streams if under(w)]:
+            del self.streams[where]
+
+    # ------------------------------------------------------------------ directory probes
+
+    async def probe_dir(self, bucket: str, prefix: str) -> bool:
+        """Whether objects live under ``prefix``, from the first page of its own listing.
+
+        A small directory's first page is the whole listing, cached as such (lookups in it
+        need no request then); a big one's is kept for the opendir that usually follows (ls,
+        find, du, cp -r), which starts from there. A page of directories alone is not proof:
+        AIS lists on-disk directories for a while after their objects are gone, so a recursive
+        listing (objects only) decides then.
+        """
+        changes = self.changes
+        page = await self.aio.list_objects_page(bucket, prefix, page_size=FIRST_PAGE_SIZE)
+        found = any(not entry.is_dir for entry in page.entries)
+        if not found and page.entries:
+            probe = await self.aio.list_objects_page(bucket, prefix, recursive=True, page_size=1)
+            found = bool(probe.entries)
+        if not found:
+            return False
+        if page.continuation_token:
+            if self.changes == changes:  # else it may miss a change made here meanwhile
+                self.first_pages.put((bucket, prefix), page)
+        else:
+            entries = await self.without_removed_dirs(bucket, page.entries)
+            if self.changes == changes and (bucket, prefix) not in self.streams:
+                self.cache_listing(bucket, prefix, entries)
+        return True
+
+    # ------------------------------------------------------------------ listings for lookups
+
+    def note_cold_lookup(self, bucket: str, prefix: str) -> None:
+        """Names looked up one by one in a directory whose listing is not cached (a data loader
+        opening files by path): each costs AIS a HEAD and a LIST. From the third one, the
+        directory's listing is fetched in the background, and the rest are answered from it."""
+        where = (bucket, prefix)
+        if where in self.background or where in self.streams:
+            return
+        count = (self.cold_lookups.get(where) or 0) + 1
+        self.cold_lookups.put(where, count)
+        if count >= COLD_LOOKUPS_BEFORE_LISTING:
+            self.cold_lookups.pop(where)
+            self.background.add(where)
+            self.spawn(functools.partial(self._list_for_lookups, bucket, prefix))
+
+    async def _list_for_lookups(self, bucket: str, prefix: str) -> None:
+        changes = self.changes
+        try:
+            entries = await self.aio.list_all(bucket, prefix, limit=LOOKUP_LISTING_LIMIT)
+            if len(entries) > LOOKUP_LISTING_LIMIT:
+                return
+            entries = await self.without_removed_dirs(bucket, entries)
+            if (self.changes == changes and (bucket, prefix) not in self.streams
+                    and self.cached(bucket, prefix) is None):
+                self.cache_listing(bucket, prefix, entries)
+        except errors.AisFsError as exc:
+            log.info("ais://%s/%s: listing for lookups failed: %s", bucket, prefix, exc)
+        except Exception:
+            log.exception("ais://%s/%s: listing for lookups failed", bucket, prefix)
+        finally:
+            self.background.discard((bucket, prefix))
+
+    # ------------------------------------------------------------------ open directories
+
+    async def open_dir(self, bucket: str, prefix: str, shown: list[Child]) -> ListingStream:
+        """A directory's children as they arrive, ``shown`` first (files being written here,
+        hiding listed objects of their names): complete at once from the cache, else from a
+        listing fetched page by page in the background (one per directory at a time, shared by
+        concurrent opens) and cached when it completes unchanged."""
+        if (bucket, prefix) not in self.streams and self.cached(bucket, prefix) is None:
+            await self.walks.walk_ahead(bucket, prefix)
+        cached = self.cached(bucket, prefix)
+        if cached is not None:
+            self.listings.hits += 1
+            hidden = {c.name for c in shown}
+            # A copy: the cached list changes in place with what is done through this mount.
+            return ListingStream.complete(shown + [c for c in cached.children
+                                                   if c.name not in hidden])
+        stream = self.streams.get((bucket, prefix))
+        if stream is None:
+            stream = ListingStream(f"ais://{bucket}/{prefix}",
+                                   self.local.made_children(bucket, prefix), shown)
+            self.listings.misses += 1
+            self.streams[(bucket, prefix)] = stream
+            first = self.first_pages.pop((bucket, prefix))
+            self.spawn(lambda: self._fill(stream, bucket, prefix, first))
+        stream.readers += 1
+        return stream
+
+    def close_dir(self, bucket: str, prefix: str, stream: ListingStream) -> None:
+        """An open directory is done with ``stream``: a fetch nobody reads any more stops (say
+        `ls | head` on a directory of a million objects) and is not cached."""
+        stream.readers -= 1
+        if stream.readers == 0 and not stream.done:
+            if self.streams.get((bucket, prefix)) is stream:
+                del self.streams[(bucket, prefix)]
+            stream.fetching.cancel()
+
+    async def _fill(self, stream: ListingStream, bucket: str, prefix: str,
+                    first: ListPage | None) -> None:
+        """Fetch the listing page by page into ``stream`` (after ``first``, when a lookup got
+        that already); cache it unless it went stale."""
+        try:
+            with stream.fetching:  # cancelled when no reader is left
+                await self._receive_pages(stream, bucket, prefix, first)
+        except errors.AisFsError as exc:
+            stream.fail(exc)
+        except Exception:
+            log.exception("listing ais://%s/%s failed", bucket, prefix)
+            stream.fail(errors.PosixError(errno.EIO, f"listing ais://{bucket}/{prefix} failed"))
+        finally:
+            if not stream.done:  # cancelled: no reader left, or the mount is going away
+                stream.fail(errors.PosixError(errno.EIO, "listing cancelled"))
+            if self.streams.get((bucket, prefix)) is stream:
+                del self.streams[(bucket, prefix)]
+
+    async def _receive_pages(self, stream: ListingStream, bucket: str, prefix: str,
+                             first: ListPage | None) -> None:
+        """Make entries of each page as it comes, while the next one is fetched; raises the
+        listing's error."""
+        send, receive = trio.open_memory_channel[ListPage | errors.AisFsError](1)
+        failure: errors.AisFsError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetch_pages, send, bucket, prefix, first)
+            async with receive:
+                try:
+                    async for item in receive:
+                        if isinstance(item, errors.AisFsError):
+                            raise item
+                        await self._add_page(stream, bucket, prefix, item)
+                except errors.AisFsError as exc:
+                    # Raised out of the nursery it would come wrapped in a group.
+                    failure = exc
+                    nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _add_page(self, stream: ListingStream, bucket: str, prefix: str,
+                        page: ListPage) -> None:
+        for n, entries in enumerate(_pieces(page)):
+            if n:
+                # Readers hand out the piece before: the kernel and `ls` take it in while this
+                # one is made.
+                await trio.lowlevel.checkpoint()
+            stream.add(prefix, await self.without_removed_dirs(bucket, entries))
+        if not page.continuation_token:
+            # Complete before any reader wakes up: none sees the last page without the end,
+            # and lookups find it cached.
+            stream.finish()
+            if self.streams.get((bucket, prefix)) is stream:
+                del self.streams[(bucket, prefix)]
+                self.keep(bucket, prefix, stream.listing)
+
+    async def _fetch_pages(self, send: _Send, bucket: str, prefix: str,
+                           first: ListPage | None) -> None:
+        # One page ahead of the entries being made: AIS lists the next page meanwhile.
+        async with send:
+            uuid = token = ""
+            page_size = FIRST_PAGE_SIZE
+            if first is not None:
+                await send.send(first)
+                if not first.continuation_token:
+                    return
+                uuid, token, page_size = first.uuid, first.continuation_token, 0
+            while True:
+                try:
+                    page = await self.aio.list_objects_page(
+                        bucket, prefix, page_size=page_size, uuid=uuid,
+                        continuation_token=token, convert=False,
+                    )
+                except errors.AisFsError as exc:
+                    await send.send(exc)
+                    return
+                await send.send(page)
+                if not page.continuation_token:
+                    return
+                uuid, token, page_size = page.uuid, page.continuation_token, 0
