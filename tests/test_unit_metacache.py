@@ -1,5 +1,5 @@
-"""aisfs/metacache.py against a fake async AIS interface: TTLs, negative entries, single-flight,
-failures not cached."""
+"""aisfs/metacache.py against the in-memory AIS of tests/fakeais.py: TTLs, negative entries,
+single-flight, failures not cached."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from aisfs.config import MountConfig, parse_source
 from aisfs.metacache import MetadataCache
 from aisfs.objects import ObjectProps
 
+from .fakeais import STORED_NS, FakeAis
+
 
 class FakeTimer:
     def __init__(self) -> None:
@@ -25,33 +27,18 @@ class FakeTimer:
         return self.now
 
 
-class FakeAis:
-    """Objects as {key: size}; HEADs and bucket listings counted, held by ``gate``, failing
-    with ``fail`` (once each) when set."""
+def fail_once(fake: FakeAis, error: errors.AisFsError) -> None:
+    """The next HEAD fails with ``error`` once it has been answered (after the fake's gate)."""
+    head = fake.head_object
 
-    def __init__(self, objects: dict[str, int]) -> None:
-        self.objects = dict(objects)
-        self.buckets = ["b"]
-        self.calls: Counter[str] = Counter()
-        self.gate: trio.Event | None = None
-        self.fail: list[errors.AisFsError] = []
+    async def failing(bucket: str, key: str) -> ObjectProps:
+        props = await head(bucket, key)
+        if fake.head_object is failing:
+            del fake.head_object  # back to the fake's own method
+            raise error
+        return props
 
-    async def _call(self, name: str) -> None:
-        self.calls[name] += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail:
-            raise self.fail.pop(0)
-
-    async def head_object(self, bucket: str, key: str) -> ObjectProps:
-        await self._call("head")
-        if key not in self.objects:
-            raise errors.NotFound(f"{key} does not exist", 404, f"ais://{bucket}/{key}")
-        return ObjectProps(key, self.objects[key], 7_000_000_000, "3")
-
-    async def list_buckets(self) -> list[str]:
-        await self._call("list_buckets")
-        return list(self.buckets)
+    fake.head_object = failing  # type: ignore[method-assign]
 
 
 def make_cache(fake: FakeAis, ttl: float = 5.0, neg: float = 1.0
@@ -59,43 +46,43 @@ def make_cache(fake: FakeAis, ttl: float = 5.0, neg: float = 1.0
     config = MountConfig(source=parse_source("ais://b"), mountpoint="/x", metadata_ttl=ttl,
                          negative_metadata_ttl=neg)
     timer = FakeTimer()
-    return MetadataCache(fake, config, timer), timer  # type: ignore[arg-type]
+    return MetadataCache(fake, config, timer), timer
 
 
 async def test_a_stat_is_cached_for_the_ttl() -> None:
     fake = FakeAis({"a": 1})
     cache, timer = make_cache(fake, ttl=5.0)
-    assert await cache.head("b", "a") == Stat(1, 7_000_000_000, "3")
-    fake.objects["a"] = 2  # changed remotely
+    assert await cache.head("b", "a") == Stat(1, STORED_NS, "1")
+    fake.store("a", 2)  # changed remotely
     timer.now += 4.9
     assert (await cache.head("b", "a")).size == 1
-    assert fake.calls["head"] == 1
+    assert fake.calls["head_object"] == 1
     timer.now += 0.2
     assert (await cache.head("b", "a")).size == 2
-    assert fake.calls["head"] == 2
+    assert fake.calls["head_object"] == 2
 
 
 async def test_a_missing_object_is_cached_for_the_negative_ttl_only() -> None:
-    fake = FakeAis({})
+    fake = FakeAis()
     cache, timer = make_cache(fake, ttl=5.0, neg=1.0)
     for _ in range(2):
         with pytest.raises(errors.NotFound):
             await cache.head("b", "new")
-    assert fake.calls["head"] == 1
+    assert fake.calls["head_object"] == 1
     assert cache.stats.get(("b", "new")) is MISSING
-    fake.objects["new"] = 3  # made by another client
+    fake.store("new", 3)  # made by another client
     timer.now += 1.1  # past the negative TTL, well within the positive one
     assert (await cache.head("b", "new")).size == 3
-    assert fake.calls["head"] == 2
+    assert fake.calls["head_object"] == 2
 
 
 async def test_no_negative_entries_with_a_zero_negative_ttl() -> None:
-    fake = FakeAis({})
+    fake = FakeAis()
     cache, _ = make_cache(fake, neg=0.0)
     for _ in range(3):
         with pytest.raises(errors.NotFound):
             await cache.head("b", "nope")
-    assert fake.calls["head"] == 3
+    assert fake.calls["head_object"] == 3
 
 
 async def test_concurrent_lookups_of_one_name_make_one_head() -> None:
@@ -116,28 +103,28 @@ async def test_concurrent_lookups_of_one_name_make_one_head() -> None:
             nursery.start_soon(stat, "a")
             nursery.start_soon(stat, "nope")
         await trio.testing.wait_all_tasks_blocked()
-        assert fake.calls["head"] == 2  # one per name, however many ask
+        assert fake.calls["head_object"] == 2  # one per name, however many ask
         fake.gate.set()
-    assert fake.calls["head"] == 2
+    assert fake.calls["head_object"] == 2
     assert len(got) == 5 and all(s is got[0] for s in got)
     assert missing == [True] * 5
 
 
 async def test_a_failed_head_is_not_cached() -> None:
     fake = FakeAis({"a": 1})
-    fake.fail = [errors.Transient("connection reset", 0, "ais://b/a")]
+    fail_once(fake, errors.Transient("connection reset", 0, "ais://b/a"))
     cache, _ = make_cache(fake)
     with pytest.raises(errors.Transient):
         await cache.head("b", "a")
     assert ("b", "a") not in cache.stats  # neither the error nor "missing"
     assert (await cache.head("b", "a")).size == 1
-    assert fake.calls["head"] == 2
+    assert fake.calls["head_object"] == 2
 
 
 async def test_waiters_on_a_failed_head_ask_again_once() -> None:
     fake = FakeAis({"a": 1})
     fake.gate = trio.Event()
-    fake.fail = [errors.AisError("target down", 503, "ais://b/a")]
+    fail_once(fake, errors.AisError("target down", 503, "ais://b/a"))
     cache, _ = make_cache(fake)
     outcomes: list[object] = []
 
@@ -155,11 +142,11 @@ async def test_waiters_on_a_failed_head_ask_again_once() -> None:
     # The caller that ran the failed HEAD sees its error; the waiters share one more HEAD.
     assert sum(isinstance(o, errors.AisError) for o in outcomes) == 1
     assert sum(isinstance(o, Stat) for o in outcomes) == 3
-    assert fake.calls["head"] == 2
+    assert fake.calls["head_object"] == 2
 
 
 async def test_directory_probes_are_shared_and_cached_both_ways() -> None:
-    fake = FakeAis({})
+    fake = FakeAis()
     cache, timer = make_cache(fake, ttl=5.0, neg=1.0)
     probes: Counter[str] = Counter()
     gate = trio.Event()
@@ -188,7 +175,7 @@ async def test_directory_probes_are_shared_and_cached_both_ways() -> None:
 
 
 async def test_a_failed_directory_probe_is_not_cached() -> None:
-    fake = FakeAis({})
+    fake = FakeAis()
     cache, _ = make_cache(fake)
     calls = 0
 
@@ -207,7 +194,7 @@ async def test_a_failed_directory_probe_is_not_cached() -> None:
 
 
 async def test_bucket_names_are_fetched_once_per_ttl() -> None:
-    fake = FakeAis({})
+    fake = FakeAis()
     fake.gate = trio.Event()
     cache, timer = make_cache(fake, ttl=5.0)
     async with trio.open_nursery() as nursery:
@@ -216,7 +203,7 @@ async def test_bucket_names_are_fetched_once_per_ttl() -> None:
         await trio.testing.wait_all_tasks_blocked()
         fake.gate.set()
     assert fake.calls["list_buckets"] == 1
-    fake.buckets.append("c")
+    fake.buckets.add("c")
     assert await cache.bucket_names() == ("b",)
     timer.now += 5.1
     assert await cache.bucket_names() == ("b", "c")
