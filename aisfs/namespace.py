@@ -85,6 +85,11 @@ class Namespace:
         return self.dir_listings.listings
 
     # ------------------------------------------------------------------ files being written
+    # The only readers of ``pending``.
+
+    def _pending_stat(self, bucket: str, key: str) -> Stat | None:
+        current = self.pending.get((bucket, key))
+        return current() if current is not None else None
 
     def _pending_under(self, bucket: str, prefix: str) -> bool:
         return any(b == bucket and k.startswith(prefix) for (b, k) in self.pending)
@@ -115,9 +120,9 @@ class Namespace:
         """(is_dir, stat) for ``prefix + name``: the directory wins over an object of that name."""
         if self.local.is_made(bucket, prefix + name + "/"):
             return True, None
-        pending = self.pending.get((bucket, prefix + name))
+        pending = self._pending_stat(bucket, prefix + name)
         if pending is not None:
-            return False, pending()
+            return False, pending
         listing = self.dir_listings.cached(bucket, prefix)
         if listing is not None:
             child = listing.by_name.get(name)
