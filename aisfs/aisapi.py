@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+from .archives import ArchiveContents
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 
 T = TypeVar("T")
@@ -99,6 +100,27 @@ class AisApi(Protocol):
         self, bucket: str, key: str, custom: dict[str, bytes], *, replace: bool = False
     ) -> None:
         """Merge ``custom`` into the object's custom metadata, or replace it whole."""
+        ...
+
+    async def list_archive(self, bucket: str, key: str) -> ArchiveContents:
+        """The archive object ``key`` and the tree of its members as AIS lists them (``readable``
+        False when AIS cannot read it); ``NotFound`` when the object does not exist."""
+        ...
+
+    async def get_member(
+        self, bucket: str, key: str, member: str, into: RecvBuffer | None = None
+    ) -> memoryview:
+        """The whole of one member of the archive ``key`` (in ``into`` when it is big enough);
+        ``NotFound`` when the archive or the member is not there, ``BadArchive`` when AIS
+        cannot read the archive."""
+        ...
+
+    async def get_member_range(
+        self, bucket: str, key: str, member: str, start: int, length: int,
+        into: RecvBuffer | None = None,
+    ) -> memoryview:
+        """Bytes [start, start+length) of one member, a range that must lie within it (in
+        ``into`` when it is big enough)."""
         ...
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:

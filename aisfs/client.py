@@ -35,7 +35,7 @@ import orjson
 import requests
 import urllib3
 
-from . import errors, tarstream
+from . import errors, getbatch
 from .config import ClientConfig
 from .objects import (
     Body,
@@ -660,11 +660,8 @@ class AisClient:
         periodic flush (~100 ms later), and the end of every stream too: the reply is read up to
         the range's last byte and its connection closed, not given back to the pool.
         """
-        if start < 0 or length <= 0:
-            raise ValueError(f"bad member range: start {start}, length {length}")
         what = f"ais://{bucket}/{key}/{member}"
-        body = {"in": [{"objname": key, "archpath": member, "start": start, "length": length}],
-                "strm": True, "onob": True}
+        body = getbatch.member_range_request(key, member, start, length)
         try:
             resp = self._request(
                 "GET", f"{self._base}/ml/moss/{bucket}", what, kind="get_batch",
@@ -672,19 +669,20 @@ class AisClient:
             )
         except errors.InvalidRequest as exc:
             raise errors.BadArchive(str(exc.args[0]), exc.status, what) from None
+        buf = into if into is not None and len(into) >= length else bytearray(length)
+        items = getbatch.read_batch(
+            _ReplyBody(resp), bucket, [f"{key}/{member}"], max_size=length, sizes=[length],
+            buffer_for=lambda _index, _size: memoryview(buf),
+        )
         try:
-            buf = into if into is not None and len(into) >= length else bytearray(length)
-            view = memoryview(buf)[:length]
-            _read_batch_entry(resp, view, what)
-            return view
-        except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
-                OSError) as exc:
-            raise errors.Transient(f"reading the Get-Batch reply failed: {_short(exc)}", 0,
-                                   what) from None
-        except tarstream.TarFormatError as exc:
-            raise errors.Transient(f"the Get-Batch reply is not a TAR: {exc}", 0, what) from None
+            item = next(items)
         finally:
+            items.close()  # not read on to the stream's end: AIS sends it ~100 ms later
             resp.close()
+        if item.error is not None:
+            raise item.error  # NotFound (a __404__ entry), or getbatch.NotFetched
+        assert item.data is not None
+        return item.data
 
     def set_custom(
         self, bucket: str, key: str, custom: dict[str, bytes], *, replace: bool = False
@@ -703,54 +701,22 @@ class AisClient:
 # Get-Batch ranges at least this long reach the client as soon as AIS has read them; shorter
 # ones wait for its periodic flush (measured on v1.5.0: 16 KiB and up in 1-5 ms, 1 KiB ~100 ms).
 MIN_BATCH_RANGE = 64 * 1024
-# Extended-header data (long names) a Get-Batch reply may put before an entry.
-_MAX_EXTENDED_HEADER = 64 * 1024
 
 
-def _read_batch_entry(resp: requests.Response, view: memoryview, what: str) -> None:
-    """Read the one entry of a streamed Get-Batch reply into ``view`` (exactly its length)."""
-    fp = getattr(resp.raw, "_fp", None) or resp.raw  # http.client's response decodes chunking
-    name: str | None = None
-    while True:
-        header = tarstream.parse_header(_read_exact(fp, tarstream.BLOCK, what))
-        if header is None:  # what AIS sends for a missing member about as often as a 404 entry
-            raise errors.NotFound("Get-Batch sent no entry", 404, what)
-        if not header.describes_next:
-            break
-        if header.size > _MAX_EXTENDED_HEADER:
-            raise errors.BadArchive(f"Get-Batch sent a {header.size}-byte extended header", 0,
-                                    what)
-        data = _read_exact(fp, tarstream.padded(header.size), what)[:header.size]
-        if header.long_name:
-            name = tarstream.gnu_long_name(data)
-        elif header.pax:
-            name = tarstream.pax_path(data) or name
-    if (name or header.name).startswith(tarstream.MISSING_PREFIX):
-        raise errors.NotFound("Get-Batch could not read it (missing, or a corrupt archive)",
-                              404, what)
-    if header.size != len(view):
-        raise errors.BadArchive(
-            f"Get-Batch sent {header.size} bytes for a range of {len(view)}", 0, what)
-    got = 0
-    while got < len(view):
-        n = fp.readinto(view[got:])
-        if not n:
-            raise errors.BadArchive(f"Get-Batch reply ended after {got} of {len(view)} bytes", 0,
-                                    what)
-        got += n
+class _ReplyBody:
+    """A streamed reply's body for :func:`getbatch.read_batch`: read straight from http.client
+    (which undoes the chunked encoding), failures as ``Transient``."""
 
+    def __init__(self, resp: requests.Response) -> None:
+        self._fp = getattr(resp.raw, "_fp", None) or resp.raw
 
-def _read_exact(fp: Any, size: int, what: str) -> bytes:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = fp.readinto(view[got:])
-        if not n:
-            raise errors.BadArchive(f"Get-Batch reply ended early ({got} of {size} bytes)", 0,
-                                    what)
-        got += n
-    return bytes(buf)
+    def readinto(self, buf: memoryview, /) -> int:
+        try:
+            n: int = self._fp.readinto(buf)
+            return n
+        except (requests.RequestException, urllib3.exceptions.HTTPError,
+                http.client.HTTPException, OSError) as exc:
+            raise errors.Transient(f"reading the reply failed: {_short(exc)}") from None
 
 
 def _without_param(url: str, name: str) -> str:

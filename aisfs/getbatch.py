@@ -32,9 +32,9 @@ Concurrency: pure functions over the caller's stream; one stream is read by one 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -86,6 +86,18 @@ def request_body(names: Sequence[str]) -> bytes:
     })
 
 
+def member_range_request(key: str, member: str, start: int, length: int) -> dict[str, Any]:
+    """The ``MossReq`` (as JSON-ready values) for bytes [start, start+length) of the member
+    ``member`` of the archive object ``key``: one reply member named ``<key>/<member>``.
+
+    The range must lie within the member: AIS v1.5.0 answers one past its end after 20 s, with
+    the whole member. ``length`` must be positive (AIS reads 0 as "all of it")."""
+    if start < 0 or length <= 0:
+        raise ValueError(f"bad member range: start {start}, length {length}")
+    return {"mime": ".tar", "coer": True, "onob": True, "strm": True,
+            "in": [{"objname": key, "archpath": member, "start": start, "length": length}]}
+
+
 class _BadReply(Exception):
     """The bytes are not the TAR AIS sends (checksum, order, sizes)."""
 
@@ -98,7 +110,7 @@ def read_batch(
     max_size: int,
     sizes: Sequence[int] | None = None,
     buffer_for: BufferFor | None = None,
-) -> Iterator[BatchItem]:
+) -> Generator[BatchItem, None, None]:
     """Read a Get-Batch reply; yield one item per name of ``names``, in order, as each member
     arrives (so the caller can serve a file before the batch ends).
 

@@ -16,9 +16,13 @@ Concurrency: trio thread only (the test's); a knob's gate is a ``trio.Event``.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
+import posixpath
+import tarfile
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +32,13 @@ import trio
 
 from aisfs import errors
 from aisfs.aisapi import AisApi
+from aisfs.archives import (
+    ENTRY_IN_ARCH,
+    ENTRY_IS_ARCHIVE,
+    ArchiveContents,
+    contents_from_listing,
+    is_archive,
+)
 from aisfs.objects import (
     LS_ENTRY_IS_DIR,
     Body,
@@ -74,6 +85,31 @@ def as_json(entry: ListEntry, custom: dict[str, bytes] | None = None) -> dict[st
         doc["custom-md"] = "[" + " ".join(f"{k}:{v.decode('latin-1')}"
                                           for k, v in sorted(custom.items())) + "]"
     return doc
+
+
+def archive_members(key: str, data: bytes) -> list[tuple[str, bytes]] | None:
+    """What AIS reads out of an archive object: its members (name as stored, bytes) in archive
+    order, directories left out; None when AIS cannot read it."""
+    try:
+        if key.endswith(".zip"):
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                return [(i.filename, zf.read(i)) for i in zf.infolist() if not i.is_dir()]
+        raw = data
+        if key.endswith(".tar.lz4"):
+            import lz4.frame
+
+            raw = lz4.frame.decompress(data)
+        gz = key.endswith((".tgz", ".tar.gz"))
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz" if gz else "r:") as tf:
+            out = []
+            for info in tf:
+                if info.isdir():
+                    continue
+                f = tf.extractfile(info) if info.isreg() else None
+                out.append((info.name, f.read() if f is not None else b""))
+            return out
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, RuntimeError):
+        return None
 
 
 def _data_of(body: Body) -> bytes:
@@ -391,6 +427,61 @@ class FakeAis:
         self.log.append(("set_custom", bucket, key))
         obj = self._object(bucket, key)
         obj.custom = dict(custom) if replace else {**obj.custom, **custom}
+
+    # ------------------------------------------------------------------ archives
+
+    def _members(self, bucket: str, key: str) -> list[tuple[str, bytes]]:
+        obj = self._object(bucket, key)
+        members = archive_members(key, obj.content()) if is_archive(key) else None
+        if members is None:
+            raise errors.BadArchive("cannot read the archive", 400, f"ais://{bucket}/{key}")
+        return members
+
+    async def list_archive(self, bucket: str, key: str) -> ArchiveContents:
+        """As AIS lists it: member names cleaned (``./a`` is ``a``), sorted, sizes only."""
+        self._enter("list_archive")
+        self.log.append(("list_archive", bucket, key))
+        await self._maybe_wait()
+        obj = self._object(bucket, key)
+        entry = as_json(ListEntry(key, False, obj.size, obj.atime_ns, obj.version), obj.custom)
+        try:
+            members = self._members(bucket, key)
+        except errors.BadArchive:
+            members = []
+        else:
+            entry["flags"] = ENTRY_IS_ARCHIVE
+        listed = sorted((posixpath.join(key, posixpath.normpath(name)), len(data))
+                        for name, data in members)
+        raw = [entry] + [{"name": n, "size": str(size), "flags": ENTRY_IN_ARCH}
+                         for n, size in listed]
+        return contents_from_listing(bucket, key, raw)
+
+    async def get_member(
+        self, bucket: str, key: str, member: str, into: RecvBuffer | None = None
+    ) -> memoryview:
+        """The first member stored under exactly this name (as AIS finds it)."""
+        self._enter("get_member")
+        self.log.append(("get_member", bucket, key, member))
+        for name, data in self._members(bucket, key):
+            if name.lstrip("/") == member:
+                buf = into if into is not None and len(into) >= len(data) else bytearray(
+                    len(data))
+                buf[: len(data)] = data
+                return memoryview(buf)[: len(data)]
+        raise errors.NotFound("no such member", 404, f"ais://{bucket}/{key}/{member}")
+
+    async def get_member_range(
+        self, bucket: str, key: str, member: str, start: int, length: int,
+        into: RecvBuffer | None = None,
+    ) -> memoryview:
+        self._enter("get_member_range")
+        self.log.append(("get_member_range", bucket, key, member))
+        self.ranges.append((start, length))
+        whole = bytes(await self.get_member(bucket, key, member))
+        assert 0 <= start and 0 < length and start + length <= len(whole), "out of bounds"
+        buf = into if into is not None and len(into) >= length else bytearray(length)
+        buf[:length] = whole[start:start + length]
+        return memoryview(buf)[:length]
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` in a worker thread, as the mount does."""

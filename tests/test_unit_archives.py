@@ -128,3 +128,28 @@ def test_ten_thousand_members() -> None:
     m = c.find("m")
     assert isinstance(m, MemberDir) and len(m.children) == 10_001
     assert c.find("m/010000.bin") == Member("m/010000.bin", 10_000)
+
+
+async def test_fake_cluster_reads_archives_as_ais_does() -> None:
+    # The in-memory AIS that unit tests of the layers use: same listing rules as the cluster.
+    import io
+    import tarfile
+
+    from .fakeais import FakeAis
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("./dot", b"d"), ("a/b", b"bb"), ("z", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    fake = FakeAis({"s.tar": buf.getvalue(), "bad.tar": b"junk" * 200})
+    c = await fake.list_archive("b", "s.tar")
+    assert c.readable and c.members == 3 and c.find("dot") == Member("dot", 1)
+    assert bytes(await fake.get_member("b", "s.tar", "a/b")) == b"bb"
+    assert bytes(await fake.get_member_range("b", "s.tar", "a/b", 1, 1)) == b"b"
+    with pytest.raises(errors.NotFound):
+        await fake.get_member("b", "s.tar", "dot")  # listed cleaned, stored as "./dot"
+    assert not (await fake.list_archive("b", "bad.tar")).readable
+    with pytest.raises(errors.BadArchive):
+        await fake.get_member("b", "bad.tar", "x")

@@ -15,6 +15,7 @@ from aisfs.getbatch import (
     MISSING_PREFIX,
     BatchItem,
     NotFetched,
+    member_range_request,
     read_batch,
     request_body,
 )
@@ -216,3 +217,13 @@ def test_base256_size_and_gnu_long_names() -> None:
     assert _number(memoryview(b"0000000001751\0")) == 0o1751
     raw = make_tar([("n" * 300, b"long")], fmt=tarfile.GNU_FORMAT)
     assert bytes(collect(raw, ["n" * 300])[0].data or b"") == b"long"
+
+
+def test_member_range_request() -> None:
+    body = member_range_request("d/s.tar", "m/x.bin", 4096, 65536)
+    assert body["in"] == [{"objname": "d/s.tar", "archpath": "m/x.bin", "start": 4096,
+                           "length": 65536}]
+    assert body["strm"] and body["onob"] and body["mime"] == ".tar"
+    for start, length in ((0, 0), (-1, 10), (5, -1)):
+        with pytest.raises(ValueError):
+            member_range_request("s.tar", "m", start, length)
