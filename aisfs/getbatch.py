@@ -18,6 +18,10 @@ each point checked on a local cluster):
 - The other shape (``strm: false``) is ``multipart/mixed`` with a JSON ``metadata`` part and the
   TAR as an ``archive`` part; the target builds the whole TAR in memory first, and without
   ``coer`` one missing object fails the request (404). Not used here.
+- AIS sends the last part of a reply (what its writers still buffer, up to ~100 KiB: a small
+  batch whole) only when it finishes, ~100 ms after the rest (its quiesce window), the TAR's
+  end-of-archive marker included. So a reader stops after the last requested member and does
+  not wait for the marker: the reply's connection is then closed, not reused.
 
 :func:`read_batch` yields exactly one :class:`BatchItem` per requested name, in request order:
 the object's bytes, :class:`~aisfs.errors.NotFound` (missing), or :class:`NotFetched` (the batch
@@ -44,9 +48,6 @@ MISSING_PREFIX = "__404__/"
 BLOCK = 512
 # PAX/GNU long-name records longer than this are not a name AIS would send.
 _MAX_EXTENDED_HEADER = 1024 * 1024
-# After the end-of-archive marker, at most this much trailing data is read (to free the
-# connection for reuse); more means the reply is not what AIS sends.
-_MAX_TRAILER = 64 * 1024
 _SCRATCH = 256 * 1024
 
 
@@ -112,7 +113,8 @@ def read_batch(
     buffer_for: BufferFor | None = None,
 ) -> Generator[BatchItem, None, None]:
     """Read a Get-Batch reply; yield one item per name of ``names``, in order, as each member
-    arrives (so the caller can serve a file before the batch ends).
+    arrives (so the caller can serve a file before the batch ends). The stream is not read
+    past the last requested member (see the module docstring): close its connection after.
 
     ``sizes``, when given, are the sizes the caller expects (from a listing): a member of
     another size changed since, and is NotFetched rather than served.
@@ -151,8 +153,6 @@ def read_batch(
                 reader.read_data(view)
                 yield BatchItem(index, expected, data=view)
             index += 1
-        else:
-            reader.drain()
     except errors.AisError as exc:
         reason = f"Get-Batch stream broke: {exc.args[0] if exc.args else exc}"
     except _BadReply as exc:
@@ -240,20 +240,6 @@ class _TarReader:
             self._exact(scratch[:n])
             left -= n
         self._pad = -size % BLOCK
-
-    def drain(self) -> None:
-        """Read what follows the last wanted member (the end marker), so that the connection
-        ends its body cleanly; a long tail is not AIS's reply."""
-        scratch = memoryview(bytearray(BLOCK * 8))
-        total = 0
-        while True:
-            n = self._stream.readinto(scratch)
-            if not n:
-                return
-            total += n
-            if total > _MAX_TRAILER:
-                raise _BadReply("more data after the last requested object")
-
 
 def _check_sum(header: memoryview) -> None:
     stored = _number(header[148:156])

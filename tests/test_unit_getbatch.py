@@ -202,13 +202,12 @@ def test_items_arrive_before_the_stream_ends() -> None:
     assert len(list(gen)) == 4
 
 
-def test_trailer_is_drained_and_bounded() -> None:
-    raw = make_tar([("a", b"1")])
+def test_not_read_past_the_last_member() -> None:
+    # AIS sends the end-of-archive marker ~100 ms after the last member: no waiting for it.
+    raw = make_tar([("a", b"1" * 700)])
     stream = Trickle(raw + b"\0" * 4096)
-    items = list(read_batch(stream, "bk", ["a"], max_size=10))
-    assert items[0].error is None and stream.pos == len(stream.data)  # read to the end
-    garbage = make_tar([("a", b"1")]) + b"\1" * (1 << 17)
-    assert bytes(collect(garbage, ["a"])[0].data or b"") == b"1"  # served before the tail
+    items = list(read_batch(stream, "bk", ["a"], max_size=1000))
+    assert bytes(items[0].data or b"") == b"1" * 700 and stream.pos == 512 + 700
 
 
 def test_base256_size_and_gnu_long_names() -> None:
