@@ -1,4 +1,4 @@
-"""Helpers shared by the aisfs benchmarks (scripts/bench-read, later scripts/bench-write).
+"""Helpers shared by the aisfs benchmarks (scripts/bench-read, bench-write, bench-small).
 
 - :func:`cluster`: the AIS cluster to measure (AIS_ENDPOINT when healthy, else a fresh local
   one from scripts/ais-local on a free port block, stopped afterwards);
@@ -7,6 +7,9 @@
   and the raw paged listing aisfs itself issues;
 - :class:`Mounts`: real aisfs mounts in subprocesses (tests/util.py ``mounted``) that record each
   daemon's peak RSS (VmHWM) before it exits;
+- :func:`fuse_daemon`: any FUSE daemon (aisfs from another checkout, s3fs, rclone mount) run in
+  the foreground, its peak RSS taken before unmounting, unmounted on every exit path
+  (:func:`unmount_all` and :func:`exit_on_signals` for the paths that skip ``finally``);
 - measurement and report helpers: :func:`drop_caches`, :func:`median`, :class:`Row`,
   :func:`markdown_table`, :func:`machine_info`.
 
@@ -17,12 +20,14 @@ Benchmarks are not tests: nothing here asserts; the scripts print pass/fail per 
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -77,9 +82,10 @@ def free_port_block(start: int = 21080) -> int:
 
 
 @contextlib.contextmanager
-def cluster(endpoint: str | None = None) -> Iterator[str]:
-    """Yields a healthy endpoint: ``endpoint`` / $AIS_ENDPOINT, else a local cluster of our own."""
-    given = endpoint or os.environ.get("AIS_ENDPOINT")
+def cluster(endpoint: str | None = None, use_env: bool = True) -> Iterator[str]:
+    """Yields a healthy endpoint: ``endpoint`` / $AIS_ENDPOINT (``use_env``), else a local cluster
+    of our own."""
+    given = endpoint or (os.environ.get("AIS_ENDPOINT") if use_env else None)
     if given and endpoint_ready(given):
         log(f"using the AIS cluster at {given}")
         yield given.rstrip("/")
@@ -309,6 +315,97 @@ class Mounts:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_LIVE_DAEMONS: dict[int, FuseDaemon] = {}  # pid -> daemon not yet stopped (for unmount_all)
+
+
+class FuseDaemon:
+    """One FUSE daemon of ours serving ``path`` in the foreground.
+
+    Invariant: listed in ``_LIVE_DAEMONS`` from its start until :meth:`stop` has unmounted it and
+    reaped the process.
+    """
+
+    def __init__(self, path: Path, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.path = path
+        self.proc = proc
+        self.log_path = log_path
+        self.peak_rss_kib = 0  # VmHWM, taken just before unmounting
+        self.exit_code: int | None = None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30) -> None:
+        """Unmount (retrying while the mount is busy) and reap the daemon; one that does not exit
+        in ``timeout`` s is killed and its mount detached (``fusermount -uz``)."""
+        from tests.util import fusermount_u, is_mounted
+
+        if self.proc.poll() is None:
+            self.peak_rss_kib = max(self.peak_rss_kib, vm_hwm_kib(self.proc.pid))
+        deadline = time.monotonic() + timeout
+        while is_mounted(self.path) and time.monotonic() < deadline:
+            fusermount_u(self.path)
+            if is_mounted(self.path):
+                time.sleep(0.2)
+        try:
+            self.exit_code = self.proc.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.exit_code = self.proc.wait(10)
+        if is_mounted(self.path):
+            fusermount_u(self.path, lazy=True)
+        _LIVE_DAEMONS.pop(self.proc.pid, None)
+
+
+@contextlib.contextmanager
+def fuse_daemon(cmd: Sequence[str], path: Path, log_path: Path, env: dict[str, str] | None = None,
+                cwd: Path | None = None, timeout: float = 60) -> Iterator[FuseDaemon]:
+    """Run ``cmd`` (a FUSE daemon in the foreground that mounts ``path``) until the mount is up;
+    yield it; unmount and reap it on exit, however the block ends."""
+    from tests.util import is_mounted
+
+    path.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    daemon = _LIVE_DAEMONS[proc.pid] = FuseDaemon(path, proc, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while not is_mounted(path):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{Path(cmd[0]).name} exited with {proc.returncode} before "
+                                   f"mounting {path}: {daemon.log()[-1500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{Path(cmd[0]).name} did not mount {path} in {timeout:.0f} s:"
+                                   f" {daemon.log()[-1500:]}")
+            time.sleep(0.05)
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def unmount_all() -> None:
+    """Stop every daemon :func:`fuse_daemon` started and has not stopped yet (exit paths)."""
+    for daemon in list(_LIVE_DAEMONS.values()):
+        with contextlib.suppress(Exception):
+            daemon.stop(10)
+
+
+def exit_on_signals() -> None:
+    """Make SIGTERM and SIGHUP raise SystemExit, so that ``finally`` blocks (unmounts, a cluster
+    of our own) run as they do on Ctrl-C; :func:`unmount_all` runs at exit as a last resort."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    atexit.register(unmount_all)
 
 
 # ---------------------------------------------------------------------------------- measuring
