@@ -656,9 +656,9 @@ class AisClient:
         (``/v1/ml/moss``: AIS refuses a Range header together with ``archpath``).
 
         The range must lie within the member: AIS v1.5.0 answers one past its end after 20 s,
-        with the whole member. AIS sends a range under :data:`MIN_BATCH_RANGE` only at its next
-        periodic flush (~100 ms later), and the end of every stream too: the reply is read up to
-        the range's last byte and its connection closed, not given back to the pool.
+        with the whole member. A range under ``getbatch.MIN_BATCH_RANGE`` arrives only at AIS's
+        next periodic flush (~100 ms later), and so does the end of every stream: the reply is
+        read up to the range's last byte and its connection closed, not given back to the pool.
         """
         what = f"ais://{bucket}/{key}/{member}"
         body = getbatch.member_range_request(key, member, start, length)
@@ -696,11 +696,6 @@ class AisClient:
             "PATCH", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="set_custom",
             params=params, json_body={"action": "", "name": "", "value": value},
         )
-
-
-# Get-Batch ranges at least this long reach the client as soon as AIS has read them; shorter
-# ones wait for its periodic flush (measured on v1.5.0: 16 KiB and up in 1-5 ms, 1 KiB ~100 ms).
-MIN_BATCH_RANGE = 64 * 1024
 
 
 class _ReplyBody:

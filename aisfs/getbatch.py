@@ -45,6 +45,9 @@ import orjson
 from . import errors
 
 MISSING_PREFIX = "__404__/"
+# Ranges at least this long reach the client as soon as AIS has read them; AIS sends shorter
+# members only at its periodic flush (measured on v1.5.0: 16 KiB and up in 1-5 ms, 1 KiB ~100 ms).
+MIN_BATCH_RANGE = 64 * 1024
 BLOCK = 512
 # PAX/GNU long-name records longer than this are not a name AIS would send.
 _MAX_EXTENDED_HEADER = 1024 * 1024

@@ -215,14 +215,11 @@ class ObjectReader:
             try:
                 self.requests += 1
                 buf = self.pool.take(chunk.end - chunk.start)
-                result = await self.aio.get_range(
-                    self.bucket, self.key, chunk.start, chunk.end - chunk.start, buf
-                )
-                self._check(result.version, result.total_size, chunk, len(result.data))
+                data = await self._fetch(chunk.start, chunk.end - chunk.start, buf)
                 if not self._holds(chunk):
                     self.pool.give(buf)  # dropped while in flight; the fetch is over: reuse
                 else:
-                    chunk.data = result.data
+                    chunk.data = data
                     chunk.buf = buf  # not on cancel: the abandoned thread may still use it
             except errors.RangeNotSatisfiable:
                 chunk.error = errors.StaleObject(f"{self.what} shrank while open")
@@ -230,10 +227,17 @@ class ObjectReader:
                 chunk.error = exc
         chunk.done.set()
 
-    def _check(self, version: str, total: int, chunk: _Chunk, got: int) -> None:
+    async def _fetch(self, start: int, length: int, buf: RecvBuffer) -> memoryview:
+        """Bytes [start, start+length) of the file, in ``buf``; StaleObject when the object
+        is no longer the one opened. (Subclasses read something else than an object.)"""
+        result = await self.aio.get_range(self.bucket, self.key, start, length, buf)
+        self._check(result.version, result.total_size, length, len(result.data))
+        return result.data
+
+    def _check(self, version: str, total: int, length: int, got: int) -> None:
         if (self.version and version and version != self.version) or (
             total >= 0 and total != self.size
-        ) or got != chunk.end - chunk.start:
+        ) or got != length:
             log.warning(
                 "%s changed while open (version %s -> %s, size %d -> %d); failing reads "
                 "with ESTALE: reopen the file to read the new version",

@@ -15,8 +15,9 @@ import pytest
 
 from aisfs import errors, getbatch
 from aisfs.archives import contents_from_listing
-from aisfs.client import MIN_BATCH_RANGE, AisClient
+from aisfs.client import AisClient
 from aisfs.config import ClientConfig
+from aisfs.getbatch import MIN_BATCH_RANGE
 
 BIG = bytes((i * 7 + i // 251) % 256 for i in range(3_000_001))
 MEMBERS = {"a.txt": b"hello", "d/b.bin": bytes(range(256)) * 4, "d/e/empty": b"",
