@@ -160,6 +160,7 @@ class FakeAis:
         # (start, length) -> an exception to raise after the delay or gate, or None.
         self.fail_range: Callable[[int, int], BaseException | None] | None = None
         self.claimed_size: int | None = None  # the total a range answer claims (None: true)
+        self.archive_gate: trio.Event | None = None  # holds archive listings
         # ---- knobs: any call
         self.fail_calls: dict[str, errors.AisFsError] = {}  # method name -> raised every call
 
@@ -442,6 +443,8 @@ class FakeAis:
         self._enter("list_archive")
         self.log.append(("list_archive", bucket, key))
         await self._maybe_wait()
+        if self.archive_gate is not None:
+            await self.archive_gate.wait()
         obj = self._object(bucket, key)
         entry = as_json(ListEntry(key, False, obj.size, obj.atime_ns, obj.version), obj.custom)
         try:

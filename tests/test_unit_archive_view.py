@@ -1,0 +1,104 @@
+"""aisfs/archive_view.py against the in-memory AIS of tests/fakeais.py (real tar shards)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+
+import pytest
+import trio
+
+from aisfs import errors
+from aisfs.archive_view import ArchiveView, children
+from aisfs.archives import MemberDir
+from aisfs.cache import Stat
+from aisfs.listing import Child
+
+from .fakeais import FakeAis
+
+
+def tar_of(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def view_of(fake: FakeAis) -> ArchiveView:
+    async def archive_stat(bucket: str, key: str) -> Stat:
+        props = await fake.head_object(bucket, key)
+        return Stat(props.size, props.mtime_ns, props.version)
+
+    return ArchiveView(fake, archive_stat)
+
+
+async def test_tree_is_listed_once_per_version() -> None:
+    fake = FakeAis({"s.tar": tar_of({"a": b"1", "d/b": b"22"})})
+    view = view_of(fake)
+    first = await view.tree("b", "s.tar")
+    assert await view.tree("b", "s.tar") is first
+    assert fake.calls["list_archive"] == 1
+    fake.store("s.tar", tar_of({"a": b"1", "d/b": b"22", "c": b"333"}))  # version 2
+    second = await view.tree("b", "s.tar")
+    assert second.version == "2" and second.members == 3
+    assert fake.calls["list_archive"] == 2
+    view.forget("b", "s.tar")
+    await view.tree("b", "s.tar")
+    assert fake.calls["list_archive"] == 3
+
+
+async def test_concurrent_uses_share_one_listing() -> None:
+    fake = FakeAis({"s.tar": tar_of({"a": b"1"})})
+    view = view_of(fake)
+    fake.archive_gate = trio.Event()
+    got: list[object] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(lambda: _collect(view, got))
+        await trio.sleep(0.01)
+        assert fake.calls["list_archive"] == 1  # the others wait for that one
+        fake.archive_gate.set()
+    assert len(got) == 5 and all(g is got[0] for g in got)
+    assert fake.calls["list_archive"] == 1
+
+
+async def _collect(view: ArchiveView, got: list[object]) -> None:
+    got.append(await view.tree("b", "s.tar"))
+
+
+async def test_unreadable_archive_is_empty_with_one_warning_per_version(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeAis({"bad.tar": b"not a tar" * 100})
+    view = view_of(fake)
+    with caplog.at_level(logging.WARNING, logger="aisfs.archive_view"):
+        for _ in range(3):
+            tree = await view.tree("b", "bad.tar")
+            assert not tree.readable and not tree.root.children
+            view.forget("b", "bad.tar")
+        fake.store("bad.tar", b"still not a tar" * 100)
+        await view.tree("b", "bad.tar")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("ais://b/bad.tar" in w for w in warnings)
+
+
+async def test_missing_archive() -> None:
+    view = view_of(FakeAis())
+    with pytest.raises(errors.NotFound):
+        await view.tree("b", "gone.tar")
+
+
+async def test_children_carry_the_archive_time_and_version() -> None:
+    fake = FakeAis()
+    fake.store("s.tar", tar_of({"z": b"1", "d/b": b"22", "a": b""}), version="7", atime_ns=5)
+    tree = await view_of(fake).tree("b", "s.tar")
+    assert children(tree, tree.root) == [
+        Child("a", False, Stat(0, 5, "7")), Child("d", True, None), Child("z", False,
+                                                                          Stat(1, 5, "7"))]
+    d = tree.find("d")
+    assert isinstance(d, MemberDir)
+    assert children(tree, d) == [Child("b", False, Stat(2, 5, "7"))]
