@@ -347,12 +347,20 @@ class Namespace:
         if inode.is_dir:
             await self._rename_dir(inode, new_parent, new_name, target)
         else:
-            await self._rename_file(inode, new_parent, new_parent.key + new_name)
+            await self._rename_file(inode, new_parent, new_parent.key + new_name,
+                                    replaces=target is not None)
 
-    async def _rename_file(self, inode: Inode, new_parent: Inode, new_key: str) -> None:
+    async def _rename_file(self, inode: Inode, new_parent: Inode, new_key: str, *,
+                           replaces: bool) -> None:
         bucket = inode.bucket
         if new_key != inode.key:
+            # AIS's rename onto an existing object may merge the target's custom metadata
+            # into the source's (seen when the two live on different targets): the renamed
+            # file's xattrs are put back whole.
+            custom = (await self.aio.head_object(bucket, inode.key)).custom if replaces else None
             await self.aio.rename_object(bucket, inode.key, new_key)
+            if custom is not None:
+                await self.aio.set_custom(bucket, new_key, custom, replace=True)
         moved = self.cache.stats.get((bucket, inode.key))
         self.cache.note_gone(bucket, inode.key)
         self.dir_listings.set_child(bucket, inode.key, None, remove=True)
