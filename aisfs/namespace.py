@@ -381,9 +381,12 @@ class Namespace:
         if new_prefix.startswith(old_prefix):
             raise errors.PosixError(errno.EINVAL, "cannot move a directory into itself")
         if target is not None:
+            # rename(2) replaces only an empty directory: no object, no directory made here
+            # and no file being written under it.
             page = await self.aio.list_objects_page(bucket, new_prefix, recursive=True,
                                                     page_size=1)
-            if page.entries:
+            if (page.entries or self.local.made_under(bucket, new_prefix)
+                    or self._pending_under(bucket, new_prefix)):
                 raise errors.PosixError(errno.ENOTEMPTY, f"{target} is not empty")
         limit = self.config.rename_dir_limit
         entries = await self.aio.list_all(bucket, old_prefix, recursive=True, limit=limit)

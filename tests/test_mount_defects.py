@@ -155,7 +155,6 @@ def test_ftruncate_then_close_shows_the_new_size_at_once(make_bucket, mount) -> 
     assert not wrong
 
 
-@pytest.mark.xfail(strict=True, reason="defect 6: rename onto a directory of empty ones merges")
 def test_rename_onto_a_directory_holding_empty_directories_is_enotempty(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket()
     mp = mount_rw(mount, bucket).path
