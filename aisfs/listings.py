@@ -42,7 +42,7 @@ from . import errors
 from .aisapi import AisApi, Spawn
 from .cache import Stat, TtlMap
 from .config import MountConfig
-from .listing import Child, Listing, ListingStream
+from .listing import Child, Listing, ListingStream, valid_name
 from .localdirs import LocalDirs
 from .metacache import MetadataCache
 from .objects import ListEntry, ListPage, list_entries
@@ -55,6 +55,9 @@ LISTED_ENTRIES = 250_000
 # A listing's first page is small, so its first entries come quickly; then AIS's maximum (which
 # costs the cluster less than growing pages: 87 vs 110 CPU-ms for 10,000 names here).
 FIRST_PAGE_SIZE = 1000
+# Names under a directory listed beside an object of its name that are looked up, at most, to
+# tell a real directory from what an object a//b makes.
+PROBE_NAMES = 8
 # Entries of a listing page made and handed to open directories at a time (~2 ms of work).
 STREAM_PIECE = 1000
 # Lookups of names in one directory without a cached listing before it is listed for them, and
@@ -128,20 +131,50 @@ class Listings:
         listing.fetched_at = self.timer()
         self.listings.put((bucket, prefix), listing)
 
-    async def without_removed_dirs(self, bucket: str, entries: list[ListEntry]
-                                   ) -> list[ListEntry]:
-        """Drop directories removed here that AIS still lists (emptied on-disk directories)."""
-        if not self.local.removed:
+    async def without_empty_dirs(self, bucket: str, entries: list[ListEntry]
+                                 ) -> list[ListEntry]:
+        """Drop directories AIS lists with no object under them: the emptied on-disk
+        directories of directories removed here, and the directory ``a/`` beside an object
+        ``a`` that an object ``a//b`` makes (AIS stores it as the file a/b, lists the directory,
+        and lists a/b in it, a name no request finds): the object ``a`` stays a file then."""
+        dirs = [e for e in entries if e.is_dir]
+        if not dirs:
             return entries
-        for entry in entries:
-            if entry.is_dir and self.local.is_removed(bucket, entry.name):
+        objects: set[str] | None = None
+        empty: set[str] = set()
+        for entry in dirs:
+            if self.local.is_removed(bucket, entry.name):
                 # Believe the listing only once objects are back under it.
-                page = await self.aio.list_objects_page(
-                    bucket, entry.name, recursive=True, page_size=1
-                )
+                page = await self.aio.list_objects_page(bucket, entry.name, recursive=True,
+                                                        page_size=1)
                 if page.entries:
                     self.local.objects_back(bucket, entry.name)
-        return [e for e in entries if not (e.is_dir and self.local.is_removed(bucket, e.name))]
+                else:
+                    empty.add(entry.name)
+                continue
+            if not valid_name(entry.name[:-1].rpartition("/")[2]):
+                continue  # skipped anyway
+            if objects is None:
+                objects = {e.name for e in entries if not e.is_dir}
+            if entry.name[:-1] in objects and not await self._holds_objects(bucket, entry.name):
+                empty.add(entry.name)
+        if not empty:
+            return entries
+        return [e for e in entries if not (e.is_dir and e.name in empty)]
+
+    async def _holds_objects(self, bucket: str, prefix: str) -> bool:
+        """Whether a listed object under ``prefix`` really exists (asked by HEAD, as AIS lists
+        the names of a//b-like objects as they lie on its disks); more than a few listed names,
+        none found: assumed so."""
+        page = await self.aio.list_objects_page(bucket, prefix, recursive=True,
+                                                page_size=PROBE_NAMES)
+        for entry in page.entries:
+            try:
+                await self.aio.head_object(bucket, entry.name)
+                return True
+            except errors.NotFound:
+                pass
+        return bool(page.continuation_token)
 
     # ------------------------------------------------------------------ changes made here
 
@@ -207,7 +240,7 @@ class Listings:
             if self.changes == changes:  # else it may miss a change made here meanwhile
                 self.first_pages.put((bucket, prefix), page)
         else:
-            entries = await self.without_removed_dirs(bucket, page.entries)
+            entries = await self.without_empty_dirs(bucket, page.entries)
             if self.changes == changes and (bucket, prefix) not in self.streams:
                 self.cache_listing(bucket, prefix, entries)
         return True
@@ -234,7 +267,7 @@ class Listings:
             entries = await self.aio.list_all(bucket, prefix, limit=LOOKUP_LISTING_LIMIT)
             if len(entries) > LOOKUP_LISTING_LIMIT:
                 return
-            entries = await self.without_removed_dirs(bucket, entries)
+            entries = await self.without_empty_dirs(bucket, entries)
             if (self.changes == changes and (bucket, prefix) not in self.streams
                     and self.cached(bucket, prefix) is None):
                 self.cache_listing(bucket, prefix, entries)
@@ -327,7 +360,7 @@ class Listings:
                 # Readers hand out the piece before: the kernel and `ls` take it in while this
                 # one is made.
                 await trio.lowlevel.checkpoint()
-            stream.add(prefix, await self.without_removed_dirs(bucket, entries))
+            stream.add(prefix, await self.without_empty_dirs(bucket, entries))
         if not page.continuation_token:
             # Complete before any reader wakes up: none sees the last page without the end,
             # and lookups find it cached.

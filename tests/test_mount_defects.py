@@ -288,19 +288,20 @@ def test_a_failed_write_logs_where_not_what(make_bucket, mount, fault) -> None: 
     assert "\\x" not in log  # no bytes of the data, printable or not
 
 
-@pytest.mark.xfail(strict=True, reason="an object beside a//b shows as an empty directory")
 def test_an_object_beside_a_double_slash_name_stays_a_file(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
-    # AIS stores a//b as the file a/b: beside an object a, only on another target than a's.
-    bucket = make_bucket()
-    for n in range(40):
+    # AIS stores a//b as the file a/b on its disk: beside an object a only on another target
+    # than a's; and on some, AIS then serves that file as an object a/b, so that a/ is a real
+    # directory. A bucket where neither happens:
+    for _ in range(30):
+        bucket = make_bucket()
+        bucket.object("a//b").get_writer().put_content(b"x")
         try:
-            bucket.object(f"a{n}//b").get_writer().put_content(b"x")
-            bucket.object(f"a{n}").get_writer().put_content(b"file")
-            break
-        except Exception:  # noqa: BLE001 - the two landed on one target: try other names
-            bucket.object(f"a{n}//b").delete()
-    a = f"a{n}"
-    assert bucket.object(a + "//b").head().size == 1  # (AIS's own listings skip it)
+            bucket.object("a").get_writer().put_content(b"file")
+            bucket.object("a/b").head()
+        except Exception:  # noqa: BLE001 - a collision, or a/b is served: another bucket
+            if "a" in names(bucket):
+                break
+    a = "a"
     mp = mount_rw(mount, bucket).path
     assert os.listdir(mp) == [a]
     assert (mp / a).is_file()

@@ -53,7 +53,7 @@ async def test_listing_seeds_the_stat_cache() -> None:
 
 @pytest.mark.parametrize("order", ["file-first", "dir-first"])
 async def test_dir_and_object_with_one_name_are_one_dir(order: str) -> None:
-    fake = FakeAis()
+    fake = FakeAis({"x/z": 1})
     entries = [ListEntry("x", False, 3, 0, "1"), ListEntry("x/", True), ListEntry("y", False, 1)]
     if order == "dir-first":
         entries[0], entries[1] = entries[1], entries[0]
@@ -107,7 +107,7 @@ async def test_no_warning_for_a_clean_listing(caplog: pytest.LogCaptureFixture) 
 
 
 async def test_listing_keeps_the_cluster_order_and_holds_objects_back() -> None:
-    fake = FakeAis()
+    fake = FakeAis({"a/z": 1})
     # AIS's order (by key, a directory's key ends with "/"): the object "a" may still turn out
     # to be the directory "a/" until a key at or after "a/" comes.
     fake.raw_listings[("b", "")] = [
@@ -122,6 +122,19 @@ async def test_listing_keeps_the_cluster_order_and_holds_objects_back() -> None:
         ("c", False), ("d", True), ("é", False),
     ]
     assert cached.by_name["a"].is_dir and cached.by_name["c"].stat == Stat(2, 0, "")
+
+
+async def test_a_directory_listed_beside_an_object_holding_no_object_is_the_object() -> None:
+    # An object a//b makes AIS list a directory a/ (and under it, at times, the name a/b,
+    # which no request finds): beside an object a, the object shows.
+    fake = FakeAis()
+    fake.raw_listings[("b", "")] = [ListEntry("a", False, 4), ListEntry("a/", True),
+                                    ListEntry("c/", True)]
+    fake.raw_listings[("b", "a/")] = [ListEntry("a/b", False, 1)]
+    ns, _ = make_ns(fake)
+    cached = await listing(ns, "")
+    assert names(cached.children) == [("a", False), ("c", True)]
+    assert fake.calls["probe"] == 1  # c/ has no object of its name beside it: believed
 
 
 async def first_page_of(count: int) -> tuple[FakeAis, Namespace, ListingStream, trio.Event]:
