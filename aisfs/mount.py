@@ -286,8 +286,8 @@ def serve(
 def _metrics_for(ops: Operations, client: AisClient, config: MountConfig) -> Metrics:
     metrics = Metrics(str(config.source), config.client.endpoint, __version__)
     fs.observe = metrics.fuse_op
-    client.on_request = metrics.request
-    client.on_retry = metrics.retry
+    client.transport.on_request = metrics.request
+    client.transport.on_retry = metrics.retry
     get_range = client.get_range
 
     def counted_get_range(*args: Any, **kwargs: Any) -> RangeResult:

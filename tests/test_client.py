@@ -1,4 +1,5 @@
-"""aisfs/client.py against the real local AIS cluster (and tiny local servers for failures)."""
+"""aisfs/client.py and the transport under it (transport.py, routing.py) against the real local AIS
+cluster (and tiny local servers for failures)."""
 
 from __future__ import annotations
 
@@ -231,7 +232,7 @@ def test_get_range_repeated_uses_cached_location(client: AisClient, make_bucket)
         assert bytes(client.get_range(b.name, "obj", start, 10_000).data) == (
             data[start : start + 10_000]
         )
-    assert len(client._locations) >= 1
+    assert len(client.transport.router.reads) >= 1
     # After the object is replaced, the cached target still answers with the new bytes.
     b.object("obj").get_writer().put_content(b"new content")
     r = client.get_range(b.name, "obj", 0, 100)
@@ -244,20 +245,21 @@ def test_get_after_head_goes_straight_to_the_target(  # type: ignore[no-untyped-
     b = make_bucket({"obj": b"0123456789"})
     proxy = client._base
     hosts: list[str] = []
-    real_http = client._http
+    real_http = client.transport._http
 
     def spy(method: str, url: str, **kw: Any) -> Any:
         hosts.append(f"{method} {'proxy' if url.startswith(proxy) else 'target'}")
         return real_http(method, url, **kw)
 
-    monkeypatch.setattr(client, "_http", spy)
+    monkeypatch.setattr(client.transport, "_http", spy)
     assert client.head_object(b.name, "obj").size == 10
     assert bytes(client.get_range(b.name, "obj", 2, 3).data) == b"234"
     assert hosts == ["HEAD proxy", "GET target"]  # the HEAD's redirect was followed by requests
     # A remembered target that no longer has the object (moved by a rebalance, say) is not the
     # last word: the proxy is asked where it is now.
     url = client._object_url(b.name, "obj")
-    client._locations[url] = client._locations[url].replace("/obj?", "/obj-elsewhere?")
+    reads = client.transport.router.reads
+    reads[url] = reads[url].replace("/obj?", "/obj-elsewhere?")
     hosts.clear()
     assert bytes(client.get_range(b.name, "obj", 0, 2).data) == b"01"
     assert hosts == ["GET target", "GET proxy", "GET target"]
@@ -314,25 +316,26 @@ def test_append_session_goes_straight_to_its_target(  # type: ignore[no-untyped-
     b = make_bucket()
     proxy = client._base
     hosts: list[str] = []
-    real_http = client._http
+    real_http = client.transport._http
 
     def spy(method: str, url: str, **kw: Any) -> Any:
         hosts.append("proxy" if url.startswith(proxy) else "target")
         return real_http(method, url, **kw)
 
-    monkeypatch.setattr(client, "_http", spy)
+    monkeypatch.setattr(client.transport, "_http", spy)
     h = ""
     for part in (b"one ", b"two ", b"three"):
         h = client.append(b.name, "s", h, part)
     client.flush(b.name, "s", h)
     assert hosts == ["proxy", "target", "target", "target", "target"]
-    assert client._session_targets == {}  # forgotten with the FLUSH
+    assert client.transport.router.sessions == {}  # forgotten with the FLUSH
     assert sdk_read(b, "s") == b"one two three"
 
     hosts.clear()
     h = client.append(b.name, "t", "", b"a")
     url = client._object_url(b.name, "t")
-    client._session_targets[url] = client._session_targets[url].split("?")[0]  # marker lost
+    sessions = client.transport.router.sessions
+    sessions[url] = sessions[url].split("?")[0]  # marker lost
     h = client.append(b.name, "t", h, b"b")
     client.flush(b.name, "t", h)
     assert hosts == ["proxy", "target", "target", "proxy", "target", "target"]
@@ -486,7 +489,7 @@ def fast_client(url: str, retries: int = 2, **kw: Any) -> AisClient:
 def test_retries_on_closed_port_are_bounded() -> None:
     c = fast_client("http://127.0.0.1:9", retries=2, connect_timeout=1.0, read_timeout=1.0)
     retried: list[str] = []
-    c.on_retry = retried.append
+    c.transport.on_retry = retried.append
     started = time.monotonic()
     with pytest.raises(errors.Transient) as info:
         c.head_object("b", "k")
@@ -514,7 +517,7 @@ def silent_socket() -> Iterator[str]:
 def test_read_timeout_gives_transient(silent_socket: str) -> None:
     c = fast_client(silent_socket, retries=1, connect_timeout=0.5, read_timeout=0.5)
     retried: list[str] = []
-    c.on_retry = retried.append
+    c.transport.on_retry = retried.append
     started = time.monotonic()
     with pytest.raises(errors.Transient) as info:
         c.get_range("b", "k", 0, 10)
@@ -617,7 +620,7 @@ def test_ranged_body_cut_short_is_transient(
 def test_read_timeout_not_retried_for_non_idempotent(silent_socket: str) -> None:
     c = fast_client(silent_socket, retries=3, connect_timeout=0.5, read_timeout=0.4)
     retried: list[str] = []
-    c.on_retry = retried.append
+    c.transport.on_retry = retried.append
     started = time.monotonic()
     with pytest.raises(errors.Transient):
         c.rename_object("b", "k", "k2")
@@ -747,7 +750,7 @@ def test_environment_proxies_and_ca_bundle_are_honoured(  # type: ignore[no-unty
     c = fast_client("http://ais.invalid:8080", retries=0)
     assert c.list_buckets() == []  # through the proxy: ais.invalid itself does not resolve
     assert srv.requests[0][1].startswith("http://ais.invalid:8080/v1/buckets")
-    assert c._verify == "/etc/ssl/certs/ca-certificates.crt"
+    assert c.transport._verify == "/etc/ssl/certs/ca-certificates.crt"
     c.close()
     monkeypatch.setenv("NO_PROXY", "ais.invalid")
     c = fast_client("http://ais.invalid:8080", retries=0)

@@ -121,7 +121,7 @@ def test_get_member_range_of_missing_member(client: AisClient, shards: str) -> N
 
 def test_range_header_refused_with_archpath(client: AisClient, shards: str) -> None:
     # Why member ranges go through Get-Batch: AIS refuses a Range header with archpath.
-    resp = client.session.get(f"{client.config.endpoint}/v1/objects/{shards}/s.tar",
+    resp = client.transport.session.get(f"{client.config.endpoint}/v1/objects/{shards}/s.tar",
                               params={"provider": "ais", "archpath": "a.txt"},
                               headers={"Range": "bytes=1-2"}, timeout=10)
     assert resp.status_code == 400 and "range" in resp.text
@@ -152,13 +152,13 @@ def test_list_archive_stops_at_the_members_end(
 ) -> None:
     # Two pages of the bucket: the listing stops after the first name past "s.tar/".
     sent: list[dict[str, object]] = []
-    request: Callable[..., object] = client._request
+    request: Callable[..., object] = client.transport.call
 
     def spy(*args: object, **kwargs: object) -> object:
         sent.append(kwargs["json_body"])  # type: ignore[arg-type]
         return request(*args, **kwargs)
 
-    monkeypatch.setattr(client, "_request", spy)
+    monkeypatch.setattr(client.transport, "call", spy)
     raw = client.list_archive(shards, "s.tar")
     assert [e["name"] for e in raw][-1] == "s.tar/d/e/empty"
     assert len(sent) == 1

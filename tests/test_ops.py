@@ -447,7 +447,7 @@ async def test_stream_over_an_empty_object_deletes_it_first(  # type: ignore[no-
     async with opsf(f"ais://{bucket.name}", write_part_size=MIB, write_part_max=MIB) as ops:
         kinds: list[str] = []
         assert isinstance(ops.aio, AsyncAis)
-        ops.aio.client.on_request = lambda kind, *_: kinds.append(kind)
+        ops.aio.client.transport.on_request = lambda kind, *_: kinds.append(kind)
         if made_here:
             fi, attr = await ops.create(ROOT_INODE, b"dd.bin", 0o644, os.O_WRONLY, CTX)
             await ops.flush(fi.fh)  # close() of the first descriptor: the object exists now

@@ -1,0 +1,413 @@
+"""HTTP transport to one AIS cluster (the only module that imports ``requests`` and ``urllib3``).
+
+One :class:`Transport` per mount, under the AIS REST API of ``client.py``. Every request has a
+(connect, read) timeout; idempotent requests are retried with capped exponential backoff on
+connection errors, timeouts, 429 and 5xx; requests that carry object data are retried only when
+the connection could not be established, because a repeated APPEND would duplicate bytes. AIS's
+error JSON (body, or ``Hdr-Error`` on HEAD) becomes a typed :mod:`aisfs.errors` exception.
+
+Where an object request goes is decided by the :class:`~aisfs.routing.Router` (``routing.py``):
+each request names its :class:`~aisfs.routing.Via`, the router answers with a target or the proxy,
+and learns from the proxy's redirects (a HEAD's target for the GETs that follow, a GET's for the
+next parts, an APPEND's for the rest of its session). A target that refuses or no longer has the
+object sends the request back to the proxy. Bodies of ranged GETs are received straight into the
+caller's buffer (:func:`read_body_into`, with ``bodyrecv``'s one-system-call receive).
+
+Concurrency: methods are called from trio worker threads (see ``aio.py``), several at once. The
+shared ``requests.Session`` holds no per-request state (cookies are refused) and its connection
+pool is sized to the worker-thread limit; the router has its own lock. Nothing here touches trio
+or the inode/metadata tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.cookiejar
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import requests
+import urllib3
+
+from . import errors
+from .bodyrecv import recv_whole_body
+from .config import ClientConfig
+from .objects import Body, RecvBuffer
+from .routing import Router, Via
+
+log = logging.getLogger(__name__)
+
+REDIRECTS = (301, 302, 307, 308)
+
+
+class Reply:
+    """A whole answer: status, headers (case-insensitive), body."""
+
+    __slots__ = ("status", "headers", "body", "_raw_headers")
+
+    def __init__(self, resp: requests.Response) -> None:
+        self.status = resp.status_code
+        self.headers: Mapping[str, str] = resp.headers
+        self.body = resp.content
+        self._raw_headers = getattr(resp.raw, "headers", None)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of a header the server repeated (``headers`` joins them with ", ")."""
+        return list(self._raw_headers.getlist(name)) if self._raw_headers is not None else []
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Download:
+    """An answer whose body is still to be received; ``close()`` (or the ``with`` block's end)
+    gives the connection back to the pool when the body was read to its end. Failures while
+    receiving raise ``Transient``."""
+
+    def __init__(self, resp: requests.Response, what: str) -> None:
+        self._resp = resp
+        self._what = what
+        self._closed = False
+        self.status = resp.status_code
+        self.headers: Mapping[str, str] = resp.headers
+
+    def __enter__(self) -> Download:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_into(self, buf: RecvBuffer, length: int) -> int:
+        """Receive up to ``length`` body bytes into ``buf``; the count received."""
+        with self._reading():
+            return read_body_into(self._resp, buf, length)
+
+    def read_all(self) -> bytes:
+        with self._reading():
+            data: bytes = self._resp.raw.read(decode_content=False)
+            return data
+
+    def readinto(self, buf: memoryview, /) -> int:
+        """One receive into ``buf`` (0 at the end), from http.client, which undoes a chunked
+        encoding: a reply read piece by piece (a Get-Batch stream)."""
+        fp = getattr(self._resp.raw, "_fp", None) or self._resp.raw
+        with self._reading():
+            n: int = fp.readinto(buf)
+            return n
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        try:
+            yield
+        except (requests.RequestException, urllib3.exceptions.HTTPError,
+                http.client.HTTPException, OSError) as exc:
+            self._resp.close()
+            self._closed = True
+            raise errors.Transient(f"reading body failed: {_short(exc)}", 0, self._what) from None
+
+    def close(self, *, reuse: bool = True) -> None:
+        """Done with the answer; ``reuse=False`` closes its connection even if the body was
+        read to its end."""
+        if self._closed:
+            return
+        self._closed = True
+        body = getattr(self._resp.raw, "_fp", None)  # http.client's response
+        if reuse and body is not None and body.isclosed():
+            # The body was read past urllib3 (straight into our buffer) but to its end: the
+            # connection is clean, give it back to the pool instead of closing it.
+            self._resp.raw.release_conn()
+        else:
+            self._resp.close()
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+class Transport:
+    """Blocking HTTP exchanges with one AIS cluster, retried, routed and error-mapped."""
+
+    def __init__(self, config: ClientConfig, token: Callable[[], str | None] | None = None) -> None:
+        self.config = config
+        self._token = token or (lambda: None)
+        self._timeout = (config.connect_timeout, config.read_timeout)
+        self.session = requests.Session()
+        self.session.cookies.set_policy(_NoCookies())
+        # requests reads the environment (proxies, CA bundle, .netrc) on every request, ~0.3 ms
+        # each; it is read once here instead: the CA bundle below, proxies once per host.
+        self.session.trust_env = False
+        self._proxies: dict[str, dict[str, str]] = {}
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=16, pool_maxsize=config.max_connections, max_retries=0
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        tls = config.tls
+        # Passed on every request: a Session-level verify loses to REQUESTS_CA_BUNDLE.
+        self._verify: bool | str = True
+        if tls.skip_verify:
+            self._verify = False
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            log.warning("TLS certificate verification is off (skip-verify)")
+        elif tls.ca_bundle:
+            self._verify = tls.ca_bundle
+        else:  # what requests itself would take from the environment
+            self._verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                            or os.environ.get("CURL_CA_BUNDLE") or True)
+        self._cert: tuple[str, str] | str | None = None
+        if tls.client_cert:
+            self._cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
+        self.session.headers["User-Agent"] = "aisfs"
+        self.router = Router()
+        # Observability hooks: on_request(kind, status, seconds, request body bytes) per answer,
+        # on_retry(kind) per retry.
+        self.on_request: Callable[[str, int, float, int], None] | None = None
+        self.on_retry: Callable[[str], None] | None = None
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ------------------------------------------------------------------ for the REST API
+
+    def call(
+        self, method: str, url: str, what: str, *, kind: str, via: Via = Via.PROXY,
+        idempotent: bool = True, params: dict[str, str] | None = None, json_body: Any = None,
+        data: Body | None = None, headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """Send one logical request (``what`` names its bucket or object for errors and logs;
+        ``kind`` names it for the hooks) and return the answer; a status >= 400 raises."""
+        try:
+            resp = self._exchange(method, url, what, kind, via, idempotent, params, json_body,
+                                  data, headers, stream=False)
+        finally:
+            if via is Via.SESSION_END:
+                self.router.forget(via, url)
+        if via is Via.LOOKUP and resp.history:
+            self.router.learned(via, url, resp.url, (params or {}).keys())
+        return Reply(resp)
+
+    def download(
+        self, method: str, url: str, what: str, *, kind: str, via: Via = Via.READ,
+        params: dict[str, str] | None = None, json_body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Download:
+        """Like :meth:`call` for an idempotent request without object data, but the answer's
+        body is left to receive (an object's bytes, an archive member, a Get-Batch stream)."""
+        resp = self._exchange(method, url, what, kind, via, True, params, json_body, None,
+                              headers, stream=True)
+        return Download(resp, what)
+
+    # ------------------------------------------------------------------ retries and errors
+
+    def _exchange(
+        self, method: str, url: str, what: str, kind: str, via: Via, idempotent: bool,
+        params: dict[str, str] | None, json_body: Any, data: Body | None,
+        headers: dict[str, str] | None, *, stream: bool,
+    ) -> requests.Response:
+        """One logical request with its retries; an error answer raises."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                resp = self._send(method, url, via, params, json_body, data, headers, stream)
+            except requests.exceptions.SSLError as exc:
+                # A certificate that does not verify will not verify on a retry either.
+                raise errors.Transient(f"TLS: {_short(exc)}", 0, what) from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                never_sent = isinstance(exc, requests.ConnectTimeout) or _connect_failed(exc)
+                if attempt < self.config.retries and (idempotent or never_sent):
+                    attempt = self._backoff(attempt, kind, what, exc)
+                    continue
+                raise errors.Transient(f"{type(exc).__name__}: {_short(exc)}", 0, what) from None
+            status = resp.status_code
+            if self.on_request is not None:
+                sent = 0 if data is None or callable(data) else len(data)
+                self.on_request(kind, status, time.monotonic() - started, sent)
+            if (status == 429 or status >= 500) and status != 501 and attempt < self.config.retries:
+                # 5xx on a non-idempotent request means the target refused it, not half-applied
+                # it, except for a timeout in the middle (503 from a proxy is never mid-write).
+                if idempotent or status in (429, 503):
+                    resp.close()
+                    attempt = self._backoff(attempt, kind, what, f"HTTP {status}")
+                    continue
+            _raise_for(resp, what)
+            return resp
+
+    def _backoff(self, attempt: int, kind: str, what: str, why: object) -> int:
+        delay = min(5.0, self.config.retry_backoff * (2**attempt))
+        level = logging.DEBUG if attempt == 0 else logging.INFO if attempt == 1 else logging.WARNING
+        log.log(level, "%s %s: %s; retry %d in %.1fs", kind, what, why, attempt + 1, delay)
+        if self.on_retry is not None:
+            self.on_retry(kind)
+        time.sleep(delay)
+        return attempt + 1
+
+    # ------------------------------------------------------------------ one attempt, routed
+
+    def _send(
+        self, method: str, url: str, via: Via, params: dict[str, str] | None, json_body: Any,
+        data: Body | None, headers: dict[str, str] | None, stream: bool,
+    ) -> requests.Response:
+        hdrs = self._headers(headers)
+        if via is Via.READ:
+            return self._send_read(url, params, hdrs)
+        if data is None:
+            return self._http(method, url, params=params, json=json_body, headers=hdrs,
+                              stream=stream, allow_redirects=True)
+        return self._send_body(method, url, via, params, data, hdrs)
+
+    def _send_read(
+        self, url: str, params: dict[str, str] | None, hdrs: dict[str, str]
+    ) -> requests.Response:
+        """A GET: to the router's target if it has the object, else through the proxy."""
+        target = self.router.target(Via.READ, url)
+        if target is not None:
+            try:
+                resp = self._http("GET", target, params=params, headers=hdrs, stream=True,
+                                  allow_redirects=False)
+                if resp.status_code in (200, 206, 416):
+                    return resp
+                resp.close()  # a 404 too: the object may live on another target by now
+            except requests.ConnectionError:
+                pass  # the target may have left the cluster: ask the proxy again
+            self.router.failed(Via.READ, url)
+        resp = self._http("GET", url, params=params, headers=hdrs, stream=True,
+                          allow_redirects=False)
+        if resp.status_code in REDIRECTS and "Location" in resp.headers:
+            location = resp.headers["Location"]
+            resp.close()
+            self.router.learned(Via.READ, url, location, (params or {}).keys())
+            resp = self._http("GET", location, headers=hdrs, stream=True, allow_redirects=True)
+        return resp
+
+    def _send_body(
+        self, method: str, url: str, via: Via, params: dict[str, str] | None, data: Body,
+        hdrs: dict[str, str],
+    ) -> requests.Response:
+        """Object data: to the router's target if it has one, else the proxy is asked where to
+        send it with an empty body, and the body is sent once, straight to the target.
+        Re-sending megabytes through a redirect wastes them and breaks on TLS when the proxy
+        closes early."""
+        target = self.router.target(via, url)
+        if target is not None:
+            resp = self._send_to_target(method, url, via, target, params, data, hdrs)
+            if resp is not None:
+                return resp
+        resp = self._http(method, url, params=params, headers={**hdrs, "Content-Length": "0"},
+                          allow_redirects=False)
+        if resp.status_code in REDIRECTS and "Location" in resp.headers:
+            location = resp.headers["Location"]
+            resp.close()
+            self.router.learned(via, url, location, (params or {}).keys())
+            body = data() if callable(data) else data
+            return self._http(method, location, data=body, headers=hdrs, allow_redirects=False)
+        return resp
+
+    def _send_to_target(
+        self, method: str, url: str, via: Via, target: str, params: dict[str, str] | None,
+        data: Body, hdrs: dict[str, str],
+    ) -> requests.Response | None:
+        """The request straight to ``target``: one round trip to the proxy less. None when the
+        target wants the proxy."""
+        body = data() if callable(data) else data
+        try:
+            resp = self._http(method, target, params=params, data=body, headers=hdrs,
+                              allow_redirects=False)
+        except requests.ConnectionError:
+            self.router.failed(via, url)  # the target may be gone: ask the proxy
+            raise
+        if resp.status_code in (400, 401, 403):
+            # Refused, so not applied: a cluster that signs redirects wants a fresh one.
+            resp.close()
+            self.router.failed(via, url)
+            return None
+        return resp
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _http(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        origin = url[:url.find("/", url.find("//") + 2)]  # scheme://host:port
+        proxies = self._proxies.get(origin)
+        if proxies is None:  # HTTP(S)_PROXY / NO_PROXY, as requests would apply them
+            proxies = self._proxies[origin] = requests.utils.get_environ_proxies(origin)
+        return self.session.request(
+            method, url, timeout=self._timeout, verify=self._verify, cert=self._cert,
+            proxies=proxies, **kwargs
+        )
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+
+def _raise_for(resp: requests.Response, what: str) -> None:
+    if resp.status_code < 400:
+        return
+    text = resp.headers.get("Hdr-Error") or ""
+    if not text:
+        try:
+            text = resp.text
+        except Exception:  # noqa: BLE001 - a broken error body must not hide the status
+            text = ""
+    message, tcode = text.strip(), ""
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict):
+            message = str(doc.get("message") or message)
+            tcode = str(doc.get("tcode") or "")
+    except ValueError:
+        pass
+    if not message:
+        message = resp.reason or "request failed"
+    raise errors.error_for_status(resp.status_code, message, what, tcode)
+
+
+def read_body_into(resp: requests.Response, buf: RecvBuffer | memoryview, length: int) -> int:
+    """Read up to ``length`` body bytes straight from the socket into ``buf`` (one copy)."""
+    view = memoryview(buf)[:length]
+    fp = getattr(resp.raw, "_fp", None)  # http.client.HTTPResponse under urllib3
+    try:
+        got = recv_whole_body(fp, view) if fp is not None else 0
+        readinto = fp.readinto if fp is not None else resp.raw.readinto
+        while got < length:
+            n = readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if got == length and fp is not None and not fp.isclosed():
+            # A chunked body still has its terminator unread: reading it ends the body, which
+            # hands the connection back to the pool (a known-length body did that already).
+            fp.readinto(bytearray(1))
+    finally:
+        view.release()
+    return got
+
+
+def _connect_failed(exc: BaseException) -> bool:
+    """True when the request never reached a server (safe to retry anything)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+            return True
+        reason = getattr(cur, "reason", None)  # urllib3 wraps the cause in .reason
+        first_arg = cur.args[0] if cur.args else None
+        cur = (cur.__cause__ or cur.__context__
+               or (reason if isinstance(reason, BaseException) else None)
+               or (first_arg if isinstance(first_arg, BaseException) else None))
+    return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "..."

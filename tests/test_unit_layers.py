@@ -1,0 +1,47 @@
+"""The layering rules that imports can show, read from the source of every aisfs module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import aisfs
+
+PACKAGE = Path(aisfs.__file__).parent
+# The modules that are or build the HTTP side: the mount and the CLI (and its __main__) build a
+# client, aio runs it.
+HTTP_SIDE = {"transport", "client", "aio", "mount", "cli", "__main__"}
+
+
+def imports_of(module: str) -> set[str]:
+    """Every module ``module`` imports, anywhere in it (relative imports as ``aisfs.x``)."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ("aisfs." + node.module if node.module else "aisfs") if node.level else (
+                node.module or "")
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def all_modules() -> list[str]:
+    return sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+
+def test_only_the_transport_imports_requests_or_urllib3() -> None:
+    importers = [m for m in all_modules()
+                 if any(name.split(".")[0] in ("requests", "urllib3") for name in imports_of(m))]
+    assert importers == ["transport"]
+
+
+def test_the_layers_reach_ais_only_through_the_interface() -> None:
+    """Namespace, reader, writer, fs and everything else below the mount are typed against
+    ``aisapi`` and never import the HTTP side, so any implementation can be passed in."""
+    http_side = {f"aisfs.{m}" for m in HTTP_SIDE | {"routing", "bodyrecv"}}
+    offenders = {m: sorted(imports_of(m) & http_side) for m in all_modules()
+                 if m not in HTTP_SIDE and imports_of(m) & http_side}
+    assert offenders == {}
