@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "aisfs") -> int:
 
 
 def run_mount(inv: Invocation, prog: str = "aisfs") -> int:
-    from . import daemon, mount  # pyfuse3 and trio load only when mounting
+    from . import daemon, mount, transport  # pyfuse3 and trio load only when mounting
     from .client import AisClient
     from .logsetup import setup_logging
 
@@ -401,15 +401,15 @@ def run_mount(inv: Invocation, prog: str = "aisfs") -> int:
     mount.check_mountpoint(config.mountpoint)
     probe = AisClient(config.client, token)
     # The pre-flight check retries like any request, but a failure must read as one line:
-    # the client's per-retry log lines show only with --debug.
-    client_log = logging.getLogger("aisfs.client")
-    saved_level = client_log.level
+    # the transport's per-retry log lines show only with --debug.
+    transport_log = logging.getLogger(transport.__name__)
+    saved_level = transport_log.level
     if not config.debug:
-        client_log.setLevel(logging.ERROR)
+        transport_log.setLevel(logging.ERROR)
     try:
         mount.check_cluster(probe, config, token)
     finally:
-        client_log.setLevel(saved_level)
+        transport_log.setLevel(saved_level)
         probe.close()
     if foreground:
         readiness = daemon.Readiness(None, ("<3>" if service.systemd else "") + prog)

@@ -359,7 +359,7 @@ def test_skip_verify_works_and_warns(how: str, tls_cluster: Cluster, tmp_path: P
     with aisfs_running("ais://tls-bucket", tmp_path / "m", args, env, tmp_path / "m.log") as m:
         assert (m.path / "t.txt").read_bytes() == b"over tls\n"
         log = m.log()
-    assert "WARNING aisfs.client: TLS certificate verification is off (skip-verify)" in log
+    assert "WARNING aisfs.transport: TLS certificate verification is off (skip-verify)" in log
 
 
 def test_plain_http_to_https_cluster_is_one_line(tls_cluster: Cluster, tmp_path: Path) -> None:
