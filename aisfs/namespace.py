@@ -150,31 +150,42 @@ class Namespace:
         once."""
         is_dir = False
         stat: Stat | None = None
-        failures: list[errors.AisFsError] = []
+        dir_failed: errors.AisFsError | None = None
+        obj_failed: errors.AisFsError | None = None
 
-        # The probes' errors are collected here, not raised out of the nursery (that would wrap
+        # The probes' errors are kept here, not raised out of the nursery (that would wrap
         # them in an ExceptionGroup, which no errno mapping understands).
         async def probe_dir() -> None:
-            nonlocal is_dir
+            nonlocal is_dir, dir_failed
             try:
                 is_dir = await self.dir_exists(bucket, key + "/")
             except errors.AisFsError as exc:
-                failures.append(exc)
+                dir_failed = exc
 
         async def probe_obj() -> None:
-            nonlocal stat
+            nonlocal stat, obj_failed
             try:
                 stat = await self.object_stat(bucket, key)
             except errors.NotFound:
                 pass
             except errors.AisFsError as exc:
-                failures.append(exc)
+                obj_failed = exc
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe_dir)
             nursery.start_soon(probe_obj)
-        if failures:
-            raise failures[0]
+        if dir_failed is not None and stat is not None:
+            # The listing failed, the object answered (while a target is down, AIS fails every
+            # listing until the cluster map drops it): the file is served; whether a directory
+            # of the same name would win is not known now, and nothing is cached about it.
+            log.info("ais://%s/%s: listing failed (%s); showing the object", bucket, key,
+                     dir_failed)
+            return False, stat
+        if obj_failed is not None and is_dir:
+            return True, None
+        failed = dir_failed or obj_failed
+        if failed is not None:
+            raise failed
         if is_dir:
             if stat is not None:
                 log.info("ais://%s/%s is both an object and a prefix; showing the directory",

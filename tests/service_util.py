@@ -88,6 +88,9 @@ def local_cluster(name: str, start_args: Sequence[str], port_start: int) -> Iter
     done = subprocess.run([str(AIS_LOCAL), "start", *start_args], env=env, capture_output=True,
                           text=True, timeout=900)
     if done.returncode != 0:
+        # ais-local leaves the nodes of a cluster that did not get ready running: stop them.
+        subprocess.run([str(AIS_LOCAL), "stop"], env=env, capture_output=True, timeout=120)
+        Path(f"{state}.lock").unlink(missing_ok=True)
         raise RuntimeError(f"could not start the {name} cluster:\n{done.stderr[-3000:]}")
     endpoint = done.stdout.strip().splitlines()[-1].split("=", 1)[1]
     token_file = state / "admin.token"
