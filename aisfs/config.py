@@ -1,4 +1,5 @@
-"""Mount configuration: one frozen dataclass, and parsing of the mount source.
+"""Mount configuration: frozen dataclasses (their field defaults are the options' defaults: see
+``options.py``), parsing of the mount source, and the start-up errors with their exit statuses.
 
 Built once by the CLI and read everywhere else; immutable, so any thread may read it.
 """
@@ -18,8 +19,20 @@ MIB = 1024 * 1024
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+# Exit statuses of the commands: a ConfigError, and a UsageError.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
 class ConfigError(AisFsError):
-    """A bad option or source; the CLI prints it as one line."""
+    """Why the mount cannot start (a bad option, a missing mountpoint, an unreachable cluster,
+    ...); the CLI prints it as one line and exits with status 1."""
+
+
+class UsageError(ConfigError):
+    """The invocation itself is wrong: an unknown option or key, a bad value, a missing or
+    malformed argument, wherever it was given (command line, ``-o``, environment, config file).
+    The CLI exits with status 2."""
 
 
 def read_capped(path: str, limit: int, what: str,
@@ -49,7 +62,7 @@ class Source:
 def parse_source(text: str) -> Source:
     """``ais://``, ``ais://BUCKET`` or ``ais://BUCKET/PREFIX/``."""
     if not text.startswith("ais://"):
-        raise ConfigError(
+        raise UsageError(
             f"source must look like ais://, ais://BUCKET or ais://BUCKET/PREFIX/: {text!r}"
         )
     rest = text[len("ais://"):]
@@ -57,12 +70,12 @@ def parse_source(text: str) -> Source:
         return Source()
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise ConfigError(f"invalid bucket name {bucket!r}: letters, digits, '.', '_', '-' only")
+        raise UsageError(f"invalid bucket name {bucket!r}: letters, digits, '.', '_', '-' only")
     prefix = prefix.strip("/")
     if prefix:
         parts = prefix.split("/")
         if any(p in ("", ".", "..") for p in parts):
-            raise ConfigError(f"invalid prefix {prefix!r}")
+            raise UsageError(f"invalid prefix {prefix!r}")
         prefix += "/"
     return Source(bucket, prefix)
 

@@ -19,6 +19,7 @@ import sys
 import threading
 
 _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
+DEFAULT_LEVEL = logging.INFO  # without --debug or --log-level
 LEVEL_NAMES = {"warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG,
                "error": logging.ERROR}
 _SYSLOG_PRIORITY = {
@@ -87,7 +88,7 @@ def setup_logging(
         )
     root.addHandler(handler)
     if level is None:
-        level = logging.DEBUG if debug else logging.INFO
+        level = logging.DEBUG if debug else DEFAULT_LEVEL
     root.setLevel(level)
     # urllib3 logs every connection at DEBUG; keep it for --debug only, and never its headers.
     logging.getLogger("urllib3").setLevel(logging.DEBUG if debug else logging.WARNING)

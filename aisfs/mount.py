@@ -43,6 +43,7 @@ from .fs import FileHandle, Operations, make_spawn
 from .logsetup import cycle_level
 from .metrics import Metrics, Snapshot
 from .objects import RangeResult
+from .umount import is_mounted
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +55,6 @@ class TokenInfo(Protocol):
     def has_token(self) -> bool: ...
 
     def describe(self) -> str: ...
-
-
-def is_mounted(path: str) -> bool:
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
-    except OSError:
-        pass
-    return False
-
-
-def _unescape(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
-        "\\134", "\\"
-    )
 
 
 def check_mountpoint(path: str) -> None:

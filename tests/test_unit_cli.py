@@ -1,17 +1,21 @@
-"""aisfs/cli.py and aisfs/config.py: sources, -o expansion, option values, endpoint and TLS env."""
+"""aisfs/cli.py, aisfs/options.py and aisfs/config.py: sources, -o expansion, option values,
+endpoint and TLS env, the help, exit codes, umount."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from aisfs import cli
+from aisfs import cli, options
 from aisfs.config import DEFAULT_ENDPOINT, MIB, ConfigError, MountConfig, Source, parse_source
-from aisfs.daemon import DEFAULT_SHUTDOWN_TIMEOUT
+
+from .util import aisfs_cmd, env_without
 
 # ---------------------------------------------------------------------- parse_source
 
@@ -338,21 +342,138 @@ def test_umount_not_mounted(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert err.startswith("aisfs: ") and "not mounted" in err and err.count("\n") == 1
 
 
+def test_umount_loads_neither_pyfuse3_nor_trio(tmp_path: Path) -> None:
+    done = subprocess.run([*aisfs_cmd(), "umount", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60,
+                          env=env_without(("pyfuse3", "trio"), tmp_path / "blocked"))
+    assert done.returncode == 1
+    assert done.stderr == f"aisfs: {tmp_path} is not mounted\n"
+
+
+def help_by_option() -> dict[str, str]:
+    """What ``aisfs --help`` says of each long option (its help text, before wrapping)."""
+    parser = cli.build_parser()
+    return {a.option_strings[-1][2:]: a.help % {} if a.help else ""
+            for a in parser._actions if a.option_strings and a.option_strings[-1].startswith("--")}
+
+
 def test_help_states_the_real_defaults() -> None:
     """Every "(default X)" in --help is the value the mount really gets without the option."""
-    cfg = MountConfig(source=parse_source("ais://b"), mountpoint="/mnt")
-    process_level = {"shutdown-timeout": DEFAULT_SHUTDOWN_TIMEOUT, "log-level": logging.INFO}
+    inv = cli.parse_invocation(["ais://b", "/mnt"], env={})
+    cfg, service = inv.config, inv.service
+    process_level = {"log-level": logging.INFO}
     checked = []
-    for opt in cli.OPTIONS:
-        m = re.search(r"\(default (\S+?)[);]", opt.help)
-        if m is None or opt.parse is None:
+    for name, text in help_by_option().items():
+        m = re.search(r"\(default (\S+?)\)", text)
+        if m is None:
             continue
-        attr = opt.name.replace("-", "_")
-        if opt.name in process_level:
-            value = process_level[opt.name]
+        attr = name.replace("-", "_")
+        if name in process_level:
+            value = process_level[name]
         else:
-            holder = cfg if hasattr(cfg, attr) or hasattr(cfg, attr + "_bytes") else cfg.client
+            holder = next(h for h in (cfg, cfg.client, service)
+                          if hasattr(h, attr) or hasattr(h, attr + "_bytes"))
             value = getattr(holder, attr if hasattr(holder, attr) else attr + "_bytes")
-        assert opt.parse(m.group(1)) == value, opt.name
-        checked.append(opt.name)
-    assert len(checked) >= 15, checked
+        kind = options.BY_NAME[name].kind
+        assert kind is not None and kind.parse(m.group(1)) == value, name
+        checked.append(name)
+    assert len(checked) >= 19, checked
+
+
+def test_every_option_states_its_default_in_the_help() -> None:
+    """An option with a value says what it is without it, and an option an environment variable
+    sets names the variable: the help is made from the option's definition, not written twice."""
+    helps = help_by_option()
+    assert set(helps) >= {o.name for o in options.OPTIONS}
+    for option in options.OPTIONS:
+        text = helps[option.name]
+        if option.kind is not None:
+            assert "(default" in text, option.name
+        for var in option.env[-1:]:
+            assert f"${var}" in text, option.name
+
+
+def test_config_file_keys_are_the_options(tmp_path: Path) -> None:
+    """Every option but --config is a key of the config file, with the command line's value."""
+    from aisfs import configfile
+
+    samples = {"SIZE": "3M", "S": "7", "N": "3", "KB": "3", "MODE": "0600", "URL": "http://h:1",
+               "DIR": "/d", "FILE": "/f", "HOST:PORT": "127.0.0.1:9", "LEVEL": "debug"}
+    for option in options.OPTIONS:
+        raw = "true" if option.kind is None else samples[option.metavar]
+        path = tmp_path / f"{option.name}.toml"
+        path.write_text(f"{option.name} = {raw if option.kind is None else repr(raw)}\n")
+        if not option.in_file:
+            with pytest.raises(ConfigError, match="cannot be set in a config file"):
+                configfile.load(str(path))
+            continue
+        assert configfile.load(str(path)) == {option.name: option.convert(raw)}, option.name
+
+
+def readme_option_defaults() -> list[tuple[str, str]]:
+    """(option name, its default cell) from the README's options table; a row naming several
+    options gives each its part of a cell like "5, 30, 4", or the whole cell."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    table = text.split("\n### Options\n", 1)[1].split("\n## ", 1)[0]
+    pairs: list[tuple[str, str]] = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        found = re.findall(r"--([a-z][a-z-]*)", cells[0]) if len(cells) == 3 else []
+        if not found or not cells[1]:
+            continue
+        parts = [p.strip() for p in cells[1].replace("`", "").split(", ")]
+        if len(found) == 1 or len(parts) != len(found):
+            parts = [cells[1].replace("`", "")] * len(found)
+        pairs += zip(found, parts, strict=True)
+    return pairs
+
+
+def test_readme_states_the_defaults_of_the_definitions() -> None:
+    checked = []
+    for name, cell in readme_option_defaults():
+        option = options.BY_NAME[name]
+        if option.default_text:
+            continue  # words of its own ("the mounting user", "see Authentication")
+        assert cell == (option.default_summary() or "off"), name
+        checked.append(name)
+    assert len(checked) >= 25, checked
+
+
+# ---------------------------------------------------------------------- exit codes
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """main() routes the root logger to stderr when it starts a mount: undone after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["ais://b", "{tmp}/mnt", "--bogus"], 2),  # argparse
+        (["ais://b", "{tmp}/mnt", "--metadata-ttl", "soon"], 2),  # a bad value
+        (["ais://b", "{tmp}/mnt", "-o", "nosuch"], 2),
+        (["s3://b", "{tmp}/mnt"], 2),  # a bad source
+        (["ais://b", "{tmp}/no-option-here"], 1),  # a failure whose text says "option"
+        (["ais://b", "{tmp}/usage-dir"], 1),
+        (["ais://b", "{tmp}/mnt", "--ca-bundle", "{tmp}/no-such-ca.pem"], 1),
+    ],
+)
+@pytest.mark.usefixtures("clean_env")
+def test_exit_code_follows_the_kind_of_error(
+    argv: list[str], code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    restore_root_logging: None,
+) -> None:
+    """2 when the invocation is wrong, 1 when a right one cannot run; never read off the
+    message's text."""
+    (tmp_path / "mnt").mkdir()
+    assert cli.main([arg.format(tmp=tmp_path) for arg in argv]) == code
+    assert capsys.readouterr().err.count("\n") == 1

@@ -152,7 +152,7 @@ def test_readme_config_example_is_valid(env: dict[str, str]) -> None:
     (example,) = readme_blocks("toml")
     path = Path(env["HOME"]) / "readme.toml"
     write(path, example)
-    values = configfile.load(str(path), cli._convert_file_value, cli._BY_NAME, ("config",))
+    values = configfile.load(str(path))
     assert values["endpoint"] == "https://ais-proxy:51080"
     assert values["metrics-addr"] == ("127.0.0.1", 9109)
     assert values["read-ahead-max"] == 64 << 20

@@ -93,6 +93,15 @@ def aisfs_cmd() -> list[str]:
     return [sys.executable, "-m", "aisfs"]
 
 
+def env_without(modules: Sequence[str], where: Path) -> dict[str, str]:
+    """The environment for a Python subprocess in which importing any of ``modules`` fails."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name in modules:
+        (where / f"{name}.py").write_text(f"raise ImportError('{name} is not to be imported')\n")
+    path = os.pathsep.join(p for p in (str(where), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 @contextmanager
 def mounted(
     source: str, path: Path, endpoint: str, args: Sequence[str] = (), log_dir: Path | None = None,
