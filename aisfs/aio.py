@@ -1,11 +1,14 @@
 """Async facade over :class:`aisfs.client.AisClient` for the trio thread: the mount's
 implementation of :class:`aisfs.aisapi.AisApi`.
 
-This is the only module that calls ``trio.to_thread.run_sync``: every blocking HTTP call runs in a
-worker thread under one dedicated ``CapacityLimiter`` sized to the client's connection pool, so
-the trio thread never blocks and the pool never overflows. Arguments and results are plain values;
-worker threads touch no shared state. Cancellation: a call already in a thread is abandoned
-(``abandon_on_cancel``) and finishes on its own within the client's timeouts.
+This is the only module of the package that calls ``trio.to_thread.run_sync``: every blocking
+HTTP call runs in a worker thread under one dedicated ``CapacityLimiter`` sized to the client's
+connection pool, so the trio thread never blocks and the pool never overflows; every other
+blocking call (the writer's spill-file I/O, the kernel notifications of the FUSE adapter, the
+mount's readiness check) goes through :meth:`AsyncAis.run_blocking`. Arguments and results are
+plain values; worker threads touch no shared state. Cancellation: an HTTP call already in a
+thread is abandoned (``abandon_on_cancel``) and finishes on its own within the client's timeouts.
+Object bytes received are reported to the mount's observer, when there is one.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ import trio
 from .archives import ArchiveContents, contents_from_listing
 from .client import AisClient
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
+from .observer import Observer
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 class AsyncAis:
-    def __init__(self, client: AisClient) -> None:
+    def __init__(self, client: AisClient, observer: Observer | None = None) -> None:
         self.client = client
+        self.observer = observer
         self.limiter = trio.CapacityLimiter(client.config.max_connections)
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -77,7 +82,10 @@ class AsyncAis:
     async def get_range(
         self, bucket: str, key: str, start: int, length: int, into: RecvBuffer | None = None
     ) -> RangeResult:
-        return await self._run(self.client.get_range, bucket, key, start, length, into)
+        result = await self._run(self.client.get_range, bucket, key, start, length, into)
+        if self.observer is not None:
+            self.observer.read_bytes(len(result.data))
+        return result
 
     async def put_object(
         self, bucket: str, key: str, data: bytes | memoryview,

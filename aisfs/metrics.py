@@ -1,13 +1,14 @@
 """Prometheus metrics of one mount, served on an opt-in address (``--metrics-addr``).
 
-Counted as they happen (callbacks the mount wires to the hooks of ``fs`` and ``client``):
-FUSE operations by kind with a latency histogram and errors by errno name; backend requests by
-kind and HTTP status with a latency histogram, retries by kind, object bytes received and sent.
+Counted as they happen (``Metrics`` is the mount's one observer, see ``observer.py``, handed to
+the FUSE adapter, the async AIS interface and the transport): FUSE operations by kind with a
+latency histogram and errors by errno name; backend requests by kind and HTTP status with a
+latency histogram, retries by kind, object bytes received and sent.
 Read at scrape time by a custom collector, from a :class:`Snapshot` the mount builds: metadata
 cache hits, misses and entries, open handles, inodes, read-ahead memory, write buffers and
 staged (spill) bytes. Plus the process collector (memory, CPU, open fds).
 
-Concurrency: ``fuse_op`` runs on the trio thread, ``request``/``retry``/``read_bytes`` in HTTP
+Concurrency: ``fuse_op`` and ``read_bytes`` run on the trio thread, ``request``/``retry`` in HTTP
 worker threads, ``collect`` in the exposition server's thread; prometheus_client's metric objects
 are thread-safe. The snapshot function runs in the server thread and must only read plain ints
 and sizes (see ``mount.py``). This module imports neither pyfuse3 nor requests.

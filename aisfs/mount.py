@@ -8,6 +8,9 @@ systemd's ``READY=1``) only after the mount answered a ``stat`` from another thr
 SIGINT/SIGTERM or when the kernel ends the session sends ``STOPPING=1``, finishes uploads in
 flight within ``--shutdown-timeout`` (a second signal gives up at once) and unmounts.
 SIGUSR2 cycles the log level; SIGUSR1 dumps every thread's stack to stderr (faulthandler).
+``build_operations`` is the one place the mount's parts are made (the async AIS interface, the
+namespace, the open files with their budgets, buffer pool and spill area, the FUSE adapter) and
+handed to each other; the metrics, when on, are the one observer they all report to.
 
 Concurrency: ``_main`` and its tasks run on the trio thread. The metrics snapshot runs in the
 exposition thread and only reads ints and ``len()`` of trio-owned objects (``list()`` of a
@@ -27,22 +30,29 @@ import ssl
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import pyfuse3
 import trio
 
-from . import __version__, errors, fs
+from . import __version__, errors
 from .aio import AsyncAis
+from .aisapi import AisApi, Spawn
+from .budget import MemoryBudget
 from .cache import TtlMap
 from .client import AisClient
 from .config import ConfigError, MountConfig
 from .daemon import Readiness, ServiceSettings, sd_notify
-from .fs import FileHandle, Operations, make_spawn
+from .fs import KernelAttrs, Operations
+from .handles import OpenWriters
 from .logsetup import cycle_level
 from .metrics import Metrics, Snapshot
-from .objects import RangeResult
+from .namespace import Namespace
+from .observer import Observer
+from .openfiles import OpenFiles
+from .reader import BufferPool
+from .spill import SpillArea
 from .umount import is_mounted
 
 log = logging.getLogger(__name__)
@@ -210,23 +220,43 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+def build_operations(
+    config: MountConfig, aio: AisApi, spawn: Spawn, observer: Observer | None = None
+) -> Operations:
+    """The FUSE adapter and every collaborator under it, each built once, here."""
+    writers = OpenWriters()
+    ns = Namespace(aio, config, spawn, written=writers)
+    files = OpenFiles(
+        config, aio, spawn, ns, writers, KernelAttrs(aio, spawn),
+        read_budget=MemoryBudget(config.read_ahead_budget),
+        write_budget=MemoryBudget(config.write_buffer_budget),
+        pool=BufferPool(config.read_part_size,
+                        keep=max(4, config.read_ahead_budget // config.read_part_size)),
+        spill=SpillArea(config.spill_dir, config.spill_max_bytes),
+    )
+    return Operations(config, ns, files, observer)
+
+
 def serve(
     config: MountConfig, client: AisClient, readiness: Readiness,
     service: ServiceSettings | None = None,
 ) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns the exit code."""
     service = service or ServiceSettings()
-    aio = AsyncAis(client)
+    metrics: Metrics | None = None
+    if service.metrics_addr is not None:
+        metrics = Metrics(str(config.source), config.client.endpoint, __version__)
+        client.transport.observer = metrics
+    aio = AsyncAis(client, metrics)
     spawn_box: list[Callable[..., None]] = []
 
     def spawn(fn: Callable[..., object]) -> None:
         spawn_box[0](fn)
 
-    ops = Operations(config, aio, spawn)
-    metrics: Metrics | None = None
-    if service.metrics_addr is not None:
+    ops = build_operations(config, aio, spawn, metrics)
+    if metrics is not None and service.metrics_addr is not None:
         host, port = service.metrics_addr
-        metrics = _metrics_for(ops, client, config)
+        metrics.set_snapshot(_snapshot_of(ops))
         try:
             metrics.serve(host, port)
         except OSError as exc:
@@ -248,7 +278,7 @@ def serve(
     gc.freeze()
     clean = False
     try:
-        trio.run(_main, ops, config, readiness, spawn_box, stopper)
+        trio.run(_main, ops, aio, config, readiness, spawn_box, stopper)
         clean = True
     except BaseException:
         log.exception("the FUSE main loop failed")
@@ -259,55 +289,40 @@ def serve(
         pyfuse3.close(unmount=True)
         client.close()
         if metrics is not None:
-            fs.observe = None
             metrics.stop()
         log.info("unmounted %s (%s)", config.mountpoint, "clean" if clean else "after an error")
     return 0
 
 
-def _metrics_for(ops: Operations, client: AisClient, config: MountConfig) -> Metrics:
-    metrics = Metrics(str(config.source), config.client.endpoint, __version__)
-    fs.observe = metrics.fuse_op
-    client.transport.on_request = metrics.request
-    client.transport.on_retry = metrics.retry
-    get_range = client.get_range
-
-    def counted_get_range(*args: Any, **kwargs: Any) -> RangeResult:
-        result = get_range(*args, **kwargs)
-        metrics.read_bytes(len(result.data))
-        return result
-
-    client.get_range = counted_get_range  # type: ignore[method-assign]
+def _snapshot_of(ops: Operations) -> Callable[[], Snapshot]:
+    """The mount's state for a metrics scrape (runs in the exposition thread: it only reads
+    ints and sizes, see the module docstring)."""
+    ns, files = ops.ns, ops.files
+    caches: dict[str, TtlMap[Any]] = {"stats": ns.stats, "dirs": ns.dirs, "listings": ns.listings}
 
     def snapshot() -> Snapshot:
-        caches: dict[str, TtlMap[Any]] = {
-            "stats": ops.ns.stats, "dirs": ops.ns.dirs, "listings": ops.ns.listings,
-        }
-        handles = list(ops._handles.values())  # one C-level copy: see the module docstring
-        writers = [h.writer for h in handles if isinstance(h, FileHandle) and h.writer]
         return Snapshot(
             cache_hits={name: c.hits for name, c in caches.items()},
             cache_misses={name: c.misses for name, c in caches.items()},
             cache_entries={name: len(c) for name, c in caches.items()},
-            open_handles=len(handles),
-            inodes=len(ops.table),
-            read_ahead_bytes=ops.read_budget.used,
-            read_ahead_limit=ops.read_budget.limit,
-            write_buffer_bytes=sum(_buffered(w) for w in writers),
-            spill_bytes=ops.spill.used,
+            open_handles=files.open_handles(),
+            inodes=len(ns.table),
+            read_ahead_bytes=files.read_budget.used,
+            read_ahead_limit=files.read_budget.limit,
+            write_buffer_bytes=files.buffered_bytes(),
+            spill_bytes=files.spill.used,
         )
 
-    metrics.set_snapshot(snapshot)
-    return metrics
+    return snapshot
 
 
-def _buffered(writer: object) -> int:
-    """Bytes a writer holds in memory: its ``buffered`` count, else the size of its buffer."""
-    count = getattr(writer, "buffered", None)
-    if isinstance(count, int):
-        return count
-    buffer = getattr(writer, "buffer", b"")
-    return len(buffer) if isinstance(buffer, bytes | bytearray) else 0
+def make_spawn(nursery: trio.Nursery) -> Spawn:
+    """How the layers start background tasks: in the mount's nursery."""
+
+    def spawn(fn: Callable[[], Awaitable[None]]) -> None:
+        nursery.start_soon(fn)
+
+    return spawn  # type: ignore[return-value]
 
 
 class _Stopper:
@@ -339,13 +354,13 @@ class _Stopper:
 
 
 async def _main(
-    ops: Operations, config: MountConfig, readiness: Readiness,
+    ops: Operations, aio: AisApi, config: MountConfig, readiness: Readiness,
     spawn_box: list[Callable[..., None]], stopper: _Stopper,
 ) -> None:
     async with trio.open_nursery() as nursery:
         spawn_box.append(make_spawn(nursery))
         nursery.start_soon(_signals, stopper)
-        nursery.start_soon(_announce_ready, config, readiness)
+        nursery.start_soon(_announce_ready, aio, config, readiness)
         try:
             await pyfuse3.main()
         finally:
@@ -373,15 +388,15 @@ async def _signals(stopper: _Stopper) -> None:
                     stopper.scope.cancel()
 
 
-async def _announce_ready(config: MountConfig, readiness: Readiness) -> None:
+async def _announce_ready(aio: AisApi, config: MountConfig, readiness: Readiness) -> None:
     """Report success only once the mount answers a stat from outside the trio thread."""
     try:
-        st = await trio.to_thread.run_sync(os.stat, config.mountpoint)
+        st = await aio.run_blocking(lambda: os.stat(config.mountpoint))
     except OSError as exc:
         readiness.report(f"the mount at {config.mountpoint} does not answer: {exc.strerror}")
         pyfuse3.terminate()
         return
-    await trio.to_thread.run_sync(tune_kernel, st.st_dev, config)
+    await aio.run_blocking(lambda: tune_kernel(st.st_dev, config))
     log.info("mounted %s at %s (endpoint %s)", config.source, config.mountpoint,
              config.client.endpoint)
     readiness.report(None)

@@ -5,7 +5,7 @@ unlink, rename, custom metadata), over three parts built here: the metadata cach
 single names, single-flight, TTL and negative entries), the directory listings (``listings``:
 cached, streamed, fetched ahead for lookups and tree walks) and the directories this mount made
 or removed (``localdirs``). A name is answered, in this order, by: a directory made here, a file
-being written here (``pending``), the cached listing of its parent, the metadata cache, and
+being written here (``written``), the cached listing of its parent, the metadata cache, and
 last by the cluster (a HEAD and the first page of a listing at once).
 
 Name rule: a name that is both an object ``a`` and a prefix ``a/`` is the directory (the object
@@ -16,9 +16,10 @@ change, so the inode table and the caches are changed only after the awaited rem
 returned, each change with no ``await`` in between.
 
 Invariants:
-- ``pending`` maps (bucket, key) to the current attributes of every file open for writing
-  here, whether or not AIS has it yet; ``fs`` adds and removes its entries. Such a file wins
-  over every cache in lookups, getattr and listings, and keeps its parent directory alive.
+- ``written`` (the open-files layer, which this module asks and never tells) knows every file
+  open for writing here with bytes AIS does not have yet, and its current attributes, whether
+  or not AIS has it at all. Such a file, while its name still leads to its inode, wins over
+  every cache in lookups and listings, and keeps its parent directory alive.
 - A change made here updates, together: the metadata cache, the parent's cached listing (which
   counts as a change for the listing producers, see ``listings``), the directories made or
   removed here, and the inode table.
@@ -30,6 +31,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -47,10 +49,34 @@ from .objects import ObjectProps
 log = logging.getLogger(__name__)
 
 
+class FilesBeingWritten(Protocol):
+    """Files open for writing through this mount, as the open-files layer knows them."""
+
+    def stat_of(self, inode: Inode) -> Stat | None:
+        """The attributes the file's writers give it while one of them holds bytes AIS does not
+        have yet (whether or not AIS has the object at all), else None."""
+        ...
+
+    def showing(self) -> list[Inode]:
+        """The inodes whose writers hold such bytes."""
+        ...
+
+
+class _NothingWritten:
+    """No file is being written (a namespace used without the open-files layer)."""
+
+    def stat_of(self, inode: Inode) -> Stat | None:
+        return None
+
+    def showing(self) -> list[Inode]:
+        return []
+
+
 class Namespace:
     def __init__(
         self, aio: AisApi, config: MountConfig, spawn: Spawn,
-        timer: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.monotonic, *,
+        written: FilesBeingWritten | None = None,
     ) -> None:
         self.aio = aio
         self.config = config
@@ -64,7 +90,7 @@ class Namespace:
         self.local = LocalDirs()
         self.dir_listings = Listings(aio, config, spawn, self.cache, self.local, timer)
         # Files open for writing here, with their current attributes (see the invariants).
-        self.pending: dict[tuple[str, str], Callable[[], Stat]] = {}
+        self.written: FilesBeingWritten = written if written is not None else _NothingWritten()
         self.mount_time_ns = time.time_ns()
 
     @property
@@ -85,19 +111,31 @@ class Namespace:
         return self.dir_listings.listings
 
     # ------------------------------------------------------------------ files being written
-    # The only readers of ``pending``.
+    # The only readers of ``written``.
 
     def _pending_stat(self, bucket: str, key: str) -> Stat | None:
-        current = self.pending.get((bucket, key))
-        return current() if current is not None else None
+        inode = self.table.find(bucket, key)
+        return self.written.stat_of(inode) if inode is not None else None
+
+    def _written_under(self, bucket: str, prefix: str) -> list[tuple[Inode, Stat]]:
+        """Files under ``prefix`` being written here whose name still leads to them, with the
+        attributes their writers give them."""
+        found = []
+        for inode in self.written.showing():
+            if (inode.bucket == bucket and inode.key.startswith(prefix)
+                    and self.table.find(bucket, inode.key) is inode):
+                st = self.written.stat_of(inode)
+                if st is not None:
+                    found.append((inode, st))
+        return found
 
     def _pending_under(self, bucket: str, prefix: str) -> bool:
-        return any(b == bucket and k.startswith(prefix) for (b, k) in self.pending)
+        return bool(self._written_under(bucket, prefix))
 
     def _pending_children(self, bucket: str, prefix: str) -> list[Child]:
-        return [Child(key[len(prefix):], False, current())
-                for (b, key), current in self.pending.items()
-                if b == bucket and key.startswith(prefix) and "/" not in key[len(prefix):]]
+        return [Child(inode.key[len(prefix):], False, st)
+                for inode, st in self._written_under(bucket, prefix)
+                if "/" not in inode.key[len(prefix):]]
 
     # ------------------------------------------------------------------ lookups
 

@@ -38,6 +38,7 @@ from . import errors
 from .bodyrecv import recv_whole_body
 from .config import ClientConfig
 from .objects import Body, RecvBuffer
+from .observer import Observer
 from .routing import Router, Via
 
 log = logging.getLogger(__name__)
@@ -165,10 +166,9 @@ class Transport:
             self._cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
         self.session.headers["User-Agent"] = "aisfs"
         self.router = Router()
-        # Observability hooks: on_request(kind, status, seconds, request body bytes) per answer,
-        # on_retry(kind) per retry.
-        self.on_request: Callable[[str, int, float, int], None] | None = None
-        self.on_retry: Callable[[str], None] | None = None
+        # The mount's observer (its metrics), told of every answer and every retry; set by the
+        # mount before it serves.
+        self.observer: Observer | None = None
 
     def close(self) -> None:
         self.session.close()
@@ -226,9 +226,9 @@ class Transport:
                     continue
                 raise errors.Transient(f"{type(exc).__name__}: {_short(exc)}", 0, what) from None
             status = resp.status_code
-            if self.on_request is not None:
+            if self.observer is not None:
                 sent = 0 if data is None or callable(data) else len(data)
-                self.on_request(kind, status, time.monotonic() - started, sent)
+                self.observer.request(kind, status, time.monotonic() - started, sent)
             if (status == 429 or status >= 500) and status != 501 and attempt < self.config.retries:
                 # 5xx on a non-idempotent request means the target refused it, not half-applied
                 # it, except for a timeout in the middle (503 from a proxy is never mid-write).
@@ -243,8 +243,8 @@ class Transport:
         delay = min(5.0, self.config.retry_backoff * (2**attempt))
         level = logging.DEBUG if attempt == 0 else logging.INFO if attempt == 1 else logging.WARNING
         log.log(level, "%s %s: %s; retry %d in %.1fs", kind, what, why, attempt + 1, delay)
-        if self.on_retry is not None:
-            self.on_retry(kind)
+        if self.observer is not None:
+            self.observer.retry(kind)
         time.sleep(delay)
         return attempt + 1
 

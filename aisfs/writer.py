@@ -95,8 +95,10 @@ class ObjectWriter:
 
     @property
     def buffered(self) -> int:
-        """Bytes held in memory, not yet sent."""
-        return self._stream.buffered if self._stream is not None else 0
+        """Bytes held in memory, not yet sent (also read by the metrics thread: one read of
+        ``_stream``, which the trio thread may set to None meanwhile)."""
+        stream = self._stream
+        return stream.buffered if stream is not None else 0
 
     @property
     def error(self) -> BaseException | None:

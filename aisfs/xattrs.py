@@ -16,6 +16,7 @@ import base64
 import errno
 
 from .errors import PosixError
+from .objects import ObjectProps
 
 USER = "user."
 INTERNAL_PREFIX = "aisfs."
@@ -23,6 +24,13 @@ READ_ONLY = ("ais.version", "ais.checksum", "ais.atime")
 LOCAL_NAMESPACES = ("security.", "system.", "trusted.")
 B64 = b"b64:"
 CUSTOM_MD_MAX = 2048  # AIS: sum(len(key) + len(value)) of all custom keys (cmn/objattrs.go)
+
+
+def read_only_value(name: str, props: ObjectProps) -> bytes:
+    """The value of one of the READ_ONLY names."""
+    value = {"ais.version": props.version, "ais.checksum": props.checksum,
+             "ais.atime": str(props.atime_ns)}[name]
+    return value.encode()
 
 
 def custom_key(name: str) -> str:

@@ -21,7 +21,7 @@ from aisfs.client import AisClient
 from aisfs.config import ClientConfig
 from aisfs.objects import MTIME_KEY, parse_rfc3339_ns
 
-from .util import unique
+from .util import RecordingObserver, unique
 
 
 @pytest.fixture
@@ -488,8 +488,8 @@ def fast_client(url: str, retries: int = 2, **kw: Any) -> AisClient:
 
 def test_retries_on_closed_port_are_bounded() -> None:
     c = fast_client("http://127.0.0.1:9", retries=2, connect_timeout=1.0, read_timeout=1.0)
-    retried: list[str] = []
-    c.transport.on_retry = retried.append
+    c.transport.observer = seen = RecordingObserver()
+    retried = seen.retries
     started = time.monotonic()
     with pytest.raises(errors.Transient) as info:
         c.head_object("b", "k")
@@ -516,8 +516,8 @@ def silent_socket() -> Iterator[str]:
 
 def test_read_timeout_gives_transient(silent_socket: str) -> None:
     c = fast_client(silent_socket, retries=1, connect_timeout=0.5, read_timeout=0.5)
-    retried: list[str] = []
-    c.transport.on_retry = retried.append
+    c.transport.observer = seen = RecordingObserver()
+    retried = seen.retries
     started = time.monotonic()
     with pytest.raises(errors.Transient) as info:
         c.get_range("b", "k", 0, 10)
@@ -619,8 +619,8 @@ def test_ranged_body_cut_short_is_transient(
 
 def test_read_timeout_not_retried_for_non_idempotent(silent_socket: str) -> None:
     c = fast_client(silent_socket, retries=3, connect_timeout=0.5, read_timeout=0.4)
-    retried: list[str] = []
-    c.transport.on_retry = retried.append
+    c.transport.observer = seen = RecordingObserver()
+    retried = seen.retries
     started = time.monotonic()
     with pytest.raises(errors.Transient):
         c.rename_object("b", "k", "k2")

@@ -135,7 +135,6 @@ def test_a_file_can_be_made_where_a_directory_was(make_bucket, mount) -> None:  
         assert (mp / f"d{i}").read_bytes() == b"data %d" % i
 
 
-@pytest.mark.xfail(strict=True, reason="defect 5: ftruncate then close shows the old size")
 def test_ftruncate_then_close_shows_the_new_size_at_once(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
     sizes = [(10, 20), (20, 10)] * 5
     bucket = make_bucket({f"f{i}": b"x" * old for i, (old, _) in enumerate(sizes)})

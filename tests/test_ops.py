@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import stat
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,8 +20,11 @@ import trio.testing
 from aisfs.aio import AsyncAis
 from aisfs.client import AisClient
 from aisfs.config import ClientConfig, MountConfig, parse_source
-from aisfs.fs import Operations, make_spawn
+from aisfs.fs import Operations
 from aisfs.inodes import ROOT_INODE
+from aisfs.mount import build_operations, make_spawn
+
+from .util import RecordingObserver
 
 CTX = pyfuse3.RequestContext()
 MIB = 1024 * 1024
@@ -68,7 +72,7 @@ def opsf(ais_endpoint: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         client = AisClient(config.client)
         try:
             async with trio.open_nursery() as nursery:
-                ops = Operations(config, AsyncAis(client), make_spawn(nursery))
+                ops = build_operations(config, AsyncAis(client), make_spawn(nursery))
                 try:
                     yield ops
                 finally:
@@ -382,7 +386,7 @@ async def test_a_write_during_a_flush_waits_for_it(opsf, make_bucket) -> None:  
         fi, _ = await ops.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY, CTX)
         with trio.testing.assert_no_checkpoints():
             await ops.write(fi.fh, 0, b"a" * 100)
-        writer = ops._file(fi.fh).writer
+        writer = ops.files.file(fi.fh).writer
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ops.flush, fi.fh)
             await trio.testing.wait_all_tasks_blocked()
@@ -402,17 +406,17 @@ async def test_write_parts_grow_within_the_budget(  # type: ignore[no-untyped-de
     async with opsf(f"ais://{bucket.name}", write_part_size=MIB, write_part_max=4 * MIB,
                     write_buffer_budget=budget) as ops:
         fi, _ = await ops.create(ROOT_INODE, b"big", 0o644, os.O_WRONLY, CTX)
-        writer = ops._file(fi.fh).writer
+        writer = ops.files.file(fi.fh).writer
         seen: list[int] = []
         for off in range(0, len(data), MIB):
             if not seen or writer.part != seen[-1] * MIB:
                 seen.append(writer.part // MIB)
             await ops.write(fi.fh, off, data[off:off + MIB])
         assert seen == parts
-        assert ops.write_budget.used <= budget
+        assert ops.files.write_budget.used <= budget
         await ops.flush(fi.fh)
         await ops.release(fi.fh)
-        assert ops.write_budget.used == 0  # released with the handle
+        assert ops.files.write_budget.used == 0  # released with the handle
     assert bucket.object("big").get_reader().read_all() == data
 
 
@@ -426,10 +430,10 @@ async def test_a_writer_that_turns_staged_gives_its_grown_parts_back(  # type: i
         fi, _ = await ops.create(ROOT_INODE, b"f", 0o644, os.O_RDWR, CTX)
         for off in range(0, len(data), MIB):
             await ops.write(fi.fh, off, bytes(data[off:off + MIB]))
-        assert ops.write_budget.used > 0  # parts grew
+        assert ops.files.write_budget.used > 0  # parts grew
         await ops.write(fi.fh, 10, b"patched")  # not at the end: staged from now on
         data[10:17] = b"patched"
-        assert ops.write_budget.used == 0
+        assert ops.files.write_budget.used == 0
         await ops.flush(fi.fh)
         await ops.release(fi.fh)
     assert bucket.object("f").get_reader().read_all() == bytes(data)
@@ -445,9 +449,9 @@ async def test_stream_over_an_empty_object_deletes_it_first(  # type: ignore[no-
     bucket = make_bucket({} if made_here else {"dd.bin": b""})
     data = os.urandom(3 * MIB + 7)
     async with opsf(f"ais://{bucket.name}", write_part_size=MIB, write_part_max=MIB) as ops:
-        kinds: list[str] = []
-        assert isinstance(ops.aio, AsyncAis)
-        ops.aio.client.transport.on_request = lambda kind, *_: kinds.append(kind)
+        assert isinstance(ops.files.aio, AsyncAis)
+        ops.files.aio.client.transport.observer = seen = RecordingObserver()
+        kinds = seen.requests
         if made_here:
             fi, attr = await ops.create(ROOT_INODE, b"dd.bin", 0o644, os.O_WRONLY, CTX)
             await ops.flush(fi.fh)  # close() of the first descriptor: the object exists now
@@ -492,7 +496,7 @@ async def test_open_read_release(opsf, make_bucket) -> None:  # type: ignore[no-
         assert ops.table.get(c.st_ino) is node  # still open
         await ops.release(fi.fh)
         assert c.st_ino not in ops.table.by_ino
-        assert ops.read_budget.used == 0
+        assert ops.files.read_budget.used == 0
         with pytest.raises(pyfuse3.FUSEError) as info:
             await ops.read(fi.fh, 0, 10)
         assert info.value.errno == errno.EBADF
@@ -541,7 +545,7 @@ async def test_object_replaced_while_open_is_estale(opsf, make_bucket) -> None: 
             await ops.read(fi.fh, 3 * MIB, 4096)  # not fetched yet: a new GET sees version 2
         assert info.value.errno == errno.ESTALE
         await ops.release(fi.fh)
-        assert ops.read_budget.used == 0
+        assert ops.files.read_budget.used == 0
 
 
 async def test_concurrent_reads_through_ops(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
@@ -564,7 +568,7 @@ async def test_concurrent_reads_through_ops(opsf, make_bucket) -> None:  # type:
         for i, (off, size) in enumerate(ranges):
             assert results[i] == data[off : off + size], (off, size)
         await ops.release(fi.fh)
-        assert ops.read_budget.used == 0
+        assert ops.files.read_budget.used == 0
 
 
 async def test_open_missing_object(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
@@ -576,3 +580,76 @@ async def test_open_missing_object(opsf, make_bucket) -> None:  # type: ignore[n
             await ops.open(g.st_ino, os.O_RDONLY, CTX)
         assert info.value.errno == errno.ENOENT
         assert ops.table.get(g.st_ino).opens == 0
+
+
+# ---------------------------------------------------------------------- files being written
+
+
+def fields(*, size: bool = False, mtime: bool = False) -> pyfuse3.SetattrFields:
+    """What setattr reads of pyfuse3's SetattrFields (whose flags cannot be set from Python)."""
+    return types.SimpleNamespace(update_size=size, update_mtime=mtime)  # type: ignore[return-value]
+
+
+async def test_a_truncate_through_a_handle_shows_at_once(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    """ftruncate of a file opened for writing without O_TRUNC: its size is the writer's from
+    then on, not AIS's, until the upload (fstat after ftruncate showed the old size)."""
+    bucket = make_bucket({"t": b"0123456789"})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        t = await lookup(ops, ROOT_INODE, "t")
+        fi = await ops.open(t.st_ino, os.O_WRONLY, CTX)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = 4
+        assert (await ops.setattr(t.st_ino, attr, fields(size=True), fi.fh, CTX)).st_size == 4
+        assert (await ops.getattr(t.st_ino, CTX)).st_size == 4
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+        assert (await ops.getattr(t.st_ino, CTX)).st_size == 4
+    assert bucket.object("t").get_reader().read_all() == b"0123"
+
+
+async def test_an_unlinked_file_stays_gone_while_its_handle_writes(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, collector
+) -> None:
+    bucket = make_bucket({"u": b"old"})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        u = await lookup(ops, ROOT_INODE, "u")
+        fi = await ops.open(u.st_ino, os.O_WRONLY, CTX)
+        await ops.unlink(ROOT_INODE, b"u", CTX)
+        await ops.write(fi.fh, 3, b"more")  # goes nowhere
+        assert (await lookup(ops, ROOT_INODE, "u")).st_ino == 0  # a negative entry
+        assert (await ops.getattr(u.st_ino, CTX)).st_size == 7  # the open file lives on
+        fh = await ops.opendir(ROOT_INODE, CTX)
+        await ops.readdir(fh, 0, "TOKEN")
+        await ops.releasedir(fh)
+        assert collector.take() == []
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+    assert [e.name for e in bucket.list_all_objects()] == []
+
+
+async def test_a_new_file_under_an_unlinked_name_shows_after_the_old_handle_closes(  # type: ignore[no-untyped-def]
+    opsf, make_bucket
+) -> None:
+    bucket = make_bucket()
+    async with opsf(f"ais://{bucket.name}") as ops:
+        old, _ = await ops.create(ROOT_INODE, b"r", 0o644, os.O_WRONLY, CTX)
+        await ops.unlink(ROOT_INODE, b"r", CTX)
+        new, _ = await ops.create(ROOT_INODE, b"r", 0o644, os.O_WRONLY, CTX)
+        await ops.write(new.fh, 0, b"new")
+        await ops.release(old.fh)  # the unlinked file's handle: it uploads nothing
+        assert (await lookup(ops, ROOT_INODE, "r")).st_size == 3
+        await ops.flush(new.fh)
+        await ops.release(new.fh)
+    assert bucket.object("r").get_reader().read_all() == b"new"
+
+
+async def test_forgotten_inodes_take_their_page_cache_pins_along(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    bucket = make_bucket({f"p{i}": b"x" for i in range(5)})
+    async with opsf(f"ais://{bucket.name}") as ops:
+        for i in range(5):
+            p = await lookup(ops, ROOT_INODE, f"p{i}")
+            fi = await ops.open(p.st_ino, os.O_RDONLY, CTX)
+            await ops.release(fi.fh)
+            await ops.forget([(p.st_ino, 1)])
+            assert p.st_ino not in ops.table.by_ino
+        assert ops.files._pins == {}

@@ -45,3 +45,25 @@ def test_the_layers_reach_ais_only_through_the_interface() -> None:
     offenders = {m: sorted(imports_of(m) & http_side) for m in all_modules()
                  if m not in HTTP_SIDE and imports_of(m) & http_side}
     assert offenders == {}
+
+
+def test_only_the_fuse_adapter_imports_pyfuse3() -> None:
+    importers = [m for m in all_modules()
+                 if any(name.split(".")[0] == "pyfuse3" for name in imports_of(m))]
+    assert importers == ["fs", "mount"]
+
+
+def test_only_aio_leaves_the_trio_thread() -> None:
+    """Every other blocking call goes through ``AisApi.run_blocking``."""
+    callers = [m for m in all_modules()
+               if any(isinstance(node, ast.Attribute) and node.attr == "to_thread"
+                      for node in ast.walk(ast.parse((PACKAGE / f"{m}.py").read_text())))]
+    assert callers == ["aio"]
+
+
+def test_the_namespace_imports_nothing_from_the_open_files_layer() -> None:
+    """The open-files layer calls the namespace; the namespace only asks it, through the
+    ``FilesBeingWritten`` protocol it defines itself."""
+    above = {"aisfs.openfiles", "aisfs.handles", "aisfs.writer", "aisfs.fs", "aisfs.mount"}
+    assert {m: sorted(imports_of(m) & above) for m in ("namespace", "listings", "metacache",
+                                                      "localdirs") if imports_of(m) & above} == {}

@@ -140,3 +140,25 @@ def mounted(
 
 def have_fuse() -> bool:
     return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+class RecordingObserver:
+    """An observer (``aisfs.observer.Observer``) that keeps the kinds it is told of."""
+
+    def __init__(self) -> None:
+        self.ops: list[str] = []
+        self.requests: list[str] = []
+        self.retries: list[str] = []
+        self.read: int = 0
+
+    def fuse_op(self, op: str, seconds: float, err: int) -> None:
+        self.ops.append(op)
+
+    def request(self, kind: str, status: int, seconds: float, bytes_out: int) -> None:
+        self.requests.append(kind)
+
+    def retry(self, kind: str) -> None:
+        self.retries.append(kind)
+
+    def read_bytes(self, n: int) -> None:
+        self.read += n

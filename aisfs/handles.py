@@ -1,0 +1,86 @@
+"""Open handles, and the writers of every inode open for writing with what they make it look like.
+
+:class:`OpenWriters` is what the namespace asks about files being written here (it is typed
+against ``namespace.FilesBeingWritten`` there, and imports nothing from the open-files layer):
+such a file shows its writers' size and mtime in lookups, getattr and listings while one of them
+holds bytes AIS does not have yet, whether or not AIS has the object at all.
+
+Concurrency: trio thread only, changed by the open-files layer between awaits. The metrics
+snapshot counts handles from its own thread (see ``mount.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .cache import Stat
+from .inodes import Inode
+from .listing import ListingStream
+from .reader import ObjectReader
+from .writer import ObjectWriter
+
+
+@dataclass(slots=True)
+class DirHandle:
+    inode: Inode
+    entries: ListingStream | None = None  # the listing snapshot readdir hands out
+
+
+@dataclass(slots=True, eq=False)
+class FileHandle:
+    """``reader`` unless opened write-only, ``writer`` when opened for writing; a reader is
+    replaced (by the open-files layer) when its handle's upload replaced the object."""
+
+    inode: Inode
+    reader: ObjectReader | None = None
+    writer: ObjectWriter | None = None
+
+
+class OpenWriters:
+    """The handles open for writing, by inode.
+
+    Invariants: every list in ``_by_ino`` is non-empty, in the order the handles were opened,
+    and holds only handles with a writer, of that inode. An inode is *showing* while one of its
+    writers is dirty. (An unlinked or replaced inode may still be showing: whoever asks by name
+    checks that the name still leads to it.)
+    """
+
+    def __init__(self) -> None:
+        self._by_ino: dict[int, list[FileHandle]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_ino)
+
+    def add(self, handle: FileHandle) -> None:
+        assert handle.writer is not None
+        self._by_ino.setdefault(handle.inode.ino, []).append(handle)
+
+    def remove(self, handle: FileHandle) -> None:
+        handles = self._by_ino.get(handle.inode.ino, [])
+        if handle in handles:
+            handles.remove(handle)
+        if not handles:
+            self._by_ino.pop(handle.inode.ino, None)
+
+    def of(self, inode: Inode) -> list[FileHandle]:
+        """The inode's write handles (a copy: the caller may await while going through it)."""
+        return list(self._by_ino.get(inode.ino, ()))
+
+    def stat_of(self, inode: Inode) -> Stat | None:
+        """The attributes the inode's writers give it while one of them is showing, else None:
+        the largest size among them; the mtime the last of them was given (utimens), else now."""
+        handles = self._by_ino.get(inode.ino)
+        if handles is None:
+            return None
+        writers = [h.writer for h in handles if h.writer is not None]
+        if not any(w.dirty for w in writers):
+            return None
+        mtimes = [w.pending_mtime_ns for w in writers if w.pending_mtime_ns is not None]
+        size = max(w.size for w in writers)
+        return Stat(size, mtimes[-1] if mtimes else time.time_ns())
+
+    def showing(self) -> list[Inode]:
+        """The inodes whose writers are showing."""
+        return [handles[0].inode for handles in self._by_ino.values()
+                if any(h.writer is not None and h.writer.dirty for h in handles)]

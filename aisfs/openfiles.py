@@ -1,0 +1,374 @@
+"""Open files: the handle table, each handle's reader and writer, and the rules between them.
+
+Between the FUSE adapter (``fs``, which decodes requests and maps errors) and the reader, writer
+and namespace. The rules kept here:
+- Read-your-writes: whoever reads a file sees what every handle wrote to it. Opening it, or
+  reading its xattrs, uploads its writers first; a handle reads its own staged bytes from the
+  spill file, and uploads its own streamed bytes before reading them.
+- A file open for writing shows its writers' size and mtime while one of them holds bytes AIS
+  does not have (``handles.OpenWriters``, which the namespace asks).
+- After an upload: the namespace notes the result (no HEAD needed), the kernel drops its cached
+  attributes, and the uploading handle's reader follows the new object.
+- Version pinning: the kernel keeps a file's pages across opens only when the object has the
+  (version, size) it had at the previous open; any change made here drops the pin.
+- Bytes being written under a name are uploaded before the name is renamed; an unlinked file's
+  writers upload nothing.
+
+Concurrency: trio thread only, in the FUSE handlers' tasks; every ``await`` may let other
+handlers run, so handles and pins are changed only with no ``await`` between the check and the
+change. The metrics snapshot reads ``len(_handles)`` and the writers' buffered counts from its own
+thread (``open_handles``, ``buffered_bytes``: one C-level copy, see ``mount.py``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import Protocol
+
+from . import errors
+from .aisapi import AisApi, Spawn
+from .budget import MemoryBudget
+from .cache import Stat
+from .config import MountConfig
+from .handles import DirHandle, FileHandle, OpenWriters
+from .inodes import Inode, Kind
+from .listing import ListingStream
+from .namespace import Namespace
+from .objects import MTIME_KEY, ObjectProps
+from .reader import BufferPool, ObjectReader
+from .spill import SpillArea
+from .writer import ObjectWriter
+
+
+class KernelCache(Protocol):
+    """The kernel's caches, as the FUSE adapter reaches them."""
+
+    def forget_attrs(self, ino: int) -> None:
+        """Drop the cached attributes of ``ino`` soon (never blocks, never raises)."""
+        ...
+
+
+class OpenFiles:
+    """Invariants: ``_handles`` maps every open fh (never reused) to its handle; every file
+    handle with a writer is in ``writers`` until released; an inode's ``opens`` counts its
+    handles here. ``_pins`` holds, per inode, the (version, size) whose pages the kernel may
+    still have cached from the last open; a missing pin means: the kernel's pages are not to
+    be trusted."""
+
+    def __init__(
+        self, config: MountConfig, aio: AisApi, spawn: Spawn, ns: Namespace,
+        writers: OpenWriters, kernel: KernelCache, *, read_budget: MemoryBudget,
+        write_budget: MemoryBudget, pool: BufferPool, spill: SpillArea,
+    ) -> None:
+        self.config = config
+        self.aio = aio
+        self.spawn = spawn
+        self.ns = ns
+        self.table = ns.table
+        self.writers = writers
+        self.kernel = kernel
+        self.read_budget = read_budget
+        self.write_budget = write_budget
+        self.pool = pool
+        self.spill = spill
+        self._handles: dict[int, DirHandle | FileHandle] = {}
+        self._next_fh = 1
+        self._pins: dict[int, tuple[str, int]] = {}
+
+    # ------------------------------------------------------------------ handle table
+
+    def _new_fh(self, handle: DirHandle | FileHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        handle.inode.opens += 1
+        return fh
+
+    def file(self, fh: int) -> FileHandle:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, FileHandle):
+            raise errors.PosixError(errno.EBADF, f"bad file handle {fh}")
+        return handle
+
+    def open_handles(self) -> int:
+        return len(self._handles)
+
+    def buffered_bytes(self) -> int:
+        """Bytes the writers hold in memory (read from the metrics thread: one C-level copy)."""
+        handles = list(self._handles.values())
+        return sum(h.writer.buffered for h in handles
+                   if isinstance(h, FileHandle) and h.writer is not None)
+
+    def _drop_if_unused(self, node: Inode) -> None:
+        self.table.drop_if_unused(node)
+        if node.ino not in self.table.by_ino:
+            self._pins.pop(node.ino, None)  # the kernel's pages of it are gone
+
+    def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped ``count`` references to ``ino`` (never raises)."""
+        self.table.forget(ino, count)
+        if ino not in self.table.by_ino:
+            self._pins.pop(ino, None)
+
+    # ------------------------------------------------------------------ directories
+
+    def open_dir(self, node: Inode) -> int:
+        if not node.is_dir:
+            raise errors.PosixError(errno.ENOTDIR, f"{node} is not a directory")
+        return self._new_fh(DirHandle(node))
+
+    async def dir_entries(self, fh: int, start_id: int) -> tuple[Inode, ListingStream]:
+        """The open directory and its listing, with more than ``start_id`` entries unless it has no
+        more. Offset 0 is the first call or a rewinddir: the snapshot is (re)taken. Later
+        offsets index into it (it only grows), so they stay valid however the bucket changes."""
+        handle = self._handles.get(fh)
+        if not isinstance(handle, DirHandle):
+            raise errors.PosixError(errno.EBADF, f"bad directory handle {fh}")
+        if start_id == 0 or handle.entries is None:
+            entries = await self.ns.open_dir(handle.inode)
+            if handle.entries is not None:
+                self.ns.close_dir(handle.inode, handle.entries)
+            handle.entries = entries
+        await handle.entries.wait_beyond(start_id)
+        return handle.inode, handle.entries
+
+    def release_dir(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, DirHandle):
+            if handle.entries is not None:
+                self.ns.close_dir(handle.inode, handle.entries)
+            handle.inode.opens -= 1
+            self._drop_if_unused(handle.inode)
+
+    # ------------------------------------------------------------------ attributes
+
+    def written_stat(self, node: Inode) -> Stat | None:
+        """The attributes a file open for writing shows (see the module docstring), else None."""
+        return self.writers.stat_of(node) if self.writers else None
+
+    async def stat(self, node: Inode) -> Stat | None:
+        """getattr: the file's attributes (None for a directory)."""
+        if node.is_dir:
+            return None
+        written = self.written_stat(node)
+        return written if written is not None else await self.ns.getattr(node)
+
+    async def setattr(
+        self, node: Inode, fh: int | None, size: int | None, mtime_ns: int | None
+    ) -> Stat:
+        """truncate and utimens of a file (through handle ``fh`` when given)."""
+        handle = self._handles.get(fh) if fh is not None else None
+        writing = handle if isinstance(handle, FileHandle) and handle.writer else None
+        if writing is None and size is not None:
+            writing = next(iter(self.writers.of(node)), None)
+        if size is not None:
+            await self._truncate(node, writing, size)
+        if mtime_ns is not None:
+            await self._set_mtime(node, writing, mtime_ns)
+        written = self.written_stat(node)
+        return written if written is not None else (
+            await self.ns.object_stat(node.bucket, node.key))
+
+    async def _truncate(self, node: Inode, handle: FileHandle | None, size: int) -> None:
+        if self.config.read_only:
+            raise errors.PosixError(errno.EROFS, "read-only mount")
+        if handle is not None and handle.writer is not None:
+            await handle.writer.truncate(size)
+            return
+        # A truncate by name: a writer of its own, uploaded at once.
+        st = await self.ns.object_stat(node.bucket, node.key)
+        writer = self._writer(node, exists=True, size=st.size, truncate=size == 0)
+        try:
+            await writer.truncate(size)
+            done = await writer.flush()
+        finally:
+            writer.close()
+        if done is not None:
+            self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
+            self._pins.pop(node.ino, None)
+
+    async def _set_mtime(self, node: Inode, handle: FileHandle | None, mtime_ns: int) -> None:
+        handles = [handle] if handle is not None else self.writers.of(node)
+        dirty = [h.writer for h in handles if h.writer is not None and h.writer.dirty]
+        if dirty:
+            for writer in dirty:
+                writer.pending_mtime_ns = mtime_ns  # stored with the upload
+            return
+        await self.ns.set_custom(node, {MTIME_KEY: str(mtime_ns).encode()})
+
+    # ------------------------------------------------------------------ custom metadata
+
+    async def object_props(self, node: Inode) -> ObjectProps:
+        await self._upload_writers(node)
+        return await self.ns.object_props(node)
+
+    async def set_custom(self, node: Inode, update: dict[str, bytes]) -> None:
+        await self._upload_writers(node)
+        await self.ns.set_custom(node, update)
+
+    async def remove_custom(self, node: Inode, key: str) -> bool:
+        await self._upload_writers(node)
+        return await self.ns.remove_custom(node, key)
+
+    # ------------------------------------------------------------------ open, create, release
+
+    async def open(self, node: Inode, flags: int) -> tuple[int, bool]:
+        """Open a file: (fh, whether the kernel may keep its cached pages)."""
+        if node.is_dir:
+            raise errors.PosixError(errno.EISDIR, f"{node} is a directory")
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if writing and self.config.read_only:
+            raise errors.PosixError(errno.EROFS, "read-only mount")
+        await self._upload_writers(node)  # a reader must see what other handles wrote
+        written = self.written_stat(node)
+        st = written if written is not None else (
+            await self.ns.object_stat(node.bucket, node.key))
+        handle = FileHandle(node)
+        if writing:
+            handle.writer = self._writer(node, exists=True, size=st.size,
+                                         truncate=bool(flags & os.O_TRUNC))
+            self.writers.add(handle)
+        if not flags & os.O_WRONLY:
+            handle.reader = self._reader(node, st)
+        fh = self._new_fh(handle)
+        # Keep the kernel's pages only when they hold this very version of the object.
+        pin = (st.version, st.size)
+        keep = not writing and bool(st.version) and self._pins.get(node.ino) == pin
+        self._pins[node.ino] = pin
+        return fh, keep
+
+    async def create(self, parent: Inode, name: str, flags: int) -> tuple[int, Inode, Stat]:
+        """Create (or truncate) ``name`` and open it for writing: (fh, inode, attributes)."""
+        if parent.kind is Kind.CLUSTER:
+            raise errors.PosixError(errno.EPERM, "only directories (buckets) live at the root")
+        key = parent.key + name
+        known = self.ns.stats.get((parent.bucket, key))
+        node = self.table.child(parent, parent.bucket, key, Kind.FILE)
+        handle = FileHandle(node)
+        handle.writer = self._writer(
+            node, exists=None if known is None else isinstance(known, Stat),
+            size=known.size if isinstance(known, Stat) else 0, truncate=True,
+        )
+        self.writers.add(handle)
+        self.ns.stats.pop((node.bucket, key))
+        if not flags & os.O_WRONLY:
+            handle.reader = self._reader(node, Stat(0, time.time_ns()))
+        fh = self._new_fh(handle)
+        self._pins.pop(node.ino, None)
+        st = self.writers.stat_of(node)
+        assert st is not None  # a created file's writer is dirty: it makes an (empty) object
+        return fh, node, st
+
+    def _reader(self, node: Inode, st: Stat) -> ObjectReader:
+        return ObjectReader(self.aio, node.bucket, node.key, st.size, st.version, self.config,
+                            self.read_budget, self.spawn, self.pool)
+
+    def _writer(self, node: Inode, *, exists: bool | None, size: int,
+                truncate: bool) -> ObjectWriter:
+        return ObjectWriter(self.aio, node.bucket, node.key, self.config, self.spill,
+                            self.write_budget, self.spawn, exists=exists, size=size,
+                            truncate=truncate)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if not isinstance(handle, FileHandle):
+            return
+        try:
+            if handle.writer is not None and handle.writer.dirty:
+                await self._upload(handle)  # flush() normally did this; errors here are lost
+        finally:
+            if handle.reader is not None:
+                handle.reader.close()
+            if handle.writer is not None:
+                handle.writer.close()
+                self.writers.remove(handle)
+            handle.inode.opens -= 1
+            self._drop_if_unused(handle.inode)
+
+    def write_handles(self) -> list[int]:
+        """The handles open for writing (for the uploads at unmount)."""
+        return [fh for fh, h in self._handles.items()
+                if isinstance(h, FileHandle) and h.writer is not None]
+
+    def close_all(self) -> None:
+        """After the FUSE main loop ended and the writers were released: drop every handle."""
+        for handle in self._handles.values():
+            if isinstance(handle, FileHandle) and handle.reader is not None:
+                handle.reader.close()
+        self._handles.clear()
+
+    # ------------------------------------------------------------------ data
+
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        handle = self.file(fh)
+        if handle.reader is None:
+            raise errors.PosixError(errno.EBADF, "file not open for reading")
+        writer = handle.writer
+        if writer is not None and writer.staged:
+            return await writer.read(off, size)
+        if writer is not None and writer.dirty:
+            await self._upload(handle)  # read what this handle wrote: upload it first
+        try:
+            return await handle.reader.read(off, size)
+        except errors.StaleObject:
+            self.ns.invalidate(handle.inode.bucket, handle.inode.key)
+            self._pins.pop(handle.inode.ino, None)
+            raise
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        writer = self.file(fh).writer
+        if writer is None:
+            raise errors.PosixError(errno.EBADF, "file not open for writing")
+        return await writer.write(off, data)
+
+    async def flush(self, fh: int) -> None:
+        """close(2) waits for this: the upload's result reaches the writer here."""
+        handle = self.file(fh)
+        if handle.writer is not None and handle.writer.dirty:
+            await self._upload(handle)
+
+    async def fsync(self, fh: int) -> None:
+        handle = self.file(fh)
+        if handle.writer is not None:
+            await self._upload(handle)
+
+    async def _upload_writers(self, node: Inode) -> None:
+        for handle in self.writers.of(node):
+            await self._upload(handle)
+
+    async def _upload(self, handle: FileHandle) -> None:
+        writer = handle.writer
+        if writer is None:
+            return
+        node = handle.inode
+        done = await writer.flush()
+        if done is not None and not writer.discarded:
+            self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
+            self._pins.pop(node.ino, None)
+            self.kernel.forget_attrs(node.ino)
+            if handle.reader is not None:
+                # This handle's reader must follow the object it just replaced.
+                handle.reader.close()
+                handle.reader = self._reader(node, await self.ns.fresh_stat(node))
+
+    # ------------------------------------------------------------------ names
+
+    async def unlink(self, parent: Inode, name: str) -> None:
+        node = self.table.find(parent.bucket, parent.key + name)
+        handles = self.writers.of(node) if node is not None else []
+        for handle in handles:
+            assert handle.writer is not None
+            handle.writer.discarded = True  # writes to an unlinked file go nowhere
+        inode = await self.ns.remove_file(parent, name, pending=bool(handles))
+        self._pins.pop(inode.ino, None)
+
+    async def rename(
+        self, old_parent: Inode, old_name: str, new_parent: Inode, new_name: str, flags: int
+    ) -> None:
+        # Bytes still being written under the old name are uploaded first, then moved.
+        node = self.table.find(old_parent.bucket, old_parent.key + old_name)
+        if node is not None:
+            await self._upload_writers(node)
+        await self.ns.rename(old_parent, old_name, new_parent, new_name, flags)
