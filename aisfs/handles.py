@@ -1,7 +1,7 @@
 """Open handles, and the writers of every inode open for writing with what they make it look like.
 
 :class:`OpenWriters` is what the namespace asks about files being written here (it is typed
-against ``namespace.FilesBeingWritten`` there, and imports nothing from the open-files layer):
+against ``written.FilesBeingWritten`` there, and imports nothing from the open-files layer):
 such a file shows its writers' size and mtime in lookups, getattr and listings while one of them
 holds bytes AIS does not have yet, whether or not AIS has the object at all.
 

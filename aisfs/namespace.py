@@ -31,7 +31,6 @@ import errno
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
@@ -45,31 +44,9 @@ from .listings import Listings, parent_of
 from .localdirs import LocalDirs
 from .metacache import MetadataCache, stat_of
 from .objects import ObjectProps
+from .written import FilesBeingWritten, NothingWritten, written_under
 
 log = logging.getLogger(__name__)
-
-
-class FilesBeingWritten(Protocol):
-    """Files open for writing through this mount, as the open-files layer knows them."""
-
-    def stat_of(self, inode: Inode) -> Stat | None:
-        """The attributes the file's writers give it while one of them holds bytes AIS does not
-        have yet (whether or not AIS has the object at all), else None."""
-        ...
-
-    def showing(self) -> list[Inode]:
-        """The inodes whose writers hold such bytes."""
-        ...
-
-
-class _NothingWritten:
-    """No file is being written (a namespace used without the open-files layer)."""
-
-    def stat_of(self, inode: Inode) -> Stat | None:
-        return None
-
-    def showing(self) -> list[Inode]:
-        return []
 
 
 class Namespace:
@@ -90,7 +67,7 @@ class Namespace:
         self.local = LocalDirs()
         self.dir_listings = Listings(aio, config, spawn, self.cache, self.local, timer)
         # Files open for writing here, with their current attributes (see the invariants).
-        self.written: FilesBeingWritten = written if written is not None else _NothingWritten()
+        self.written: FilesBeingWritten = written if written is not None else NothingWritten()
         self.mount_time_ns = time.time_ns()
 
     @property
@@ -117,24 +94,12 @@ class Namespace:
         inode = self.table.find(bucket, key)
         return self.written.stat_of(inode) if inode is not None else None
 
-    def _written_under(self, bucket: str, prefix: str) -> list[tuple[Inode, Stat]]:
-        """Files under ``prefix`` being written here whose name still leads to them, with the
-        attributes their writers give them."""
-        found = []
-        for inode in self.written.showing():
-            if (inode.bucket == bucket and inode.key.startswith(prefix)
-                    and self.table.find(bucket, inode.key) is inode):
-                st = self.written.stat_of(inode)
-                if st is not None:
-                    found.append((inode, st))
-        return found
-
     def _pending_under(self, bucket: str, prefix: str) -> bool:
-        return bool(self._written_under(bucket, prefix))
+        return bool(written_under(self.written, self.table, bucket, prefix))
 
     def _pending_children(self, bucket: str, prefix: str) -> list[Child]:
         return [Child(inode.key[len(prefix):], False, st)
-                for inode, st in self._written_under(bucket, prefix)
+                for inode, st in written_under(self.written, self.table, bucket, prefix)
                 if "/" not in inode.key[len(prefix):]]
 
     # ------------------------------------------------------------------ lookups
