@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from aistore.sdk import Client
 from aistore.sdk.bucket import Bucket
 
-from .util import AIS_LOCAL, Mount, endpoint_ready, free_port_block, have_fuse, mounted, unique
+from .util import (
+    AIS_LOCAL,
+    Mount,
+    endpoint_ready,
+    free_port_block,
+    have_fuse,
+    mounted,
+    unexpected_records,
+    unique,
+)
 
 
 @pytest.fixture(scope="session")
@@ -64,17 +73,45 @@ def make_bucket(sdk: Client) -> Iterator[Callable[..., Bucket]]:
             pass
 
 
+def expected_log(request: pytest.FixtureRequest) -> list[str]:
+    """The regexes of the test's ``@pytest.mark.expect_log(...)`` markers (tests/util.py: the log
+    rule)."""
+    return [p for marker in request.node.iter_markers("expect_log") for p in marker.args]
+
+
+@pytest.fixture
+def in_process_log_rule(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+                        ) -> Iterator[None]:
+    """The log rule (tests/util.py) for aisfs code running in the test's own process: a WARNING
+    or ERROR it logs, and the test did not declare with ``@pytest.mark.expect_log``, fails the
+    test (at teardown)."""
+    yield
+    records = [*caplog.get_records("setup"), *caplog.get_records("call")]
+    extra = unexpected_records(records, expected_log(request))
+    if extra:
+        pytest.fail("aisfs logged WARNING/ERROR lines the test did not declare "
+                    "(pytest.mark.expect_log):\n" + "\n".join(extra), pytrace=False)
+
+
 @pytest.fixture
 def mount(
-    ais_endpoint: str, tmp_path: Path
+    ais_endpoint: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Mount]]:
-    """``mount("ais://b", *args)`` mounts in a subprocess; every mount is undone at the end."""
+    """``mount("ais://b", *args)`` mounts in a subprocess; every mount is undone at the end.
+
+    At the end, each mount's log must hold no traceback and no WARNING/ERROR but those the test
+    declared: ``@pytest.mark.expect_log(REGEX, ...)`` for all its mounts, or
+    ``mount(..., expect_log=[REGEX, ...])`` for one.
+    """
     if not have_fuse():
         pytest.fail("/dev/fuse or fusermount3 is missing: install fuse3 (the mount tests need it)")
     stack: list[object] = []
+    marked = expected_log(request)
 
-    def do_mount(source: str, *args: str, name: str = "mnt", check_log: bool = True) -> Mount:
-        ctx = mounted(source, tmp_path / name, ais_endpoint, args, tmp_path, check_log)
+    def do_mount(source: str, *args: str, name: str = "mnt", check_log: bool = True,
+                 expect_log: Sequence[str] = ()) -> Mount:
+        ctx = mounted(source, tmp_path / name, ais_endpoint, args, tmp_path, check_log,
+                      [*marked, *expect_log])
         m = ctx.__enter__()
         stack.append(ctx)
         return m

@@ -26,7 +26,15 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .util import AIS_LOCAL, REPO, aisfs_cmd, free_port_block, fusermount_u, is_mounted
+from .util import (
+    AIS_LOCAL,
+    REPO,
+    aisfs_cmd,
+    check_daemon_log,
+    free_port_block,
+    fusermount_u,
+    is_mounted,
+)
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -214,8 +222,9 @@ def start_aisfs(source: str, path: Path, args: Sequence[str], env: Mapping[str, 
 
 @contextmanager
 def aisfs_running(source: str, path: Path, args: Sequence[str], env: Mapping[str, str],
-                  log_path: Path) -> Iterator[Aisfs]:
-    """A mounted aisfs; unmounted at exit, and it must then exit 0 without a traceback."""
+                  log_path: Path, expect_log: Sequence[str] = ()) -> Iterator[Aisfs]:
+    """A mounted aisfs; unmounted at exit, and it must then exit 0, with no traceback and no
+    WARNING/ERROR in its log that ``expect_log`` does not allow (tests/util.py: the log rule)."""
     m = start_aisfs(source, path, args, env, log_path)
     try:
         m.wait_mounted()
@@ -226,7 +235,7 @@ def aisfs_running(source: str, path: Path, args: Sequence[str], env: Mapping[str
             assert code == 0, f"aisfs exited with {code}:\n{m.log()[-3000:]}"
         elif is_mounted(m.path):
             fusermount_u(m.path, lazy=True)
-        assert "Traceback" not in m.log(), m.log()[-5000:]
+        check_daemon_log(m.log(), expect_log)
 
 
 def run_aisfs(args: Sequence[str], env: Mapping[str, str], timeout: float = 120

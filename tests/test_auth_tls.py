@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,14 @@ def auth_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return base_env(HOME=str(home), **extra)
 
 
+def refused(bucket: str, status: int = 403) -> str:
+    """The log rule's regex (tests/util.py) for AIS refusing a request about ``bucket``."""
+    return rf"WARNING aisfs\.\w+: .*ais://{re.escape(bucket)}/.*\(HTTP {status}\)"
+
+
+SKIP_VERIFY = r"WARNING aisfs\.\w+: TLS certificate verification is off \(skip-verify\)"
+
+
 def assert_no_tokens(text: str, tokens: dict[str, str]) -> None:
     for token in tokens.values():
         assert token not in text
@@ -118,7 +127,7 @@ def test_reads_work_writes_are_refused(auth_cluster: Cluster, buckets: dict[str,
     a = buckets["A"]
     env = auth_env(tmp_path, AIS_AUTHN_TOKEN=tokens["reader"])
     with aisfs_running(f"ais://{a}", tmp_path / "m", ["--endpoint", auth_cluster.endpoint],
-                       env, tmp_path / "m.log") as m:
+                       env, tmp_path / "m.log", expect_log=[refused(a)]) as m:
         assert sorted(os.listdir(m.path)) == ["dir", "f.txt"]
         assert (m.path / "f.txt").read_bytes() == f"in {a}\n".encode()
         assert (m.path / "dir" / "g.txt").read_bytes() == b"g" * 1000
@@ -143,7 +152,7 @@ def test_another_bucket_is_refused(auth_cluster: Cluster, buckets: dict[str, str
     a, b = buckets["A"], buckets["B"]
     env = auth_env(tmp_path, AIS_AUTHN_TOKEN=tokens["reader"])
     with aisfs_running("ais://", tmp_path / "all", ["--endpoint", auth_cluster.endpoint], env,
-                       tmp_path / "all.log") as m:
+                       tmp_path / "all.log", expect_log=[refused(b)]) as m:
         assert {a, b} <= set(os.listdir(m.path))  # may list buckets
         assert (m.path / a / "f.txt").read_bytes() == f"in {a}\n".encode()
         with pytest.raises(PermissionError) as info:
@@ -168,7 +177,7 @@ def test_file_in_a_refused_bucket_is_eacces(auth_cluster: Cluster, buckets: dict
     b = buckets["B"]
     env = auth_env(tmp_path, AIS_AUTHN_TOKEN=tokens["reader"])
     with aisfs_running("ais://", tmp_path / "all", ["--endpoint", auth_cluster.endpoint], env,
-                       tmp_path / "all.log") as m:
+                       tmp_path / "all.log", expect_log=[refused(b)]) as m:
         with pytest.raises(PermissionError):
             (m.path / b / "f.txt").read_bytes()
 
@@ -223,7 +232,8 @@ def test_rotated_token_file_is_picked_up(auth_cluster: Cluster, buckets: dict[st
     env = auth_env(tmp_path, AIS_AUTHN_TOKEN_FILE=str(token_file))
     args = ["--endpoint", auth_cluster.endpoint, "--metadata-ttl", "0",
             "--negative-metadata-ttl", "0"]
-    with aisfs_running("ais://", tmp_path / "m", args, env, tmp_path / "m.log") as m:
+    with aisfs_running("ais://", tmp_path / "m", args, env, tmp_path / "m.log",
+                       expect_log=[refused(b), refused(a)]) as m:
         with pytest.raises(PermissionError):
             os.listdir(m.path / b)
         rotate("reader2")  # a token with more rights: B becomes readable, no remount
@@ -264,7 +274,8 @@ def test_expired_token_is_refused_and_never_printed(auth_cluster: Cluster,
     a = buckets["A"]
     args = ["--endpoint", auth_cluster.endpoint, "--metadata-ttl", "0"]
     with aisfs_running(f"ais://{a}", tmp_path / "s", args,
-                       auth_env(tmp_path, AIS_AUTHN_TOKEN=short), tmp_path / "s.log") as m:
+                       auth_env(tmp_path, AIS_AUTHN_TOKEN=short), tmp_path / "s.log",
+                       expect_log=[refused(a, 401)]) as m:
         assert (m.path / "f.txt").read_bytes() == f"in {a}\n".encode()
         time.sleep(max(0.0, now + 5.5 - time.time()))
         with pytest.raises(PermissionError):
@@ -356,10 +367,11 @@ def test_skip_verify_works_and_warns(how: str, tls_cluster: Cluster, tmp_path: P
         args.append("--skip-verify")
     else:
         env["AIS_SKIP_VERIFY_CRT"] = "true"
-    with aisfs_running("ais://tls-bucket", tmp_path / "m", args, env, tmp_path / "m.log") as m:
+    with aisfs_running("ais://tls-bucket", tmp_path / "m", args, env, tmp_path / "m.log",
+                       expect_log=[SKIP_VERIFY]) as m:
         assert (m.path / "t.txt").read_bytes() == b"over tls\n"
         log = m.log()
-    assert "WARNING aisfs.transport: TLS certificate verification is off (skip-verify)" in log
+    assert re.search(SKIP_VERIFY, log), log[-3000:]
 
 
 def test_plain_http_to_https_cluster_is_one_line(tls_cluster: Cluster, tmp_path: Path) -> None:

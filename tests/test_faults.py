@@ -68,6 +68,7 @@ def test_a_read_after_a_lookup_goes_straight_to_the_target(  # type: ignore[no-u
     assert gets and all("utm=" in p for p in gets), gets
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.fs: read\(.*ais://[^ ]+/x: ReadTimeout")
 def test_a_stalled_read_is_eio_in_bounded_time_and_the_mount_stays_up(  # type: ignore[no-untyped-def]
     make_bucket, through, fault
 ) -> None:
@@ -87,6 +88,7 @@ def test_a_stalled_read_is_eio_in_bounded_time_and_the_mount_stays_up(  # type: 
     assert (m.path / "x").read_bytes() == data
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.fs: read\(.*ais://[^ ]+/y: reading body failed")
 def test_a_body_cut_short_is_never_served(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(2 * MIB + 3)
     bucket = make_bucket({"y": data})
@@ -102,6 +104,8 @@ def test_a_body_cut_short_is_never_served(make_bucket, through, fault) -> None: 
     assert (m.path / "y").read_bytes() == data
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/doomed\.bin: write failed",
+                        r"WARNING aisfs\.fs: (write|flush|release)\(.*/doomed\.bin: injected")
 def test_a_failed_append_reaches_the_writer_and_leaves_nothing(  # type: ignore[no-untyped-def]
     make_bucket, through, fault
 ) -> None:
@@ -120,6 +124,7 @@ def test_a_failed_append_reaches_the_writer_and_leaves_nothing(  # type: ignore[
     assert bucket.object("after.bin").get_reader().read_all() == b"fine"
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/t/d00/: recursive listing failed")
 def test_a_tree_walk_lists_one_by_one_when_recursive_listings_fail(  # type: ignore[no-untyped-def]
     make_bucket, through, fault
 ) -> None:
@@ -135,6 +140,8 @@ def test_a_tree_walk_lists_one_by_one_when_recursive_listings_fail(  # type: ign
     assert "recursive listing failed" in m.log()
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/lost\.bin: write failed",
+                        r"WARNING aisfs\.fs: (flush|release)\(.*/lost\.bin: ConnectionError")
 def test_a_failed_flush_fails_close_and_leaves_nothing_a_refused_append_is_retried(  # type: ignore[no-untyped-def]
     make_bucket, through, fault
 ) -> None:
@@ -152,6 +159,7 @@ def test_a_failed_flush_fails_close_and_leaves_nothing_a_refused_append_is_retri
     assert [e.name for e in bucket.list_all_objects()] == ["kept.bin"]
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.fs: lookup\(.*ais://[^ ]+/d: .*\(HTTP 500\)")
 def test_an_error_is_never_remembered_as_no_such_file(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket({"d/f": b"f"})
     m = through(bucket, "--retries", "1")
@@ -164,6 +172,7 @@ def test_an_error_is_never_remembered_as_no_such_file(make_bucket, through, faul
     assert (m.path / "d" / "f").read_bytes() == b"f"  # at once: no negative entry was kept
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.fs: readdir\(.*ais://[^ ]+/big/: .*\(HTTP 500\)")
 def test_a_listing_that_fails_midway_is_eio_and_not_cached(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     objects = {f"big/{i:04}": b"" for i in range(1200)}  # two pages: 1,000, then the rest
     bucket = make_bucket(objects)
@@ -178,6 +187,8 @@ def test_a_listing_that_fails_midway_is_eio_and_not_cached(make_bucket, through,
     assert sorted(os.listdir(m.path / "big")) == sorted(k[4:] for k in objects)
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/unsure\.bin: write failed",
+                        r"WARNING aisfs\.fs: \w+\(.*/unsure\.bin: ConnectionError")
 def test_an_append_whose_answer_is_lost_is_not_sent_twice(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket()
     m = through(bucket, "--write-part-size", "1M")

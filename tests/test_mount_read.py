@@ -232,6 +232,7 @@ def test_remote_changes_show_after_ttl(make_bucket, mount) -> None:  # type: ign
         os.stat(m.path / "gone.txt")
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: .*ais://[^ ]+/v\.bin changed while open")
 def test_object_replaced_while_open_is_not_mixed(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
     old = b"A" * (20 * MIB)
     bucket = make_bucket({"v.bin": old})

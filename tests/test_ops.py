@@ -26,6 +26,9 @@ from aisfs.mount import build_operations, make_spawn
 
 from .util import RecordingObserver
 
+# What aisfs logs at WARNING or above fails a test that did not declare it (tests/util.py).
+pytestmark = pytest.mark.usefixtures("in_process_log_rule")
+
 CTX = pyfuse3.RequestContext()
 MIB = 1024 * 1024
 
@@ -165,6 +168,7 @@ async def test_unknown_inode(opsf, make_bucket) -> None:  # type: ignore[no-unty
             assert info.value.errno == errno.ENOENT
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.inodes: forget\(\d+, 7\) exceeds lookup count 1")
 async def test_forget(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket({"x": b"1"})
     async with opsf(f"ais://{bucket.name}") as ops:
@@ -180,6 +184,7 @@ async def test_forget(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def
         assert x2.st_ino != x.st_ino  # inode numbers are never reused
 
 
+@pytest.mark.expect_log(r"ERROR aisfs\.fs: unexpected error in lookup\(1, b'x'\); returning EIO")
 async def test_unexpected_exception_becomes_eio(  # type: ignore[no-untyped-def]
     opsf, make_bucket, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -533,6 +538,7 @@ async def test_keep_cache_only_for_same_version(opsf, make_bucket) -> None:  # t
         await ops.forget([(v.st_ino, 1)])
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: .*ais://[^ ]+/s changed while open")
 async def test_object_replaced_while_open_is_estale(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
     old = os.urandom(4 * MIB)
     bucket = make_bucket({"s": old})

@@ -1,8 +1,18 @@
-"""Helpers shared by the test tiers: a local AIS cluster, and real aisfs mounts in subprocesses."""
+r"""Helpers shared by the test tiers: a local AIS cluster, real aisfs mounts in subprocesses, and
+the log rule.
+
+The log rule: a WARNING or ERROR that aisfs logs during a test fails the test unless the test
+declared it, with ``@pytest.mark.expect_log(REGEX, ...)`` (every mount and every in-process
+operation of the test) or ``expect_log=[REGEX, ...]`` (one mount). A regex is searched in
+``"LEVEL logger: message"``, e.g. ``r"WARNING aisfs\.listing: .*skipped"``. Declared lines may
+also not appear: the declaration allows them, the test's own assertions check what it needs.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -105,12 +115,15 @@ def env_without(modules: Sequence[str], where: Path) -> dict[str, str]:
 @contextmanager
 def mounted(
     source: str, path: Path, endpoint: str, args: Sequence[str] = (), log_dir: Path | None = None,
-    check_log: bool = True,
+    check_log: bool = True, expect_log: Iterable[str] = (),
 ) -> Iterator[Mount]:
     """Mount ``source`` at ``path`` with ``aisfs -f`` and unmount at exit.
 
-    Fails the test when the daemon logged a traceback (an unexpected exception in a handler).
+    At exit, fails the test when the daemon exited with an error, logged a traceback (an
+    unexpected exception in a handler), or logged a WARNING or ERROR that no regex of
+    ``expect_log`` allows (the module docstring's log rule). ``check_log=False`` skips all three.
     """
+    expect_log = list(expect_log)
     path.mkdir(parents=True, exist_ok=True)
     log = (log_dir or path.parent) / f"{path.name}.log"
     env = {**os.environ, "AIS_ENDPOINT": endpoint, "PYTHONUNBUFFERED": "1"}
@@ -134,8 +147,62 @@ def mounted(
         code = mount.stop()
         text = mount.log()
         if check_log:
-            assert "Traceback" not in text, f"aisfs logged a traceback:\n{text[-5000:]}"
+            check_daemon_log(text, expect_log)
             assert code == 0, f"aisfs exited with {code}:\n{text[-3000:]}"
+
+
+# One record of the daemon's log: "2026-01-02 03:04:05,678 LEVEL logger: message" (aisfs -f), or
+# "<PRIORITY>logger: message" (--systemd, the journal's syslog priorities).
+_LOG_RECORD = re.compile(
+    r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+)|<(?P<prio>[0-7])>)"
+    r" ?(?P<logger>[\w.]+): (?P<message>.*)$"
+)
+# What the warnings module prints to stderr: "FILE:LINE: CategoryWarning: message".
+_PY_WARNING = re.compile(r"^\S+:\d+: (?P<category>\w*Warning): (?P<message>.*)$")
+_PRIORITY_LEVEL = {0: "CRITICAL", 1: "CRITICAL", 2: "CRITICAL", 3: "ERROR", 4: "WARNING"}
+_SERIOUS = ("WARNING", "ERROR", "CRITICAL")
+
+
+def logged_problems(text: str) -> list[str]:
+    """Every WARNING, ERROR or CRITICAL record of a daemon log, as ``"LEVEL logger: message"``;
+    Python warnings printed to stderr count as ``WARNING``."""
+    found = []
+    for line in text.splitlines():
+        record = _LOG_RECORD.match(line)
+        if record:
+            prio = record["prio"]
+            level = _PRIORITY_LEVEL.get(int(prio), "") if prio else record["level"]
+            if level in _SERIOUS:
+                found.append(f"{level} {record['logger']}: {record['message']}")
+            continue
+        warning = _PY_WARNING.match(line)
+        if warning:
+            found.append(f"WARNING {warning['category']}: {warning['message']}")
+    return found
+
+
+def unexpected(problems: Iterable[str], expected: Iterable[str]) -> list[str]:
+    """The ``problems`` that no regex of ``expected`` matches (``re.search``)."""
+    patterns = [re.compile(p) for p in expected]
+    return [p for p in problems if not any(pat.search(p) for pat in patterns)]
+
+
+def unexpected_records(records: Iterable[logging.LogRecord], expected: Iterable[str]) -> list[str]:
+    """The log rule for in-process code (pytest's ``caplog`` records)."""
+    problems = [f"{r.levelname} {r.name}: {r.getMessage()}"
+                for r in records if r.levelno >= logging.WARNING]
+    return unexpected(problems, expected)
+
+
+def check_daemon_log(text: str, expected: Iterable[str] = ()) -> None:
+    """Fails (AssertionError) on a traceback or on a WARNING/ERROR that ``expected`` does not
+    allow."""
+    assert "Traceback" not in text, f"aisfs logged a traceback:\n{text[-5000:]}"
+    extra = unexpected(logged_problems(text), expected)
+    assert not extra, (
+        "aisfs logged WARNING/ERROR lines the test did not declare (pytest.mark.expect_log or "
+        "expect_log=):\n" + "\n".join(extra) + f"\n--- log:\n{text[-5000:]}"
+    )
 
 
 def have_fuse() -> bool:
