@@ -226,6 +226,7 @@ def test_a_failed_overwrite_leaves_the_old_content_and_nothing_else(  # type: ig
     assert remote(bucket, "f") == old
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.fs: lookup\(1, b'(r\d+|nothing-here)'\): ais://b/")
 def test_lookups_while_a_target_is_down_are_never_einval(mount) -> None:  # type: ignore[no-untyped-def]
     # A cluster of this test's own: one of its targets is killed. Until the proxy drops it from
     # the cluster map (~15 s), AIS answers every listing with HTTP 400 ("failed to call t[...]").
@@ -259,6 +260,8 @@ def test_lookups_while_a_target_is_down_are_never_einval(mount) -> None:  # type
         assert info.value.errno in (errno.EIO, errno.ENOENT)
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/secret\.bin: write failed",
+                        r"WARNING aisfs\.fs: \w+\(.*/secret\.bin: injected")
 def test_a_failed_write_logs_where_not_what(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket()
     m = mount(f"ais://{bucket.name}", "--endpoint", fault.url, "--retries", "1",
