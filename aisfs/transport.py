@@ -1,4 +1,5 @@
-"""HTTP transport to one AIS cluster (the only module that imports ``requests`` and ``urllib3``).
+"""HTTP transport to one AIS cluster (with ``httpconn.py``, the only modules that import
+``requests`` and ``urllib3``).
 
 One :class:`Transport` per mount, under the AIS REST API of ``client.py``. Every request has a
 (connect, read) timeout; idempotent requests are retried with capped exponential backoff on
@@ -12,6 +13,12 @@ and learns from the proxy's redirects (a HEAD's target for the GETs that follow,
 next parts, an APPEND's for the rest of its session). A target that refuses or no longer has the
 object sends the request back to the proxy. Bodies of ranged GETs are received straight into the
 caller's buffer (:func:`read_body_into`, with ``bodyrecv``'s one-system-call receive).
+
+Requests without an HTTP proxy from the environment and without a streamed body (every object
+GET, HEAD and PUT of a whole small file, listings, metadata) go over ``httpconn``'s kept-alive
+connections, which skip ``requests``' per-request machinery; the rest (APPENDs of chunked parts,
+staged uploads from a file, proxied clusters) over the ``requests`` session. Both give the same
+response type, exceptions, timeouts and retries here.
 
 Concurrency: methods are called from trio worker threads (see ``aio.py``), several at once. The
 shared ``requests.Session`` holds no per-request state (cookies are refused) and its connection
@@ -34,7 +41,7 @@ from typing import Any
 import requests
 import urllib3
 
-from . import errors
+from . import errors, httpconn
 from .bodyrecv import recv_whole_body
 from .config import ClientConfig
 from .objects import Body, RecvBuffer
@@ -43,7 +50,7 @@ from .routing import Router, Via
 
 log = logging.getLogger(__name__)
 
-REDIRECTS = (301, 302, 307, 308)
+REDIRECTS = httpconn.REDIRECTS
 
 
 class Reply:
@@ -166,12 +173,17 @@ class Transport:
             self._cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
         self.session.headers["User-Agent"] = "aisfs"
         self.router = Router()
+        self._lean = httpconn.LeanHttp(httpconn.Connections(
+            config.connect_timeout, config.read_timeout, config.max_connections,
+            httpconn.ssl_context(self._verify, self._cert),
+        ))
         # The mount's observer (its metrics), told of every answer and every retry; set by the
         # mount before it serves.
         self.observer: Observer | None = None
 
     def close(self) -> None:
         self.session.close()
+        self._lean.conns.close()
 
     # ------------------------------------------------------------------ for the REST API
 
@@ -336,6 +348,9 @@ class Transport:
         proxies = self._proxies.get(origin)
         if proxies is None:  # HTTP(S)_PROXY / NO_PROXY, as requests would apply them
             proxies = self._proxies[origin] = requests.utils.get_environ_proxies(origin)
+        data = kwargs.get("data")
+        if not proxies and (data is None or isinstance(data, bytes | bytearray | memoryview)):
+            return self._lean.request(method, url, origin, **kwargs)
         return self.session.request(
             method, url, timeout=self._timeout, verify=self._verify, cert=self._cert,
             proxies=proxies, **kwargs
@@ -398,7 +413,8 @@ def _connect_failed(exc: BaseException) -> bool:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+        if isinstance(cur, urllib3.exceptions.NewConnectionError | ConnectionRefusedError
+                      | httpconn.NotConnected):
             return True
         reason = getattr(cur, "reason", None)  # urllib3 wraps the cause in .reason
         first_arg = cur.args[0] if cur.args else None
@@ -411,3 +427,5 @@ def _connect_failed(exc: BaseException) -> bool:
 def _short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) < 200 else text[:200] + "..."
+
+
