@@ -104,6 +104,20 @@ class AsyncAis:
     async def flush(self, bucket: str, key: str, handle: str) -> None:
         await self._run(self.client.flush, bucket, key, handle)
 
+    async def start_upload(self, bucket: str, key: str) -> str:
+        return await self._run(self.client.start_upload, bucket, key)
+
+    async def put_part(self, bucket: str, key: str, upload_id: str, number: int,
+                       data: Body) -> None:
+        await self._run(self.client.put_part, bucket, key, upload_id, number, data)
+
+    async def complete_upload(self, bucket: str, key: str, upload_id: str, parts: int,
+                              size: int) -> None:
+        await self._run(self.client.complete_upload, bucket, key, upload_id, parts, size)
+
+    async def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        await self._run(self.client.abort_upload, bucket, key, upload_id)
+
     async def delete_object(self, bucket: str, key: str) -> None:
         await self._run(self.client.delete_object, bucket, key)
 

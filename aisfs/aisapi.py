@@ -92,6 +92,26 @@ class AisApi(Protocol):
         """Make the appended bytes the object's content (atomic replace)."""
         ...
 
+    async def start_upload(self, bucket: str, key: str) -> str:
+        """A new multipart upload of ``key``; returns its ID."""
+        ...
+
+    async def put_part(self, bucket: str, key: str, upload_id: str, number: int,
+                       data: Body) -> None:
+        """Part ``number`` (from 1) of an upload; retried after a failure without ever sending
+        a part that arrived a second time."""
+        ...
+
+    async def complete_upload(self, bucket: str, key: str, upload_id: str, parts: int,
+                              size: int) -> None:
+        """Make parts 1..``parts`` (``size`` bytes) the object's content, atomically (with no
+        custom metadata: AIS keeps none of a replaced object's)."""
+        ...
+
+    async def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Drop an upload and its parts (NotFound when it is gone already)."""
+        ...
+
     async def delete_object(self, bucket: str, key: str) -> None: ...
 
     async def rename_object(self, bucket: str, key: str, new_key: str) -> None: ...

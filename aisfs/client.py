@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,10 +41,13 @@ from .transport import Reply, Transport
 LS_NO_RECURSION = 2048
 LS_ARCH_DIR = 8  # list archives' members too (api/apc/lsmsg.go: LsArchDir)
 LIST_PROPS = "name,size,version,atime,custom"  # the checksum is read by HEAD, when asked for
-HEAD_PROPS = "name,size,version,checksum,atime,custom,last-modified"
+HEAD_PROPS = "name,size,version,checksum,atime,custom,last-modified,chunked"
 # Go layout: RFC 3339 with all nine digits of nanoseconds (".000000000", not ".999999999", which
 # drops trailing zeros), so that listed times have one fixed shape, cheap to parse.
 TIME_FORMAT = "2006-01-02T15:04:05.000000000Z07:00"
+
+
+_PART_NUMBER = re.compile(r"<PartNumber>(\d+)</PartNumber>")
 
 
 def _quote_key(key: str) -> str:
@@ -91,6 +95,7 @@ class AisClient:
         self.config = config
         self.transport = Transport(config, token)
         self._base = config.endpoint.rstrip("/") + "/v1"
+        self._s3 = config.endpoint.rstrip("/") + "/s3"  # AIS's S3 API: only to list parts
 
     def close(self) -> None:
         self.transport.close()
@@ -206,6 +211,7 @@ class AisClient:
         return ObjectProps(
             key, int(h.get("Content-Length") or 0), mtime or atime, h.get("Ais-Version", ""),
             h.get("Ais-Checksum-Value", ""), atime, custom,
+            chunked=bool(h.get("Ais-Chunks-Count")),
         )
 
     def get_range(
@@ -276,6 +282,91 @@ class AisClient:
             "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="flush",
             via=Via.SESSION_END, idempotent=False, data=b"",
             params={"provider": "ais", "append_type": "flush", "append_handle": handle},
+        )
+
+    # ------------------------------------------------------------------ multipart uploads
+    # AIS's native multipart upload (api/mpt.go): parts are PUT by number, in any order, and
+    # the object changes only at completion, atomically; nothing of an upload is visible before.
+    # Every step can be retried without duplicating a byte: see each method.
+
+    def start_upload(self, bucket: str, key: str) -> str:
+        """A new multipart upload of ``key``; returns its ID. (A retried start may leave an
+        unused upload behind: invisible, and without parts.)"""
+        reply = self.transport.call(
+            "POST", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="start_upload",
+            params={"provider": "ais"}, json_body={"action": "mpt-upload"},
+        )
+        upload_id = reply.body.decode("utf-8", "replace").strip().strip('"')
+        if not upload_id:
+            raise errors.AisError("multipart upload got no ID", reply.status,
+                                  f"ais://{bucket}/{key}")
+        return upload_id
+
+    def put_part(self, bucket: str, key: str, upload_id: str, number: int, data: Body) -> None:
+        """Part ``number`` (from 1) of an upload. A part whose request failed after it was sent
+        (a reset connection, a timeout, a 5xx) is looked for in AIS's list of the upload's
+        parts before it is sent again, up to ``retries`` times: AIS v1.5.0 loses a part that
+        arrives twice (the second copy is written over the first's file, which is then removed
+        as the replaced one), so a part that arrived is never sent again."""
+        url, what = self._object_url(bucket, key), f"ais://{bucket}/{key}"
+        params = {"provider": "ais", "uploadId": upload_id, "partNumber": str(number)}
+        attempt = 0
+        while True:
+            try:
+                self.transport.call("PUT", url, what, kind="put_part", via=Via.SESSION,
+                                    idempotent=False, data=data, params=params)
+                return
+            except errors.Transient as exc:
+                if attempt >= self.config.retries:
+                    raise
+                attempt = self.transport.backoff(attempt, "put_part", what, exc)
+                if number in self.upload_parts(bucket, key, upload_id):
+                    return  # it arrived; its answer was lost
+
+    def upload_parts(self, bucket: str, key: str, upload_id: str) -> set[int]:
+        """The numbers of the parts AIS holds for an upload (through AIS's S3 API, the one
+        that lists them). NotFound when the upload is gone (completed, aborted, or lost with
+        a target that restarted)."""
+        reply = self.transport.call(
+            "GET", f"{self._s3}/{bucket}/{_quote_key(key)}", f"ais://{bucket}/{key}",
+            kind="list_parts", params={"uploadId": upload_id},
+        )
+        return {int(n) for n in _PART_NUMBER.findall(reply.body.decode("utf-8", "replace"))}
+
+    def complete_upload(self, bucket: str, key: str, upload_id: str, parts: int,
+                        size: int) -> None:
+        """Make parts 1..``parts`` (``size`` bytes in all) the object's content, atomically.
+        Retried after a failure; a retry that finds the upload gone after an attempt whose
+        answer was lost checks that the object has ``size`` bytes (it completed then)."""
+        url, what = self._object_url(bucket, key), f"ais://{bucket}/{key}"
+        body = {"action": "mpt-complete",
+                "value": [{"part-number": n} for n in range(1, parts + 1)]}
+        attempt = 0
+        while True:
+            try:
+                self.transport.call("POST", url, what, kind="complete_upload",
+                                    via=Via.SESSION_END, idempotent=False,
+                                    params={"provider": "ais", "uploadId": upload_id},
+                                    json_body=body)
+                return
+            except errors.Transient as exc:
+                if attempt >= self.config.retries:
+                    raise
+                attempt = self.transport.backoff(attempt, "complete_upload", what, exc)
+            except errors.NotFound:
+                if attempt == 0:
+                    raise
+                if self.head_object(bucket, key).size != size:
+                    raise errors.AisError("multipart upload lost before it completed", 404,
+                                          what) from None
+                return
+
+    def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Drop an upload and its parts (NotFound when it is gone already)."""
+        self.transport.call(
+            "DELETE", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="abort_upload",
+            via=Via.SESSION_END, params={"provider": "ais", "uploadId": upload_id},
+            json_body={"action": "mpt-abort"},
         )
 
     def delete_object(self, bucket: str, key: str) -> None:

@@ -59,6 +59,13 @@ class InvalidRequest(AisError):
     errno = errno.EINVAL
 
 
+class DirectoryInTheWay(InvalidRequest):
+    """400 ErrMv: a target's disk holds a directory where the object would go (AIS keeps a
+    directory there after the last object under ``name/`` was deleted)."""
+
+    errno = errno.EISDIR
+
+
 class RangeNotSatisfiable(AisError):
     errno = errno.EIO
 
@@ -117,6 +124,8 @@ def error_for_status(status: int, message: str, what: str, tcode: str = "") -> A
         cls = Transient
     elif status == 400 and tcode in CLUSTER_FAILURE_TCODES:
         cls = Transient
+    elif status == 400 and tcode == "ErrMv" and "virtual directory" in message:
+        cls = DirectoryInTheWay
     elif status == 400:
         cls = InvalidRequest
     else:

@@ -47,6 +47,7 @@ class ObjectProps:
     checksum: str = ""
     atime_ns: int = 0
     custom: dict[str, bytes] = field(default_factory=dict)
+    chunked: bool = False  # stored in chunks (by a multipart upload)
 
 
 @dataclass(slots=True)

@@ -234,7 +234,7 @@ class Transport:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 never_sent = isinstance(exc, requests.ConnectTimeout) or _connect_failed(exc)
                 if attempt < self.config.retries and (idempotent or never_sent):
-                    attempt = self._backoff(attempt, kind, what, exc)
+                    attempt = self.backoff(attempt, kind, what, exc)
                     continue
                 raise errors.Transient(f"{type(exc).__name__}: {_short(exc)}", 0, what) from None
             status = resp.status_code
@@ -246,12 +246,14 @@ class Transport:
                 # it, except for a timeout in the middle (503 from a proxy is never mid-write).
                 if idempotent or status in (429, 503):
                     resp.close()
-                    attempt = self._backoff(attempt, kind, what, f"HTTP {status}")
+                    attempt = self.backoff(attempt, kind, what, f"HTTP {status}")
                     continue
             _raise_for(resp, what)
             return resp
 
-    def _backoff(self, attempt: int, kind: str, what: str, why: object) -> int:
+    def backoff(self, attempt: int, kind: str, what: str, why: object) -> int:
+        """Log and sleep before retry ``attempt + 1`` (0.2 s, doubling, at most 5 s); returns
+        the next attempt's number."""
         delay = min(5.0, self.config.retry_backoff * (2**attempt))
         level = logging.DEBUG if attempt == 0 else logging.INFO if attempt == 1 else logging.WARNING
         log.log(level, "%s %s: %s; retry %d in %.1fs", kind, what, why, attempt + 1, delay)

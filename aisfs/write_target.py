@@ -11,11 +11,14 @@ APPEND task touch these fields; the APPEND task only latches an error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from . import errors
 from .aisapi import AisApi, Spawn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class WriteTarget:
@@ -72,6 +75,24 @@ class WriteTarget:
             await self.aio.delete_object(self.bucket, key)
         except errors.NotFound:
             pass
+
+    async def is_chunked(self) -> bool:
+        """Whether the object is stored in chunks (made by a multipart upload)."""
+        try:
+            return (await self.aio.head_object(self.bucket, self.key)).chunked
+        except errors.NotFound:
+            return False
+
+    async def with_room(self, put: Callable[[], Awaitable[T]]) -> T:
+        """Run ``put`` (a PUT of the object); when a directory a target's disk still holds
+        under the name is in its way (AIS keeps one after the last object under name/ is
+        gone), delete the name, which removes that directory, and run it once more."""
+        try:
+            return await put()
+        except errors.DirectoryInTheWay as exc:
+            log.info("%s: %s; removing the emptied directory and writing again", self.what, exc)
+            await self.delete_if_present(self.key)
+            return await put()
 
     async def custom_of(self, key: str) -> dict[str, bytes]:
         try:

@@ -2,12 +2,13 @@
 
 aisfs is pointed at ``FaultProxy.url`` instead of the AIS proxy. Every request is relayed to the
 cluster unless a rule added with :meth:`FaultProxy.fail` matches it; then the relay answers with
-an error status, resets the connection, stalls without answering, or relays the answer with its
-body cut short. AIS redirects object requests from its proxy to a target: the relay rewrites each
-``Location`` to a listener of its own for that target, so object traffic passes through it too.
-:meth:`FaultProxy.flaky` resets random connections to the targets instead, in proportion to the
-bytes they carry: before the request reaches the target (nothing applied) or after its answer
-came back (applied, answer lost).
+an error status, resets the connection, stalls without answering, relays the answer with its
+body cut short, or relays the request and resets the connection instead of answering ("lose":
+the cluster did the work, the answer is lost). AIS redirects object requests from its proxy to
+a target: the relay rewrites each ``Location`` to a listener of its own for that target, so
+object traffic passes through it too. :meth:`FaultProxy.flaky` resets random connections to the
+targets instead, in proportion to the bytes they carry: before the request reaches the target
+(nothing applied) or after its answer came back (applied, answer lost).
 
 Concurrency: one thread per connection (``ThreadingHTTPServer``); rules and the request log are
 guarded by one lock. Loopback only; every upstream call has a timeout.
@@ -25,7 +26,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 
-ACTIONS = ("status", "reset", "stall", "cut")
+ACTIONS = ("status", "reset", "stall", "cut", "lose")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
@@ -164,6 +165,8 @@ class FaultProxy:
                     self._reset()
                     return
                 flaky = relay._flaky_reset(origin, len(body)) if rule is None else ""
+                if rule is not None and rule.action == "lose":
+                    flaky = "after"
                 if flaky == "before":
                     self._reset()
                     return

@@ -403,6 +403,7 @@ def test_mtime_from_custom_metadata(client: AisClient, make_bucket) -> None:  # 
     [
         (400, "", errors.InvalidRequest, errno.EINVAL),
         (400, "ErrFailedTo", errors.Transient, errno.EIO),  # the proxy could not reach a target
+        (400, "ErrMv", errors.DirectoryInTheWay, errno.EISDIR),
         (401, "", errors.AccessDenied, errno.EACCES),
         (403, "", errors.AccessDenied, errno.EACCES),
         (404, "ErrNotFound", errors.NotFound, errno.ENOENT),
@@ -417,11 +418,12 @@ def test_mtime_from_custom_metadata(client: AisClient, make_bucket) -> None:  # 
     ],
 )
 def test_error_for_status(status: int, tcode: str, cls: type, err: int) -> None:
-    exc = errors.error_for_status(status, "msg", "ais://b/k", tcode)
+    msg = "destination exists and is a virtual directory" if tcode == "ErrMv" else "msg"
+    exc = errors.error_for_status(status, msg, "ais://b/k", tcode)
     assert type(exc) is cls
     assert exc.status == status
     assert errors.to_errno(exc) == err
-    assert str(exc) == f"ais://b/k: msg (HTTP {status})"
+    assert str(exc) == f"ais://b/k: {msg} (HTTP {status})"
 
 
 def test_to_errno_other_exceptions() -> None:

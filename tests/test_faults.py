@@ -106,12 +106,12 @@ def test_a_body_cut_short_is_never_served(make_bucket, through, fault) -> None: 
 
 @pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/doomed\.bin: write failed",
                         r"WARNING aisfs\.fs: (write|flush|release)\(.*/doomed\.bin: injected")
-def test_a_failed_append_reaches_the_writer_and_leaves_nothing(  # type: ignore[no-untyped-def]
+def test_a_part_that_keeps_failing_reaches_the_writer_and_leaves_nothing(  # type: ignore[no-untyped-def]
     make_bucket, through, fault
 ) -> None:
     bucket = make_bucket()
     m = through(bucket, "--write-part-size", "1M", "--retries", "1")
-    fault.fail("PUT", "append_type=append", "status", times=100, status=500)
+    fault.fail("PUT", "partNumber=", "status", times=100, status=500)
     with pytest.raises(OSError) as info:
         with open(m.path / "doomed.bin", "wb") as f:
             for _ in range(4):
@@ -142,17 +142,17 @@ def test_a_tree_walk_lists_one_by_one_when_recursive_listings_fail(  # type: ign
 
 @pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/lost\.bin: write failed",
                         r"WARNING aisfs\.fs: (flush|release)\(.*/lost\.bin: ConnectionError")
-def test_a_failed_flush_fails_close_and_leaves_nothing_a_refused_append_is_retried(  # type: ignore[no-untyped-def]
+def test_a_refused_part_is_sent_again_a_failed_completion_fails_close_and_leaves_nothing(  # type: ignore[no-untyped-def]
     make_bucket, through, fault
 ) -> None:
     bucket = make_bucket()
     m = through(bucket, "--write-part-size", "1M", "--retries", "1")
     data = os.urandom(3 * MIB + 5)
-    once = fault.fail("PUT", "append_type=append", "status", times=1, status=503)
-    (m.path / "kept.bin").write_bytes(data)  # the refused APPEND was sent again
+    once = fault.fail("PUT", "partNumber=2", "status", times=1, status=500)
+    (m.path / "kept.bin").write_bytes(data)  # the refused part was sent again
     assert once.hits == 1
     assert bucket.object("kept.bin").get_reader().read_all() == data
-    fault.fail("PUT", "append_type=flush", "reset", times=100)
+    fault.fail("POST", "/v1/objects/", "reset", times=100, body_contains=b'"mpt-complete"')
     with pytest.raises(OSError) as info:
         (m.path / "lost.bin").write_bytes(data)
     assert info.value.errno == errno.EIO
@@ -187,16 +187,35 @@ def test_a_listing_that_fails_midway_is_eio_and_not_cached(make_bucket, through,
     assert sorted(os.listdir(m.path / "big")) == sorted(k[4:] for k in objects)
 
 
-@pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/unsure\.bin: write failed",
-                        r"WARNING aisfs\.fs: \w+\(.*/unsure\.bin: ConnectionError")
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/log: write failed",
+                        r"WARNING aisfs\.fs: \w+\(.*/log: ConnectionError")
 def test_an_append_whose_answer_is_lost_is_not_sent_twice(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
-    bucket = make_bucket()
+    old = os.urandom(1000)
+    bucket = make_bucket({"log": old})
     m = through(bucket, "--write-part-size", "1M")
-    lost = fault.fail("PUT", "append_type=append", "reset", times=1)
+    lost = fault.fail("PUT", "append_type=append", "lose", times=1)
     with pytest.raises(OSError) as info:
-        (m.path / "unsure.bin").write_bytes(os.urandom(3 * MIB))
-    # AIS may or may not have appended the part: sending it again could double it, so the
-    # writer hears of it instead, and no object appears.
+        with open(m.path / "log", "ab") as f:  # O_APPEND continues the object: AIS's append
+            f.write(os.urandom(3 * MIB))
+    # AIS appended the part (its answer was lost): sending it again would double it, so the
+    # writer hears of it instead, and the object keeps its old content.
     assert info.value.errno == errno.EIO
     assert lost.hits == 1
-    assert not [e.name for e in bucket.list_all_objects()]
+    assert bucket.object("log").get_reader().read_all() == old
+
+
+def test_a_part_or_a_completion_whose_answer_is_lost_is_not_sent_twice(  # type: ignore[no-untyped-def]
+    make_bucket, through, fault
+) -> None:
+    # AIS took the part (or completed the upload), the relay lost its answer: the part is
+    # found in AIS's list of the upload's parts (a second copy would destroy it), the
+    # completion is found done.
+    bucket = make_bucket()
+    m = through(bucket, "--write-part-size", "1M", "--write-part-max", "1M")
+    data = os.urandom(5 * MIB + 3)
+    part = fault.fail("PUT", "partNumber=2", "lose", times=1)
+    done = fault.fail("POST", "/v1/objects/", "lose", times=1, body_contains=b'"mpt-complete"')
+    (m.path / "sure.bin").write_bytes(data)
+    assert (part.hits, done.hits) == (1, 1)
+    assert bucket.object("sure.bin").get_reader().read_all() == data
+    assert sum(1 for method, path in fault.log if "partNumber=2" in path) == 1

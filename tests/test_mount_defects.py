@@ -52,7 +52,6 @@ def mount_rw(mount, bucket, *args: str, **kwargs) -> Mount:  # type: ignore[no-u
     return m
 
 
-@pytest.mark.xfail(strict=True, reason="defect 1: a rewrite of an empty object drops its xattrs")
 def test_a_rewrite_of_an_empty_object_keeps_its_xattrs(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket()
     mp = mount_rw(mount, bucket).path
@@ -111,7 +110,6 @@ def test_a_name_that_is_not_utf8_is_a_clean_error(make_bucket, mount) -> None:  
     assert "name" in m.log()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 4: a file where a directory was fails at close")
 def test_a_file_can_be_made_where_a_directory_was(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
     # AIS keeps an emptied directory on the disk of the target that held its last object; an
     # object of the same name placed on that target collides with it (about half of the names
@@ -207,7 +205,6 @@ def test_a_name_can_be_created_right_after_a_failed_close(  # type: ignore[no-un
     assert (m.path / "doomed").read_bytes() == b"second"
 
 
-@pytest.mark.xfail(strict=True, reason="defect 9: a failed overwrite leaves its temporary object")
 def test_a_failed_overwrite_leaves_the_old_content_and_nothing_else(  # type: ignore[no-untyped-def]
     make_bucket, mount, fault
 ) -> None:
@@ -310,7 +307,6 @@ def test_an_object_beside_a_double_slash_name_stays_a_file(make_bucket, mount) -
     assert (mp / a).read_bytes() == b"file"
 
 
-@pytest.mark.xfail(strict=True, reason="a reset connection fails a streamed write")
 def test_streamed_writes_survive_connection_resets(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
     """With the relay resetting ~0.1% of the traffic to the targets (per 64 KiB), at least 19
     of 20 streamed writes of 1-64 MiB close successfully; every close that returned 0 left

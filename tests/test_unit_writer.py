@@ -1,7 +1,8 @@
 """aisfs/writer.py (with its stream and staged uploads) against the in-memory AIS of fakeais.py.
 
 Small parts (4 KiB, growing to 16 KiB) so that a few KiB of writes exercise every path: one PUT,
-APPENDs with a FLUSH, the switch to a staged upload, truncates, and the failures that latch.
+a multipart upload, APPENDs with a FLUSH, the switch to a staged upload, truncates, and the
+failures that latch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import trio.testing
 
 from aisfs import errors
 from aisfs.budget import MemoryBudget
-from aisfs.config import TMP_MARKER, MountConfig, parse_source
+from aisfs.config import MountConfig, parse_source
 from aisfs.objects import MTIME_KEY
 from aisfs.spill import SpillArea
 from aisfs.writer import ObjectWriter
@@ -78,6 +79,10 @@ def appended_keys(ais: FakeAis) -> list[str]:
     return [entry[2] for entry in ais.log if entry[0] == "append"]
 
 
+def part_keys(ais: FakeAis) -> list[str]:
+    return [entry[2] for entry in ais.log if entry[0] == "part"]
+
+
 # ---------------------------------------------------------------------- streaming
 
 
@@ -112,10 +117,11 @@ async def test_a_growing_file_streams_in_parts_that_grow_within_the_budget(rig) 
         # only the first fits in 20 KiB.
         assert parts == [PART, 2 * PART]
         assert r.budget.used == 8 * KIB
-        assert ("b", "k") not in r.ais.objects  # appended, not flushed: invisible
+        assert ("b", "k") not in r.ais.objects  # parts sent, not completed: invisible
         await w.flush()
         assert r.ais.content("k") == data
-        assert set(appended_keys(r.ais)) == {"k"}  # a new name: streamed in place
+        assert set(part_keys(r.ais)) == {"k"} and r.ais.calls["complete_upload"] == 1
+        assert r.ais.calls["append"] == 0
         assert r.ais.objects[("b", "k")].custom.keys() == {MTIME_KEY}
         w.close()
         assert r.budget.used == 0
@@ -134,7 +140,7 @@ async def test_writes_after_a_flush_continue_the_object(rig) -> None:  # type: i
         w.close()
 
 
-async def test_overwriting_streams_into_a_hidden_object_renamed_at_flush(rig) -> None:  # type: ignore[no-untyped-def]
+async def test_overwriting_replaces_the_object_at_flush_and_keeps_its_xattrs(rig) -> None:  # type: ignore[no-untyped-def]
     old, new = pattern(5 * KIB, 1), pattern(20 * KIB, 2)
     async with rig({"d/k": old}) as r:
         r.ais.objects[("b", "d/k")].custom["user"] = b"kept"
@@ -143,10 +149,52 @@ async def test_overwriting_streams_into_a_hidden_object_renamed_at_flush(rig) ->
         assert r.ais.content("d/k") == old  # the old content until the flush
         await w.flush()
         assert r.ais.content("d/k") == new
-        session = appended_keys(r.ais)[0]
-        assert session.startswith("d/" + TMP_MARKER) and ("b", session) not in r.ais.objects
-        assert ("rename", "b", session, "d/k") in r.ais.log
+        assert set(part_keys(r.ais)) == {"d/k"} and r.ais.calls["rename_object"] == 0
         assert r.ais.objects[("b", "d/k")].custom["user"] == b"kept"  # xattrs carried over
+        assert r.ais.calls["delete_object"] == 0
+        w.close()
+
+
+async def test_a_new_name_is_deleted_before_its_upload_completes(rig) -> None:  # type: ignore[no-untyped-def]
+    # (which removes a directory a target's disk may still hold under the name)
+    async with rig() as r:
+        w = r.writer(exists=False)
+        await write_all(w, pattern(20 * KIB))
+        await w.flush()
+        deleted = r.ais.log.index(("delete", "b", "k"))
+        assert deleted < r.ais.log.index(("complete", "b", "k"))
+        assert r.ais.content("k") == pattern(20 * KIB)
+        w.close()
+
+
+async def test_appending_to_an_object_stored_in_chunks_rewrites_it(rig) -> None:  # type: ignore[no-untyped-def]
+    first, more = pattern(20 * KIB, 1), pattern(6 * KIB, 2)
+    async with rig() as r:
+        w = r.writer(exists=False)
+        await write_all(w, first)
+        await w.flush()
+        w.close()
+        assert r.ais.objects[("b", "k")].chunked
+        w = r.writer(exists=True, size=len(first))  # O_APPEND: a write at the end
+        await write_all(w, more, start=len(first))
+        await w.flush()
+        # AIS's APPEND would keep the first chunk alone: a new multipart upload instead,
+        # its first parts read back from the object.
+        assert r.ais.content("k") == first + more
+        assert r.ais.calls["append"] == 0 and r.ais.calls["get_range"] > 0
+        w.close()
+
+
+async def test_a_short_append_to_an_object_stored_in_chunks_rewrites_it(rig) -> None:  # type: ignore[no-untyped-def]
+    first = pattern(20 * KIB, 1)
+    async with rig() as r:
+        w = r.writer(exists=False)
+        await write_all(w, first)
+        await w.flush()
+        await w.write(len(first), b"tail")  # the same handle goes on: one short part
+        await w.flush()
+        assert r.ais.content("k") == first + b"tail"
+        assert r.ais.calls["append"] == 0
         w.close()
 
 
@@ -163,15 +211,16 @@ async def test_a_write_at_the_end_of_an_existing_object_appends_to_it(rig) -> No
         w.close()
 
 
-async def test_a_stream_over_an_empty_object_deletes_it_instead_of_replacing(rig) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stream_over_an_empty_object_replaces_it_and_keeps_its_xattrs(rig) -> None:  # type: ignore[no-untyped-def]
     data = pattern(20 * KIB)
     async with rig({"k": b""}) as r:
+        r.ais.objects[("b", "k")].custom["user"] = b"kept"
         w = r.writer(exists=True, size=0)
         await write_all(w, data)
         await w.flush()
         assert r.ais.content("k") == data
-        assert ("delete", "b", "k") in r.ais.log and r.ais.calls["rename_object"] == 0
-        assert set(appended_keys(r.ais)) == {"k"}
+        assert r.ais.objects[("b", "k")].custom["user"] == b"kept"
+        assert r.ais.calls["append"] == 0 and r.ais.calls["rename_object"] == 0
         w.close()
 
 
@@ -183,11 +232,11 @@ async def test_a_write_before_the_end_stages_what_was_streamed(rig) -> None:  # 
     async with rig() as r:
         w = r.writer(exists=False)
         await write_all(w, bytes(data))
-        assert r.budget.used > 0 and r.ais.calls["append"] > 0
+        assert r.budget.used > 0 and r.ais.calls["put_part"] > 0
         await w.write(100, b"patched")
         data[100:107] = b"patched"
-        # The streamed part was flushed to be read back; the grown parts' budget is back.
-        assert w.staged and r.budget.used == 0 and r.ais.calls["flush"] == 1
+        # The streamed parts were completed to be read back; the grown parts' budget is back.
+        assert w.staged and r.budget.used == 0 and r.ais.calls["complete_upload"] == 1
         assert r.spill.used == len(data)
         assert await w.read(95, 20) == bytes(data[95:115])
         await w.write(len(data) + 10, b"past the end")  # a hole reads as zeros
@@ -199,15 +248,13 @@ async def test_a_write_before_the_end_stages_what_was_streamed(rig) -> None:  # 
         assert r.spill.used == 0
 
 
-async def test_a_stream_of_a_replaced_object_stages_from_its_hidden_object(rig) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stream_of_a_replaced_object_stages_from_what_was_streamed(rig) -> None:  # type: ignore[no-untyped-def]
     new = bytearray(pattern(30 * KIB, 2))
     async with rig({"k": pattern(4 * KIB, 1)}) as r:
         w = r.writer(exists=True, size=4 * KIB, truncate=True)
         await write_all(w, bytes(new))
-        session = appended_keys(r.ais)[0]
         await w.write(0, b"head")
         new[0:4] = b"head"
-        assert ("b", session) not in r.ais.objects  # read back, then deleted
         await w.flush()
         assert r.ais.content("k") == bytes(new)
         w.close()
@@ -299,11 +346,11 @@ async def test_a_full_spill_area_is_enospc_and_fails_the_handle(rig) -> None:  #
 # ---------------------------------------------------------------------- failures
 
 
-async def test_a_failed_append_fails_the_next_write_and_every_call_after(rig) -> None:  # type: ignore[no-untyped-def]
+async def test_a_failed_part_fails_the_next_write_and_every_call_after(rig) -> None:  # type: ignore[no-untyped-def]
     refused = errors.AisError("refused", 500, "ais://b/k")
     async with rig() as r:
         w = r.writer(exists=False)
-        r.ais.fail_calls["append"] = refused
+        r.ais.fail_calls["put_part"] = refused
         await write_all(w, pattern(5 * KIB))  # the first part goes out in the background
         await trio.testing.wait_all_tasks_blocked()
         assert w.error is refused
@@ -317,6 +364,8 @@ async def test_a_failed_append_fails_the_next_write_and_every_call_after(rig) ->
         assert ("b", "k") not in r.ais.objects
         w.close()
         assert r.budget.used == 0
+        await trio.testing.wait_all_tasks_blocked()
+        assert r.ais.uploads == {}  # the upload was dropped
 
 
 async def test_a_failed_upload_is_latched_and_nothing_is_stored(rig) -> None:  # type: ignore[no-untyped-def]
@@ -356,19 +405,18 @@ async def test_a_discarded_handle_uploads_nothing(rig) -> None:  # type: ignore[
         await write_all(w, pattern(10 * KIB))
         w.discarded = True
         assert await w.flush() is None
-        assert ("b", "k") not in r.ais.objects and r.ais.calls["flush"] == 0
+        assert ("b", "k") not in r.ais.objects and r.ais.calls["complete_upload"] == 0
         w.close()
 
 
-async def test_the_first_part_of_a_big_file_asks_whether_the_name_exists_once(rig) -> None:  # type: ignore[no-untyped-def]
+async def test_a_big_file_asks_whether_the_name_exists_once_before_it_completes(rig) -> None:  # type: ignore[no-untyped-def]
     async with rig({"k": b"old"}) as r:
         w = r.writer(exists=None, truncate=True)  # create() with nothing cached
         await write_all(w, pattern(3 * KIB))
-        assert r.ais.calls["head_object"] == 0  # a small file is one PUT either way
         await write_all(w, pattern(20 * KIB), start=3 * KIB)
-        assert r.ais.calls["head_object"] == 1
-        assert appended_keys(r.ais)[0].startswith(TMP_MARKER)  # it exists: replaced at flush
+        assert r.ais.calls["head_object"] == 0  # parts go out without asking
         await w.flush()
+        assert r.ais.calls["head_object"] == 1 and r.ais.calls["delete_object"] == 0
         assert r.ais.content("k") == pattern(3 * KIB) + pattern(20 * KIB)
         w.close()
 
