@@ -205,6 +205,8 @@ def test_a_name_can_be_created_right_after_a_failed_close(  # type: ignore[no-un
     assert (m.path / "doomed").read_bytes() == b"second"
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/f: write failed",
+                        r"WARNING aisfs\.fs: (flush|release)\(.*ais://[^ ]+/f: injected")
 def test_a_failed_overwrite_leaves_the_old_content_and_nothing_else(  # type: ignore[no-untyped-def]
     make_bucket, mount, fault
 ) -> None:
@@ -307,6 +309,10 @@ def test_an_object_beside_a_double_slash_name_stays_a_file(make_bucket, mount) -
     assert (mp / a).read_bytes() == b"file"
 
 
+# (a write may fail: one in 20 is allowed; a part may need a third try)
+@pytest.mark.expect_log(r"WARNING aisfs\.transport: \w+ ais://[^ ]+/f\d\d: .*retry",
+                        r"WARNING aisfs\.\w+: ais://[^ ]+/f\d\d: write failed",
+                        r"WARNING aisfs\.fs: \w+\(.*ais://[^ ]+/f\d\d: ")
 def test_streamed_writes_survive_connection_resets(make_bucket, mount, fault) -> None:  # type: ignore[no-untyped-def]
     """With the relay resetting ~0.1% of the traffic to the targets (per 64 KiB), at least 19
     of 20 streamed writes of 1-64 MiB close successfully; every close that returned 0 left
