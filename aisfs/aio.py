@@ -14,18 +14,69 @@ Object bytes received are reported to the mount's observer, when there is one.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import trio
 
+from . import errors
 from .archives import ArchiveContents, contents_from_listing
 from .client import AisClient
+from .getbatch import TarFormatError
+from .member_stream import MemberScanner
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 from .observer import Observer
+from .transport import Download
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class MemberStream:
+    """One archive's members in archive order, from one streamed GET of the archive; each
+    :meth:`next` reads one member in a worker thread. One caller at a time.
+
+    Invariant: the body is closed exactly once, by :meth:`close` or, when that came while a
+    worker was reading (a cancelled ``next``), by that worker when it is done."""
+
+    def __init__(self, aio: AsyncAis, body: Download, scanner: MemberScanner) -> None:
+        self._aio = aio
+        self._body = body
+        self._scanner = scanner
+        self.version = body.headers.get("Ais-Version", "")
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closed = False
+
+    async def next(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
+        """(listed path, bytes or None when over ``max_size``, size) of the next member, None
+        at the end; ``BadArchive`` when the bytes are not such an archive."""
+        with self._lock:
+            if self._closed:
+                raise errors.Transient("archive stream closed", 0, self._scanner.archive)
+            self._busy = True
+        return await self._aio._run(self._next_blocking, max_size)
+
+    def _next_blocking(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
+        try:
+            return self._scanner.next(max_size)
+        except (TarFormatError, ValueError) as exc:
+            raise errors.BadArchive(f"not a readable archive: {exc}", 0,
+                                    self._scanner.archive) from None
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._closed:
+                    self._body.close(reuse=False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if not self._busy:
+                self._body.close(reuse=False)
 
 
 class AsyncAis:
@@ -148,6 +199,12 @@ class AsyncAis:
     ) -> memoryview:
         return await self._run(self.client.get_member_range, bucket, key, member, start, length,
                                into)
+
+    async def open_member_stream(self, bucket: str, key: str) -> MemberStream:
+        """The members of the archive ``key`` (``.tar``, ``.tgz``, ``.tar.gz``) in archive
+        order, from one streamed GET of the whole object."""
+        body = await self._run(self.client.open_archive, bucket, key)
+        return MemberStream(self, body, MemberScanner(key, body))
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run a non-HTTP blocking call (local file I/O of the writer) off the trio thread."""

@@ -26,6 +26,21 @@ T = TypeVar("T")
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
+class MemberStream(Protocol):
+    """One archive's members in archive order (see ``AisApi.open_member_stream``)."""
+
+    version: str  # the archive version being read
+
+    async def next(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
+        """(path as listed, bytes or None when over ``max_size``, size) of the next member;
+        None at the end; ``BadArchive`` when the bytes are not such an archive."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading (at once, or when a ``next`` in flight is done)."""
+        ...
+
+
 class AisApi(Protocol):
     """One AIS cluster as the layers see it: buckets, listings, objects (``ais://`` only)."""
 
@@ -141,6 +156,11 @@ class AisApi(Protocol):
     ) -> memoryview:
         """Bytes [start, start+length) of one member, a range that must lie within it (in
         ``into`` when it is big enough)."""
+        ...
+
+    async def open_member_stream(self, bucket: str, key: str) -> MemberStream:
+        """The members of the archive ``key`` (``.tar``, ``.tgz``, ``.tar.gz``: see
+        ``member_stream.streamable``) in archive order, from one read of its stored bytes."""
         ...
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:

@@ -79,6 +79,8 @@ class ArchiveContents:
     # Names shown once although AIS listed them more than once: a GET serves the first copy in
     # the archive, whose size the listing cannot tell apart from the others'.
     duplicates: set[str] = field(default_factory=set)
+    # Each member's place in the listing (name order; archive order for shards written sorted).
+    order: dict[str, int] = field(default_factory=dict)
 
     def find(self, path: str) -> Member | MemberDir | None:
         """The member or directory at ``path`` ("" is the archive's root; no trailing "/")."""
@@ -125,6 +127,7 @@ def contents_from_listing(
         contents.root.children.clear()
         contents.members = 0
         contents.duplicates.clear()
+        contents.order.clear()
     if skipped:
         log.warning("%s: skipped %d member name(s) that cannot be a file name or are not UTF-8, "
                     "e.g. %r", where, len(skipped), skipped[0])
@@ -156,4 +159,5 @@ def _add_member(contents: ArchiveContents, path: str, size: int, skipped: list[s
         contents.duplicates.add(path)
     else:
         node.children[last] = Member(path, size)
+        contents.order[path] = len(contents.order)
         contents.members += 1

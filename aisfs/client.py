@@ -36,7 +36,7 @@ from .objects import (
     mtime_from_custom,
 )
 from .routing import Via
-from .transport import Reply, Transport
+from .transport import Download, Reply, Transport
 
 LS_NO_RECURSION = 2048
 LS_ARCH_DIR = 8  # list archives' members too (api/apc/lsmsg.go: LsArchDir)
@@ -498,6 +498,16 @@ class AisClient:
             raise item.error  # NotFound (a __404__ entry), or getbatch.NotFetched
         assert item.data is not None
         return item.data
+
+
+    def open_archive(self, bucket: str, key: str) -> Download:
+        """The archive object's stored bytes as a stream (one GET of the whole object, read by
+        the caller piece by piece; ``headers["Ais-Version"]`` says which version it is). The
+        caller closes it, without reuse when it stops before the end."""
+        return self.transport.download(
+            "GET", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="get_archive",
+            params={"provider": "ais"},
+        )
 
 
 def _custom_headers(custom: dict[str, bytes] | None) -> dict[str, str]:

@@ -114,6 +114,9 @@ class MountConfig:
     negative_metadata_ttl: float = 1.0
     read_only: bool = False
     allow_other: bool = False
+    # "expand": archive objects (.tar, .tgz, .tar.gz, .tar.lz4, .zip) are read-only directories
+    # of their members; "file": they are files.
+    archives: str = "file"
     # read path
     read_ahead_initial: int = 1 * MIB
     read_ahead_max: int = 64 * MIB  # per handle
@@ -128,3 +131,7 @@ class MountConfig:
     spill_max_bytes: int = 16 * 1024 * MIB
     rename_dir_limit: int = 10000
     debug: bool = False
+
+    @property
+    def expand_archives(self) -> bool:
+        return self.archives == "expand"

@@ -31,8 +31,7 @@ from . import errors, xattrs
 from .aisapi import AisApi, Spawn
 from .cache import Stat
 from .config import MountConfig
-from .inodes import Inode, Kind
-from .listing import Child
+from .inodes import Inode
 from .namespace import Namespace
 from .observer import Observer
 from .openfiles import OpenFiles
@@ -153,7 +152,7 @@ class Operations(pyfuse3.Operations):
         # back from the Cython object keep it cheap. Sets every field that differs between
         # entries, as readdir reuses one object for all.
         attr.st_ino = inode.ino  # type: ignore[assignment]
-        if st is None or inode.kind is not Kind.FILE:
+        if st is None or inode.is_dir:
             attr.st_mode = self._dir_mode  # type: ignore[assignment]
             attr.st_nlink = 2
             attr.st_size = attr.st_blocks = 0
@@ -235,20 +234,13 @@ class Operations(pyfuse3.Operations):
         attr = self._new_attr()  # one for all entries: readdir_reply copies it at once
         for index in range(start_id, len(children)):
             child = children[index]
-            inode = self._child_inode(parent, child)
+            inode = self.ns.child_inode(parent, child)
             current = written(inode) if written is not None and not child.is_dir else None
             self._set_attr(attr, inode, child.stat if current is None else current)
             if not pyfuse3.readdir_reply(token, os.fsencode(child.name), attr, index + 1):
                 self.table.drop_if_unused(inode)
                 break
             self.table.add_lookup(inode)
-
-    def _child_inode(self, parent: Inode, child: Child) -> Inode:
-        kind = Kind.DIR if child.is_dir else Kind.FILE
-        if parent.kind is Kind.CLUSTER:
-            return self.table.child(parent, child.name, "", Kind.DIR)
-        key = parent.child_key(child.name, child.is_dir)
-        return self.table.child(parent, parent.bucket, key, kind)
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -315,6 +307,8 @@ class Operations(pyfuse3.Operations):
         fh: int | None, ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
+        if node.in_archive:
+            self.ns.refuse_in_archive(node, "setattr")
         if node.is_dir:
             # Directories are prefixes: nothing to store. Accepted so cp -a/rsync -a work.
             return self.make_attr(node, None)
@@ -363,12 +357,14 @@ class Operations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self.ns.refuse_in_archive(self._inode(parent_inode), "symlink in")
         raise errors.PosixError(errno.EPERM, f"symlink {name!r}: AIS objects cannot be links")
 
     @handler
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self.ns.refuse_in_archive(self._inode(new_parent_inode), "link in")
         raise errors.PosixError(errno.EPERM, f"link {new_name!r}: AIS has no hard links")
 
     @handler
@@ -392,7 +388,7 @@ class Operations(pyfuse3.Operations):
             # every file (2 FUSE calls per entry of an `ls -l` otherwise).
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self._inode(inode)
-        if node.is_dir:
+        if node.is_dir or node.in_archive:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         props = await self.files.object_props(node)
         if text in xattrs.READ_ONLY:
@@ -408,7 +404,7 @@ class Operations(pyfuse3.Operations):
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._inode(inode)
-        if node.is_dir:
+        if node.is_dir or node.in_archive:
             return []
         props = await self.files.object_props(node)
         # ais.* are readable by name but not listed: cp -a and mv would copy them and fail.
@@ -420,6 +416,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         node = self._inode(inode)
         key = xattrs.custom_key(os.fsdecode(name))
+        self.ns.refuse_in_archive(node, "setxattr")
         if node.is_dir:
             raise errors.PosixError(errno.EOPNOTSUPP, "directories have no object to hold xattrs")
         await self.files.set_custom(node, {key: xattrs.encode_value(value)})
@@ -430,6 +427,7 @@ class Operations(pyfuse3.Operations):
         text = os.fsdecode(name)
         if text.startswith(xattrs.LOCAL_NAMESPACES):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        self.ns.refuse_in_archive(node, "removexattr")
         if node.is_dir:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         if not await self.files.remove_custom(node, xattrs.custom_key(text)):

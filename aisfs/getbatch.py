@@ -102,8 +102,8 @@ def member_range_request(key: str, member: str, start: int, length: int) -> dict
             "in": [{"objname": key, "archpath": member, "start": start, "length": length}]}
 
 
-class _BadReply(Exception):
-    """The bytes are not the TAR AIS sends (checksum, order, sizes)."""
+class TarFormatError(Exception):
+    """The bytes are not the TAR expected (checksum, numbers, order, sizes)."""
 
 
 def read_batch(
@@ -124,7 +124,7 @@ def read_batch(
 
     A member's ``data`` stays valid until the caller reuses the buffer it gave for it.
     """
-    reader = _TarReader(stream)
+    reader = TarReader(stream)
     index = 0
     try:
         while index < len(names):
@@ -139,7 +139,7 @@ def read_batch(
                 yield BatchItem(index, expected, error=errors.NotFound(
                     "no such object (Get-Batch)", 404, what))
             elif name != expected:
-                raise _BadReply(f"member {index} is {name!r}, expected {expected!r}")
+                raise TarFormatError(f"member {index} is {name!r}, expected {expected!r}")
             elif size > max_size:
                 reader.skip(size)
                 yield BatchItem(index, expected, error=NotFetched(
@@ -158,7 +158,7 @@ def read_batch(
             index += 1
     except errors.AisError as exc:
         reason = f"Get-Batch stream broke: {exc.args[0] if exc.args else exc}"
-    except _BadReply as exc:
+    except TarFormatError as exc:
         reason = f"Get-Batch reply is not the expected TAR: {exc}"
     else:
         reason = "Get-Batch ended before this object (AIS stops after too many missing objects)"
@@ -166,10 +166,12 @@ def read_batch(
         yield BatchItem(i, names[i], error=NotFetched(reason, 0, f"ais://{bucket}/{names[i]}"))
 
 
-class _TarReader:
+class TarReader:
     """Sequential TAR member reader over ``readinto`` (USTAR with prefix, PAX and GNU long
-    names, octal or base-256 sizes). Invariant: ``_pad`` is the padding still unread after the
-    last member's data; it is read together with the next header."""
+    names, octal or base-256 sizes), for Get-Batch replies and for whole archives read in
+    order. Raises ``TarFormatError`` for what is not TAR, ``Transient`` for an early end.
+    Invariant: ``_pad`` is the padding still unread after the last member's data; it is read
+    together with the next header."""
 
     def __init__(self, stream: Readable) -> None:
         self._stream = stream
@@ -210,7 +212,7 @@ class _TarReader:
             kind = bytes(header[156:157])
             if kind in (b"x", b"g", b"L", b"K"):
                 if size > _MAX_EXTENDED_HEADER:
-                    raise _BadReply(f"{size}-byte extended header")
+                    raise TarFormatError(f"{size}-byte extended header")
                 data = bytearray(size)
                 self._exact(memoryview(data))
                 self._pad = -size % BLOCK
@@ -248,7 +250,7 @@ def _check_sum(header: memoryview) -> None:
     stored = _number(header[148:156])
     computed = sum(header) - sum(header[148:156]) + 8 * 0x20
     if stored != computed:
-        raise _BadReply("TAR header checksum mismatch")
+        raise TarFormatError("TAR header checksum mismatch")
 
 
 def _number(field: memoryview) -> int:
@@ -259,7 +261,7 @@ def _number(field: memoryview) -> int:
     try:
         return int(text, 8) if text else 0
     except ValueError:
-        raise _BadReply(f"bad TAR number {raw!r}") from None
+        raise TarFormatError(f"bad TAR number {raw!r}") from None
 
 
 def _ustar_name(header: memoryview) -> str:
@@ -281,11 +283,11 @@ def _pax_records(data: bytes) -> dict[str, str]:
         if space < 0 or not data[pos:space].isdigit():
             if not data[pos:].strip(b"\0"):
                 break
-            raise _BadReply("malformed PAX record")
+            raise TarFormatError("malformed PAX record")
         length = int(data[pos:space])
         record = data[space + 1: pos + length]
         if length <= space - pos or not record.endswith(b"\n") or b"=" not in record:
-            raise _BadReply("malformed PAX record")
+            raise TarFormatError("malformed PAX record")
         key, _, value = record[:-1].partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length

@@ -10,6 +10,9 @@ Invariants:
   kernel references and no open handles;
 - ``by_path`` maps a path to the newest inode for it; an unlinked or replaced inode stays in
   ``by_ino`` until forgotten, but is no longer reachable by path.
+- what is inside an archive shown as a directory (``Kind.ARCHIVE``) is keyed
+  ``<archive key>\0<path in the archive>``: no object can have such a key (AIS names hold no
+  NUL), so members never share an inode or a cache entry with an object.
 """
 
 from __future__ import annotations
@@ -23,10 +26,21 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 
 
+# Between an archive's key and a path inside it, in the keys of the inodes inside archives.
+MEMBER_SEP = "\0"
+
+
 class Kind(enum.Enum):
     CLUSTER = "cluster"  # the root of a whole-cluster mount: children are buckets
     DIR = "dir"  # a bucket or a virtual directory (prefix)
     FILE = "file"
+    ARCHIVE = "archive"  # an archive object shown as the directory of its members
+    MEMBER_DIR = "member-dir"  # a directory inside an archive
+    MEMBER = "member"  # a file inside an archive
+
+
+_FILE_KINDS = (Kind.FILE, Kind.MEMBER)
+_INSIDE_ARCHIVE = (Kind.MEMBER_DIR, Kind.MEMBER)
 
 
 @dataclass(slots=True, eq=False)
@@ -34,24 +48,40 @@ class Inode:
     ino: int
     kind: Kind
     bucket: str  # "" only for the CLUSTER root
-    key: str  # FILE: object name; DIR: prefix, "" (bucket root) or ending in "/"
+    # FILE and ARCHIVE: object name; DIR: prefix, "" (bucket root) or ending in "/";
+    # MEMBER and MEMBER_DIR: "<archive>\0<path in the archive>" (a directory's ending in "/")
+    key: str
     parent: int
     lookups: int = 0
     opens: int = 0
 
     @property
     def is_dir(self) -> bool:
-        return self.kind is not Kind.FILE
+        return self.kind not in _FILE_KINDS
+
+    @property
+    def in_archive(self) -> bool:
+        """A member, or a directory inside an archive (read-only)."""
+        return self.kind in _INSIDE_ARCHIVE
+
+    @property
+    def archive_path(self) -> tuple[str, str]:
+        """(the archive's key, the path inside it: "" for the archive itself, a directory's
+        ending in "/") of an ARCHIVE, MEMBER_DIR or MEMBER inode."""
+        archive, _, inner = self.key.partition(MEMBER_SEP)
+        return archive, inner
 
     @property
     def path(self) -> tuple[str, str]:
         return (self.bucket, self.key)
 
     def child_key(self, name: str, is_dir: bool) -> str:
-        return self.key + name + ("/" if is_dir else "")
+        inside = MEMBER_SEP if self.kind is Kind.ARCHIVE else ""
+        return self.key + inside + name + ("/" if is_dir else "")
 
     def __repr__(self) -> str:
-        return f"<Inode {self.ino} {self.kind.value} ais://{self.bucket}/{self.key}>"
+        key = self.key.replace(MEMBER_SEP, "/")
+        return f"<Inode {self.ino} {self.kind.value} ais://{self.bucket}/{key}>"
 
 
 class InodeTable:

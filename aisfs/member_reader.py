@@ -2,7 +2,8 @@
 budget, with every part read out of the archive by AIS.
 
 A member that fits in one part (``read_part_size``) is fetched whole by the handle's first
-read, in one ``archpath`` GET, and served from memory after that. A bigger one is read in parts
+read, in one ``archpath`` GET (or taken from an archive-order stream, see ``archive_stream``),
+and served from memory after that. A bigger one is read in parts
 through Get-Batch byte ranges (AIS refuses a Range header together with ``archpath``); a range
 shorter than ``MIN_BATCH_RANGE`` is widened to it (AIS sends short ones only at its next flush,
 ~100 ms later) and the extra bytes dropped.
@@ -42,10 +43,12 @@ class MemberReader(ObjectReader):
         self, aio: AisApi, bucket: str, key: str, member: str, size: int, version: str,
         config: MountConfig, budget: MemoryBudget, spawn: Spawn, pool: BufferPool,
         archive_version: Callable[[], Awaitable[str]],
+        from_stream: Callable[[], Awaitable[bytearray | None]] | None = None,
     ) -> None:
         super().__init__(aio, bucket, key, size, version, config, budget, spawn, pool)
         self.member = member
         self.archive_version = archive_version
+        self.from_stream = from_stream
         self.whole = size <= config.read_part_size
 
     @property
@@ -58,8 +61,28 @@ class MemberReader(ObjectReader):
         return await super().read(off, size)
 
     async def _fetch(self, start: int, length: int, buf: RecvBuffer) -> memoryview:
+        try:
+            data = await self._fetch_member(start, length, buf)
+        except errors.NotFound:
+            if await self.archive_version() != self.version:
+                self._stale("the member is gone")
+            # Listed, yet not found by its listed name: AIS lists names cleaned ("./a" as "a")
+            # but looks members up by their names as stored.
+            raise errors.AisError(
+                "AIS lists this member but cannot read it by that name (stored as ./NAME, or "
+                "with .. in its path?)", 404, self.what) from None
+        version = await self.archive_version()
+        if self.version and version != self.version:
+            self._stale(f"archive version {self.version} -> {version}")
+        return data
+
+    async def _fetch_member(self, start: int, length: int, buf: RecvBuffer) -> memoryview:
         if start == 0 and length == self.size:
-            data = await self.aio.get_member(self.bucket, self.key, self.member, buf)
+            streamed = await self.from_stream() if self.from_stream is not None else None
+            if streamed is not None:
+                data = memoryview(streamed)
+            else:
+                data = await self.aio.get_member(self.bucket, self.key, self.member, buf)
             if len(data) != self.size:
                 self._stale(f"{len(data)} bytes, listed with {self.size}")
         elif length >= MIN_BATCH_RANGE or self.size < MIN_BATCH_RANGE:
@@ -72,9 +95,6 @@ class MemberReader(ObjectReader):
             view = memoryview(buf)[:length]
             view[:] = wide[start - low:start - low + length]
             data = view
-        version = await self.archive_version()
-        if self.version and version != self.version:
-            self._stale(f"archive version {self.version} -> {version}")
         return data
 
     def _stale(self, why: str) -> None:

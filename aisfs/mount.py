@@ -39,6 +39,7 @@ import trio
 from . import __version__, errors
 from .aio import AsyncAis
 from .aisapi import AisApi, Spawn
+from .archive_stream import ArchiveStreams
 from .budget import MemoryBudget
 from .cache import TtlMap
 from .client import AisClient
@@ -226,13 +227,16 @@ def build_operations(
     """The FUSE adapter and every collaborator under it, each built once, here."""
     writers = OpenWriters()
     ns = Namespace(aio, config, spawn, written=writers)
+    read_budget = MemoryBudget(config.read_ahead_budget)
     files = OpenFiles(
         config, aio, spawn, ns, writers, KernelAttrs(aio, spawn),
-        read_budget=MemoryBudget(config.read_ahead_budget),
+        read_budget=read_budget,
         write_budget=MemoryBudget(config.write_buffer_budget),
         pool=BufferPool(config.read_part_size,
                         keep=max(4, config.read_ahead_budget // config.read_part_size)),
         spill=SpillArea(config.spill_dir, config.spill_max_bytes),
+        archive_streams=ArchiveStreams(aio, read_budget, spawn, config.read_part_size)
+        if config.expand_archives else None,
     )
     return Operations(config, ns, files, observer)
 

@@ -11,6 +11,11 @@ last by the cluster (a HEAD and the first page of a listing at once).
 Name rule: a name that is both an object ``a`` and a prefix ``a/`` is the directory (the object
 stays reachable only through other tools), in lookups as in listings.
 
+Archives (``--archives expand``): an object whose name AIS reads as an archive is a directory
+(``Kind.ARCHIVE``) unless it is being written here; what is inside comes from its member tree
+(``archive_view``) and is read-only: every change there is EROFS. rmdir of the archive deletes
+the object, and rename moves it (to another archive name) with everything inside.
+
 Concurrency: trio thread only, in the FUSE handlers' tasks. Every ``await`` may let the world
 change, so the inode table and the caches are changed only after the awaited remote call
 returned, each change with no ``await`` in between.
@@ -36,9 +41,11 @@ import trio
 
 from . import errors, xattrs
 from .aisapi import AisApi, Spawn
+from .archive_view import ArchiveView, children, member_stat
+from .archives import ArchiveContents, Member, MemberDir, is_archive
 from .cache import MISSING, Stat, TtlMap
 from .config import MountConfig
-from .inodes import Inode, InodeTable, Kind
+from .inodes import MEMBER_SEP, Inode, InodeTable, Kind
 from .listing import NAME_MAX, Child, Listing, ListingStream, valid_name
 from .listings import Listings, parent_of
 from .localdirs import LocalDirs
@@ -66,6 +73,7 @@ class Namespace:
         self.cache = MetadataCache(aio, config, timer)
         self.local = LocalDirs()
         self.dir_listings = Listings(aio, config, spawn, self.cache, self.local, timer)
+        self.archives = ArchiveView(aio, self.object_stat) if config.expand_archives else None
         # Files open for writing here, with their current attributes (see the invariants).
         self.written: FilesBeingWritten = written if written is not None else NothingWritten()
         self.mount_time_ns = time.time_ns()
@@ -114,10 +122,64 @@ class Namespace:
             if name not in await self.cache.bucket_names():
                 raise errors.NotFound("no such bucket", 404, f"ais://{name}")
             return self.table.child(parent, name, "", Kind.DIR), None
+        if parent.kind in (Kind.ARCHIVE, Kind.MEMBER_DIR):
+            return await self._lookup_inside(parent, name)
         is_dir, stat = await self._resolve(parent.bucket, parent.key, name)
         key = parent.child_key(name, is_dir)
-        inode = self.table.child(parent, parent.bucket, key, Kind.DIR if is_dir else Kind.FILE)
+        inode = self.table.child(parent, parent.bucket, key, self._kind(parent.bucket, key, is_dir))
         return inode, stat
+
+    def _kind(self, bucket: str, key: str, is_dir: bool) -> Kind:
+        """What an object or prefix is shown as."""
+        if is_dir:
+            return Kind.DIR
+        if (self.archives is not None and is_archive(key)
+                and self._pending_stat(bucket, key) is None):
+            return Kind.ARCHIVE
+        return Kind.FILE
+
+    def child_inode(self, parent: Inode, child: Child) -> Inode:
+        """The inode of an entry of ``parent``'s listing (no lookup count change)."""
+        if parent.kind is Kind.CLUSTER:
+            return self.table.child(parent, child.name, "", Kind.DIR)
+        key = parent.child_key(child.name, child.is_dir)
+        if parent.kind in (Kind.ARCHIVE, Kind.MEMBER_DIR):
+            kind = Kind.MEMBER_DIR if child.is_dir else Kind.MEMBER
+        else:
+            kind = self._kind(parent.bucket, key, child.is_dir)
+        return self.table.child(parent, parent.bucket, key, kind)
+
+    # ------------------------------------------------------------------ inside archives
+
+    async def _tree(self, inode: Inode) -> tuple[ArchiveContents, str]:
+        """The member tree of the archive ``inode`` is in, and its path inside it."""
+        assert self.archives is not None, "archive inodes exist only with --archives expand"
+        archive, inner = inode.archive_path
+        return await self.archives.tree(inode.bucket, archive), inner
+
+    async def _lookup_inside(self, parent: Inode, name: str) -> tuple[Inode, Stat | None]:
+        tree, inner = await self._tree(parent)
+        node = tree.find(inner + name)
+        if node is None:
+            raise errors.NotFound("not in the archive", 404, f"{parent!r}/{name}")
+        is_dir = isinstance(node, MemberDir)
+        kind = Kind.MEMBER_DIR if is_dir else Kind.MEMBER
+        inode = self.table.child(parent, parent.bucket, parent.child_key(name, is_dir), kind)
+        return inode, None if isinstance(node, MemberDir) else member_stat(tree, node)
+
+    async def member(self, inode: Inode) -> tuple[ArchiveContents, Member]:
+        """A member file's archive (current version) and its entry; NotFound when the current
+        version of the archive has no such member."""
+        tree, inner = await self._tree(inode)
+        node = tree.find(inner)
+        if not isinstance(node, Member):
+            raise errors.NotFound("no longer in the archive", 404, repr(inode))
+        return tree, node
+
+    def refuse_in_archive(self, inode: Inode, what: str) -> None:
+        """EROFS for a change inside an archive (``inode``: the target, or its directory)."""
+        if inode.in_archive or inode.kind is Kind.ARCHIVE:
+            raise errors.PosixError(errno.EROFS, f"{what} {inode!r}: archives are read-only")
 
     async def _resolve(self, bucket: str, prefix: str, name: str) -> tuple[bool, Stat | None]:
         """(is_dir, stat) for ``prefix + name``: the directory wins over an object of that name."""
@@ -223,6 +285,9 @@ class Namespace:
 
     async def getattr(self, inode: Inode) -> Stat | None:
         """The file's stat, or None for directories (which have synthetic attributes)."""
+        if inode.kind is Kind.MEMBER:
+            tree, member = await self.member(inode)
+            return member_stat(tree, member)
         if inode.is_dir:
             return None
         return await self.object_stat(inode.bucket, inode.key)
@@ -238,17 +303,28 @@ class Namespace:
         if inode.kind is Kind.CLUSTER:
             names = await self.cache.bucket_names()
             return ListingStream.complete([Child(name, True, None) for name in names])
+        if inode.kind in (Kind.ARCHIVE, Kind.MEMBER_DIR):
+            tree, inner = await self._tree(inode)
+            node = tree.find(inner.rstrip("/"))
+            if not isinstance(node, MemberDir):
+                raise errors.NotFound("no longer in the archive", 404, repr(inode))
+            return ListingStream.complete(children(tree, node))
         shown = self._pending_children(inode.bucket, inode.key)
         return await self.dir_listings.open_dir(inode.bucket, inode.key, shown)
 
     def close_dir(self, inode: Inode, stream: ListingStream) -> None:
         """An open directory is done with ``stream``."""
-        self.dir_listings.close_dir(inode.bucket, inode.key, stream)
+        if inode.kind not in (Kind.ARCHIVE, Kind.MEMBER_DIR):
+            self.dir_listings.close_dir(inode.bucket, inode.key, stream)
 
     # ------------------------------------------------------------------ changes made elsewhere
 
     def invalidate(self, bucket: str, key: str) -> None:
-        """Forget what is cached about ``key`` and its parent's listing."""
+        """Forget what is cached about ``key`` and its parent's listing (for a key inside an
+        archive: about the archive)."""
+        key = key.partition(MEMBER_SEP)[0]
+        if self.archives is not None:
+            self.archives.forget(bucket, key)
         self.cache.stats.pop((bucket, key))
         self.cache.dirs.pop((bucket, key if key.endswith("/") else key + "/"))
         parent = key.rstrip("/").rpartition("/")[0]
@@ -260,6 +336,8 @@ class Namespace:
 
     def note_written(self, bucket: str, key: str, size: int, mtime_ns: int, version: str) -> None:
         """An upload through this mount finished: show its result without asking AIS."""
+        if self.archives is not None:
+            self.archives.forget(bucket, key)
         stat = Stat(size, mtime_ns, version)
         self.cache.note_stat(bucket, key, stat)
         self.cache.dirs.put_missing((bucket, key + "/"))
@@ -275,6 +353,7 @@ class Namespace:
     async def make_dir(self, parent: Inode, name: str) -> Inode:
         """mkdir: a bucket at the cluster root; elsewhere a directory kept in this mount until
         it gets its first object (AIS has no empty directories)."""
+        self.refuse_in_archive(parent, "mkdir in")
         try:
             await self.lookup(parent, name)
         except errors.NotFound:
@@ -295,8 +374,13 @@ class Namespace:
 
     async def remove_dir(self, parent: Inode, name: str) -> None:
         """rmdir: refuses (ENOTEMPTY) while anything is under it; never destroys a bucket that
-        holds objects."""
+        holds objects. An archive shown as a directory: deletes the archive object."""
+        self.refuse_in_archive(parent, "rmdir in")
         inode, _ = await self.lookup(parent, name)
+        if inode.kind is Kind.ARCHIVE:
+            await self._remove_object(inode, pending=False)
+            log.info("rmdir %r: deleted the archive object", inode)
+            return
         if not inode.is_dir:
             raise errors.PosixError(errno.ENOTDIR, f"{inode} is not a directory")
         bucket, prefix = inode.bucket, inode.key
@@ -316,9 +400,14 @@ class Namespace:
 
     async def remove_file(self, parent: Inode, name: str, *, pending: bool) -> Inode:
         """unlink: deletes the object (``pending``: it may not be in AIS yet)."""
+        self.refuse_in_archive(parent, "unlink in")
         inode, _ = await self.lookup(parent, name)
         if inode.is_dir:
             raise errors.PosixError(errno.EISDIR, f"{inode} is a directory")
+        await self._remove_object(inode, pending=pending)
+        return inode
+
+    async def _remove_object(self, inode: Inode, *, pending: bool) -> None:
         try:
             await self.aio.delete_object(inode.bucket, inode.key)
         except errors.NotFound:
@@ -326,9 +415,10 @@ class Namespace:
                 raise
         self.cache.note_gone(inode.bucket, inode.key)
         self.dir_listings.set_child(inode.bucket, inode.key, None, remove=True)
+        if self.archives is not None:
+            self.archives.forget(inode.bucket, inode.key)
         self.table.unlink_path(inode.bucket, inode.key)
         self._keep_parent(inode.bucket, inode.key)
-        return inode
 
     def _keep_parent(self, bucket: str, key: str) -> None:
         """The parent directory outlives its last object here until rmdir (as on a disk)."""
@@ -343,6 +433,8 @@ class Namespace:
             raise errors.PosixError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         if old_parent.kind is Kind.CLUSTER or new_parent.kind is Kind.CLUSTER:
             raise errors.PosixError(errno.EPERM, "buckets cannot be renamed through the mount")
+        self.refuse_in_archive(old_parent, "rename from")
+        self.refuse_in_archive(new_parent, "rename into")
         inode, _ = await self.lookup(old_parent, old_name)
         if old_parent.bucket != new_parent.bucket:
             # rename-obj works within a bucket; EXDEV makes mv(1) copy and delete instead.
@@ -354,6 +446,10 @@ class Namespace:
         if target is not None:
             if flags & 1:  # RENAME_NOREPLACE
                 raise errors.PosixError(errno.EEXIST, f"{target} exists")
+        if inode.kind is Kind.ARCHIVE:
+            await self._rename_archive(inode, new_parent, new_name, target)
+            return
+        if target is not None:
             if target.is_dir != inode.is_dir:
                 raise errors.PosixError(
                     errno.EISDIR if target.is_dir else errno.ENOTDIR, f"{target} is in the way"
@@ -386,6 +482,27 @@ class Namespace:
             self.invalidate(bucket, new_key)
         self._keep_parent(bucket, inode.key)
         self.table.move(inode, new_parent, new_key)
+
+    async def _rename_archive(
+        self, inode: Inode, new_parent: Inode, new_name: str, target: Inode | None
+    ) -> None:
+        """Rename an archive shown as a directory: the object moves (over another archive, as
+        a file over a file), and so does everything inside it."""
+        new_key = new_parent.key + new_name
+        if not is_archive(new_key):
+            raise errors.PosixError(
+                errno.EINVAL, f"rename {inode!r} to {new_name!r}: not an archive name (it would "
+                "turn from a directory into a file; rename it where archives are files)")
+        if target is not None and target.kind is not Kind.ARCHIVE:
+            raise errors.PosixError(errno.EISDIR if target.is_dir else errno.ENOTDIR,
+                                    f"{target} is in the way")
+        old_key = inode.key
+        assert self.archives is not None
+        self.archives.forget(inode.bucket, old_key)
+        self.archives.forget(inode.bucket, new_key)
+        await self._rename_file(inode, new_parent, new_key, replaces=target is not None)
+        self.table.move_prefix(inode.bucket, old_key + MEMBER_SEP, new_key + MEMBER_SEP,
+                               new_parent, inode)
 
     async def _rename_dir(
         self, inode: Inode, new_parent: Inode, new_name: str, target: Inode | None
@@ -433,6 +550,7 @@ class Namespace:
 
     async def set_custom(self, inode: Inode, update: dict[str, bytes]) -> None:
         """Merge keys into the object's custom metadata, refusing what AIS would drop."""
+        self.refuse_in_archive(inode, "set xattrs of")
         props = await self.aio.head_object(inode.bucket, inode.key)
         xattrs.check_size({**props.custom, **update})
         await self.aio.set_custom(inode.bucket, inode.key, update)
@@ -441,6 +559,7 @@ class Namespace:
 
     async def remove_custom(self, inode: Inode, key: str) -> bool:
         """Drop one key (AIS deletes keys only by replacing the whole map)."""
+        self.refuse_in_archive(inode, "remove xattrs of")
         props = await self.aio.head_object(inode.bucket, inode.key)
         if key not in props.custom:
             return False

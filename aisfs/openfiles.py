@@ -29,12 +29,14 @@ from typing import Protocol
 
 from . import errors
 from .aisapi import AisApi, Spawn
+from .archive_stream import ArchiveStreams
 from .budget import MemoryBudget
 from .cache import Stat
 from .config import MountConfig
 from .handles import DirHandle, FileHandle, OpenWriters
 from .inodes import Inode, Kind
 from .listing import ListingStream
+from .member_reader import MemberReader
 from .namespace import Namespace
 from .objects import MTIME_KEY, ObjectProps
 from .reader import BufferPool, ObjectReader
@@ -61,6 +63,7 @@ class OpenFiles:
         self, config: MountConfig, aio: AisApi, spawn: Spawn, ns: Namespace,
         writers: OpenWriters, kernel: KernelCache, *, read_budget: MemoryBudget,
         write_budget: MemoryBudget, pool: BufferPool, spill: SpillArea,
+        archive_streams: ArchiveStreams | None = None,
     ) -> None:
         self.config = config
         self.aio = aio
@@ -73,6 +76,7 @@ class OpenFiles:
         self.write_budget = write_budget
         self.pool = pool
         self.spill = spill
+        self.archive_streams = archive_streams  # with --archives expand
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_fh = 1
         self._pins: dict[int, tuple[str, int]] = {}
@@ -218,6 +222,8 @@ class OpenFiles:
         """Open a file: (fh, whether the kernel may keep its cached pages)."""
         if node.is_dir:
             raise errors.PosixError(errno.EISDIR, f"{node} is a directory")
+        if node.kind is Kind.MEMBER:
+            return await self._open_member(node, flags)
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR))
         if writing and self.config.read_only:
             raise errors.PosixError(errno.EROFS, "read-only mount")
@@ -239,10 +245,37 @@ class OpenFiles:
         self._pins[node.ino] = pin
         return fh, keep
 
+    async def _open_member(self, node: Inode, flags: int) -> tuple[int, bool]:
+        """Open a file inside an archive: read-only, read out of the archive by AIS."""
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            self.ns.refuse_in_archive(node, "open for writing")
+        tree, member = await self.ns.member(node)
+        bucket, archive, streams = node.bucket, tree.key, self.archive_streams
+
+        async def archive_version() -> str:
+            return (await self.ns.object_stat(bucket, archive)).version
+
+        async def from_stream() -> bytearray | None:
+            assert streams is not None
+            return await streams.take(bucket, tree, member)
+
+        handle = FileHandle(node)
+        handle.reader = MemberReader(
+            self.aio, bucket, archive, member.path, member.size, tree.version, self.config,
+            self.read_budget, self.spawn, self.pool, archive_version,
+            from_stream if streams is not None else None,
+        )
+        fh = self._new_fh(handle)
+        pin = (tree.version, member.size)  # a member's version is its archive's
+        keep = bool(tree.version) and self._pins.get(node.ino) == pin
+        self._pins[node.ino] = pin
+        return fh, keep
+
     async def create(self, parent: Inode, name: str, flags: int) -> tuple[int, Inode, Stat]:
         """Create (or truncate) ``name`` and open it for writing: (fh, inode, attributes)."""
         if parent.kind is Kind.CLUSTER:
             raise errors.PosixError(errno.EPERM, "only directories (buckets) live at the root")
+        self.ns.refuse_in_archive(parent, "create in")
         key = parent.key + name
         known = self.ns.stats.get((parent.bucket, key))
         node = self.table.child(parent, parent.bucket, key, Kind.FILE)

@@ -83,6 +83,13 @@ def parse_level(text: str) -> int:
         raise ValueError(f"not a log level: {text!r} (use {', '.join(LEVEL_NAMES)})") from None
 
 
+def parse_archives(text: str) -> str:
+    """``--archives``: "file" (archives are files) or "expand" (directories of members)."""
+    if text not in ("file", "expand"):
+        raise ValueError(f"not an archives mode: {text!r} (use file or expand)")
+    return text
+
+
 @dataclass(frozen=True)
 class ValueType:
     parse: Callable[[str], Any]  # the user's text -> the value; ValueError when it is bad
@@ -96,6 +103,7 @@ SIZE = ValueType(parse_size, show_size)
 MODE = ValueType(parse_mode, lambda v: f"{v:04o}")
 ADDRESS = ValueType(parse_address, lambda v: f"{v[0]}:{v[1]}")
 LEVEL = ValueType(parse_level, lambda v: logging.getLevelName(v).lower())
+ARCHIVES = ValueType(parse_archives, str)
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("read-only", None, "mount read-only (fstab: ro)", field="read_only"),
     Option("allow-other", None, "let other users access the mount (needs user_allow_other)",
            field="allow_other"),
+    Option("archives", ARCHIVES, "expand: .tar, .tgz, .tar.gz, .tar.lz4 and .zip objects are "
+           "read-only directories of their members; file: they are files", "file|expand",
+           "archives"),
     Option("uid", COUNT, "owner of every file", "N", "uid", default_text="the mounting user"),
     Option("gid", COUNT, "group of every file", "N", "gid",
            default_text="the mounting user's group"),

@@ -39,6 +39,7 @@ from aisfs.archives import (
     contents_from_listing,
     is_archive,
 )
+from aisfs.member_stream import member_path
 from aisfs.objects import (
     LS_ENTRY_IS_DIR,
     Body,
@@ -164,6 +165,8 @@ class FakeAis:
         self.fail_range: Callable[[int, int], BaseException | None] | None = None
         self.claimed_size: int | None = None  # the total a range answer claims (None: true)
         self.archive_gate: trio.Event | None = None  # holds archive listings
+        self.stream_delay = 0.0  # seconds before each member of a member stream
+        self.streamed = 0  # members read by member streams
         # ---- knobs: any call
         self.fail_calls: dict[str, errors.AisFsError] = {}  # method name -> raised every call
 
@@ -525,10 +528,53 @@ class FakeAis:
         buf[:length] = whole[start:start + length]
         return memoryview(buf)[:length]
 
+    async def open_member_stream(self, bucket: str, key: str) -> FakeMemberStream:
+        """The archive's members in archive order, as of now (later changes are not seen)."""
+        self._enter("open_member_stream")
+        self.log.append(("open_member_stream", bucket, key))
+        obj = self._object(bucket, key)
+        members = archive_members(key, obj.content())
+        return FakeMemberStream(self, key, obj.version, members)
+
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` in a worker thread, as the mount does."""
         self._enter("run_blocking")
         return await trio.to_thread.run_sync(fn)
+
+
+class FakeMemberStream:
+    """What ``open_member_stream`` gives: each ``next`` passes ``stream_gate`` when set (one
+    member per release), then counts in ``streamed``."""
+
+    def __init__(self, fake: FakeAis, key: str, version: str,
+                 members: list[tuple[str, bytes]] | None) -> None:
+        self.fake = fake
+        self.key = key
+        self.version = version
+        self.members = members
+        self.pos = 0
+        self.closed = False
+
+    async def next(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
+        if self.members is None:
+            raise errors.BadArchive("not a readable archive", 0, self.key)
+        while True:
+            if self.fake.stream_delay:
+                await trio.sleep(self.fake.stream_delay)
+            if self.closed or self.pos >= len(self.members):
+                return None
+            name, data = self.members[self.pos]
+            self.pos += 1
+            self.fake.streamed += 1
+            path = member_path(self.key, name)
+            if path is None:
+                continue
+            if len(data) > max_size:
+                return path, None, len(data)
+            return path, bytearray(data), len(data)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _conforms(fake: FakeAis) -> AisApi:

@@ -22,9 +22,10 @@ class FakeTimer:
 
 
 def make_ns(fake: FakeAis, source: str = "ais://b", ttl: float = 5.0,
-            neg: float = 1.0) -> tuple[Namespace, FakeTimer]:
+            neg: float = 1.0, expand_archives: bool = False) -> tuple[Namespace, FakeTimer]:
     config = MountConfig(source=parse_source(source), mountpoint="/x", metadata_ttl=ttl,
-                         negative_metadata_ttl=neg)
+                         negative_metadata_ttl=neg,
+                         archives="expand" if expand_archives else "file")
     timer = FakeTimer()
     spawn = trio.lowlevel.spawn_system_task
     return Namespace(fake, config, spawn, timer), timer  # type: ignore[arg-type]

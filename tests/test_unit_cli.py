@@ -215,6 +215,17 @@ def test_long_option_bad_value(clean_env: pytest.MonkeyPatch) -> None:
         cli.parse_args(["ais://b", "/m", "--bogus"])
 
 
+def test_archives_option(clean_env: pytest.MonkeyPatch) -> None:
+    assert cli.parse_args(["ais://b", "/m"])[0].expand_archives is False
+    assert cli.parse_args(["ais://b", "/m", "--archives", "expand"])[0].expand_archives is True
+    assert cli.parse_args(["ais://b", "/m", "-o", "archives=expand"])[0].expand_archives is True
+    assert cli.parse_args(["ais://b", "/m", "-o", "archives=file"])[0].expand_archives is False
+    with pytest.raises(ConfigError, match="archives"):
+        cli.parse_args(["ais://b", "/m", "-o", "archives=yes"])
+    with pytest.raises(ConfigError, match="archives"):
+        cli.parse_args(["ais://b", "/m", "-o", "archives"])
+
+
 def test_minimums_are_enforced(clean_env: pytest.MonkeyPatch) -> None:
     config, _ = cli.parse_args(["ais://b", "/m", "-o", "read_part_size=1k,max_connections=0"])
     assert config.read_part_size == 64 * 1024
@@ -398,7 +409,8 @@ def test_config_file_keys_are_the_options(tmp_path: Path) -> None:
     from aisfs import configfile
 
     samples = {"SIZE": "3M", "S": "7", "N": "3", "KB": "3", "MODE": "0600", "URL": "http://h:1",
-               "DIR": "/d", "FILE": "/f", "HOST:PORT": "127.0.0.1:9", "LEVEL": "debug"}
+               "DIR": "/d", "FILE": "/f", "HOST:PORT": "127.0.0.1:9", "LEVEL": "debug",
+               "file|expand": "expand"}
     for option in options.OPTIONS:
         raw = "true" if option.kind is None else samples[option.metavar]
         path = tmp_path / f"{option.name}.toml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import random
 import tarfile
@@ -39,7 +40,8 @@ class Archive:
 
     def __init__(self) -> None:
         self.fake = FakeAis()
-        self.fake.store("s.tar", tar_of({"small": SMALL, "d/large": LARGE, "empty": b""}))
+        self.fake.store("s.tar", tar_of({"small": SMALL, "d/large": LARGE, "empty": b"",
+                                         "./dot": b"listed as dot"}))
         self.version = "1"
 
     async def current_version(self) -> str:
@@ -129,3 +131,16 @@ async def test_empty_member_and_errors(nursery: trio.Nursery) -> None:
     assert a.fake.calls["get_member"] == 2
     empty.close()
     broken.close()
+
+
+async def test_a_member_listed_but_not_served_is_eio(nursery: trio.Nursery) -> None:
+    # AIS lists "./dot" as "dot", then cannot find "dot": EIO (not ENOENT, not ESTALE).
+    a = Archive()
+    reader = a.reader(nursery, "dot", len(b"listed as dot"))
+    with pytest.raises(errors.AisError) as info:
+        await read(reader, 0, 10)
+    assert info.value.errno == errno.EIO and "cannot read it by that name" in str(info.value)
+    a.version = "2"  # the archive changed: now the missing member is stale
+    with pytest.raises(errors.StaleObject):
+        await read(reader, 0, 10)
+    reader.close()

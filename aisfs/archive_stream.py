@@ -1,0 +1,218 @@
+"""Archive-order read-ahead across members: a reader that goes through an archive's members in
+order (``cp -r shard.tar/ out/``, a WebDataset-style loader) gets them from one streamed read of
+the whole archive instead of one request each.
+
+When whole-member fetches of one archive come in name order (``SEQUENTIAL_RUN`` in a row, each
+the member after the one before), the archive is read once from its start, member by member
+(``AisApi.open_member_stream``: ``.tar``, ``.tgz``, ``.tar.gz``). The members it reads are held
+until taken (or passed by ``SLACK`` members), at most ``WINDOW`` members ahead of the furthest
+one taken and ``HOLD_BYTES`` in all, within the read-ahead budget; a fetch of a member the
+stream holds takes its bytes, and a fetch of one the stream is about to reach waits for it.
+Anything else (a member the stream passed without holding it, one far ahead, a format not
+streamed, another version of the archive) is fetched on its own, as is everything once the
+stream ends. A stream nobody takes from for ``IDLE_SECONDS`` stops, and one whose archive is
+not the version listed never starts.
+
+Name order stands for archive order: the tools that write shards write them in key order. A
+shard written in another order only loses this fast path.
+
+Concurrency: trio thread only. Each stream's producer is a task of its own (``spawn``); takers
+wait on its ``arrived`` event and the producer on ``room``; every change happens between awaits.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+
+import trio
+
+from . import errors
+from .aisapi import AisApi, MemberStream, Spawn
+from .archives import ArchiveContents, Member
+from .budget import MemoryBudget
+from .member_stream import streamable
+
+log = logging.getLogger(__name__)
+
+SEQUENTIAL_RUN = 3
+WINDOW = 256
+# Members this far behind the furthest one taken are still held (readers that take members
+# nearly in order, like several loader workers), not further.
+SLACK = 32
+HOLD_BYTES = 64 * 1024 * 1024
+IDLE_SECONDS = 5.0
+_RUNS_KEPT = 1024  # archives whose last fetched member is remembered
+
+
+class _Stream:
+    """One archive being read in order. Invariants: ``held`` holds members read and not yet
+    taken, ``held_bytes`` their size (reserved in the budget); ``position`` is the highest
+    listing index read, ``taken`` the highest taken; ``ended`` once nothing more will come."""
+
+    def __init__(self, tree: ArchiveContents, first: int, now: float) -> None:
+        self.tree = tree
+        self.held: dict[str, bytearray] = {}
+        self.held_bytes = 0
+        self.position = -1
+        self.taken = first - 1
+        self.ended = False
+        self.wanted: collections.Counter[int] = collections.Counter()  # indexes waited for
+        self.last_take = now
+        self.arrived = trio.Event()
+        self.room = trio.Event()
+        self.scope = trio.CancelScope()
+
+    def wake_takers(self) -> None:
+        self.arrived.set()
+        self.arrived = trio.Event()
+
+    def wake_producer(self) -> None:
+        self.room.set()
+        self.room = trio.Event()
+
+
+class ArchiveStreams:
+    def __init__(
+        self, aio: AisApi, budget: MemoryBudget, spawn: Spawn, max_member: int,
+        timer: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.aio = aio
+        self.budget = budget
+        self.spawn = spawn
+        self.max_member = max_member  # bigger members are read in parts, not held
+        self.timer = timer
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        # (bucket, archive) -> (listing index of the last member fetched, run length so far)
+        self._runs: collections.OrderedDict[tuple[str, str], tuple[int, int]] = (
+            collections.OrderedDict())
+        self.started = 0  # streams started (for tests and metrics)
+
+    async def take(self, bucket: str, tree: ArchiveContents, member: Member) -> bytearray | None:
+        """The member's bytes from an archive-order stream, or None: fetch it on your own."""
+        index = tree.order.get(member.path)
+        if index is None or member.path in tree.duplicates:
+            return None
+        key = (bucket, tree.key)
+        stream = self._streams.get(key)
+        if stream is not None and stream.tree is not tree:
+            self._stop(key, stream)  # another version of the archive
+            stream = None
+        if stream is None:
+            if not self._in_order(key, index) or not streamable(tree.key):
+                return None
+            stream = self._start(bucket, tree, index)
+        while True:
+            data = stream.held.pop(member.path, None)
+            if data is not None:
+                stream.held_bytes -= len(data)
+                self.budget.release(len(data))
+                stream.taken = max(stream.taken, index)
+                stream.last_take = self.timer()
+                self._drop_passed(stream)
+                stream.wake_producer()
+                return data
+            if stream.ended or index <= stream.position or index > stream.taken + WINDOW:
+                return None
+            stream.wanted[index] += 1
+            try:
+                await stream.arrived.wait()
+            finally:
+                stream.wanted[index] -= 1
+                if not stream.wanted[index]:
+                    del stream.wanted[index]
+
+    def stop_all(self) -> None:
+        for key, stream in list(self._streams.items()):
+            self._stop(key, stream)
+
+    # ------------------------------------------------------------------ internals
+
+    def _in_order(self, key: tuple[str, str], index: int) -> bool:
+        last, run = self._runs.pop(key, (-2, 0))
+        run = run + 1 if index == last + 1 else 1
+        self._runs[key] = (index, run)
+        if len(self._runs) > _RUNS_KEPT:
+            self._runs.popitem(last=False)
+        return run >= SEQUENTIAL_RUN
+
+    def _start(self, bucket: str, tree: ArchiveContents, first: int) -> _Stream:
+        stream = _Stream(tree, first, self.timer())
+        key = (bucket, tree.key)
+        self._streams[key] = stream
+        self.started += 1
+        self.spawn(lambda: self._produce(bucket, key, stream))
+        return stream
+
+    def _stop(self, key: tuple[str, str], stream: _Stream) -> None:
+        stream.scope.cancel()
+        stream.ended = True
+        if self._streams.get(key) is stream:
+            del self._streams[key]
+        self._release(stream)
+        stream.wake_takers()
+
+    def _release(self, stream: _Stream) -> None:
+        self.budget.release(stream.held_bytes)
+        stream.held.clear()
+        stream.held_bytes = 0
+
+    def _drop_passed(self, stream: _Stream) -> None:
+        """Members the readers went past without taking them will not be asked for."""
+        order = stream.tree.order
+        for path in [p for p in stream.held if order[p] < stream.taken - SLACK]:
+            size = len(stream.held.pop(path))
+            stream.held_bytes -= size
+            self.budget.release(size)
+
+    def _full(self, stream: _Stream) -> bool:
+        return (stream.held_bytes >= HOLD_BYTES or stream.position >= stream.taken + WINDOW)
+
+    def _idle(self, stream: _Stream) -> bool:
+        return self.timer() - stream.last_take > IDLE_SECONDS
+
+    async def _produce(self, bucket: str, key: tuple[str, str], stream: _Stream) -> None:
+        source: MemberStream | None = None
+        what = f"ais://{bucket}/{stream.tree.key}"
+        try:
+            with stream.scope:
+                source = await self.aio.open_member_stream(bucket, stream.tree.key)
+                if source.version != stream.tree.version:
+                    log.debug("%s: version %s, listed %s: not streamed", what, source.version,
+                              stream.tree.version)
+                    return
+                while not self._idle(stream):
+                    if self._full(stream):
+                        if any(i > stream.position for i in stream.wanted):
+                            return  # what is waited for is not where name order says
+                        with trio.move_on_after(IDLE_SECONDS):
+                            await stream.room.wait()
+                        continue
+                    item = await source.next(self.max_member)
+                    if item is None:
+                        break
+                    self._hold(stream, *item)
+                # Read to the end: what is held stays takeable until taken or idle.
+                stream.ended = True
+                stream.wake_takers()
+                while stream.held and not self._idle(stream):
+                    with trio.move_on_after(IDLE_SECONDS):
+                        await stream.room.wait()
+        except errors.AisFsError as exc:
+            log.info("%s: reading the archive in order stopped: %s", what, exc)
+        finally:
+            if source is not None:
+                source.close()
+            self._stop(key, stream)
+
+    def _hold(self, stream: _Stream, path: str, data: bytearray | None, size: int) -> None:
+        index = stream.tree.order.get(path)
+        if index is None:
+            return  # not a member the mount shows
+        stream.position = max(stream.position, index)
+        if (data is not None and path not in stream.held and index >= stream.taken - SLACK
+                and self.budget.try_reserve(size)):
+            stream.held[path] = data
+            stream.held_bytes += size
+        stream.wake_takers()

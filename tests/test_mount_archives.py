@@ -1,0 +1,253 @@
+"""Real mounts with ``--archives expand``: shards (built here with tarfile, zipfile and lz4) shown
+as read-only directories of their members; every check is against the bytes put into AIS."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import random
+import subprocess
+import tarfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import lz4.frame
+import pytest
+
+from .service_util import free_port, metric, scrape
+
+KIB = 1024
+MIB = 1024 * KIB
+FORMATS = [".tar", ".tgz", ".tar.gz", ".tar.lz4", ".zip"]
+MEMBERS = {
+    "000001.jpg": random.Random(1).randbytes(70 * KIB),
+    "000001.cls": b"7\n",
+    "sub/dir/deep.txt": b"deep" * 100,
+    "sub/empty": b"",
+    "sub/other.bin": random.Random(2).randbytes(3 * KIB + 5),
+}
+# With --read-part-size 1M: a member of several read-ahead parts.
+LARGE = random.Random(3).randbytes(5 * MIB + 4321)
+
+
+def shard(ext: str, members: dict[str, bytes]) -> bytes:
+    """An archive of ``members`` in the format its extension names."""
+    buf = io.BytesIO()
+    if ext == ".zip":
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        return buf.getvalue()
+    gz = ext in (".tgz", ".tar.gz")
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            tf.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    return lz4.frame.compress(raw) if ext == ".tar.lz4" else raw
+
+
+def tree_of(root: Path) -> tuple[set[str], set[str]]:
+    """(directories, files) under ``root``, relative."""
+    dirs, files = set(), set()
+    for top, dnames, fnames in os.walk(root):
+        rel = os.path.relpath(top, root)
+        for d in dnames:
+            dirs.add(os.path.normpath(os.path.join(rel, d)))
+        for f in fnames:
+            files.add(os.path.normpath(os.path.join(rel, f)))
+    return dirs, files
+
+
+@pytest.fixture
+def shards(make_bucket):  # type: ignore[no-untyped-def]
+    objects = {f"train/shard{ext}": shard(ext, MEMBERS) for ext in FORMATS}
+    objects["train/big.tar"] = shard(".tar", {"large.bin": LARGE, "small": b"s"})
+    objects["plain.txt"] = b"not an archive"
+    return make_bucket(objects)
+
+
+def expanded(mount, bucket, *args: str, name: str = "mnt"):  # type: ignore[no-untyped-def]
+    return mount(f"ais://{bucket.name}", "--archives", "expand", "--metadata-ttl", "1", *args,
+                 name=name)
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_members_byte_exact(shards, mount, ext: str) -> None:  # type: ignore[no-untyped-def]
+    m = expanded(mount, shards)
+    root = m.path / "train" / f"shard{ext}"
+    assert root.is_dir()
+    dirs, files = tree_of(root)
+    assert files == set(MEMBERS)
+    assert dirs == {"sub", "sub/dir"}
+    for name, data in MEMBERS.items():
+        path = root / name
+        assert path.stat().st_size == len(data), name
+        assert path.read_bytes() == data, name
+    assert sorted(os.listdir(root)) == ["000001.cls", "000001.jpg", "sub"]
+    with open(root / "000001.jpg", "rb") as f:  # seek and read, as Python readers do
+        f.seek(1000)
+        assert f.read(5000) == MEMBERS["000001.jpg"][1000:6000]
+
+
+def test_ls_l_and_the_bucket_view(shards, mount) -> None:  # type: ignore[no-untyped-def]
+    m = expanded(mount, shards)
+    train = m.path / "train"
+    entries = {e.name: e for e in os.scandir(train)}
+    assert set(entries) == {f"shard{ext}" for ext in FORMATS} | {"big.tar"}
+    assert all(e.is_dir() for e in entries.values())
+    assert (m.path / "plain.txt").read_bytes() == b"not an archive"
+    st = (train / "shard.tar" / "000001.jpg").stat()
+    assert abs(st.st_mtime - time.time()) < 600  # the archive's time (AIS lists no member time)
+
+
+def test_large_member_random_offsets(shards, mount) -> None:  # type: ignore[no-untyped-def]
+    m = expanded(mount, shards, "--read-part-size", "1M", "--read-ahead-max", "2M")
+    path = m.path / "train" / "big.tar" / "large.bin"
+    rng = random.Random(5)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(40):
+            off = rng.randrange(len(LARGE))
+            size = rng.choice([1, 4096, 100 * KIB, MIB + 17])
+            assert os.pread(fd, size, off) == LARGE[off:off + size], (off, size)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == LARGE
+
+
+def test_unreadable_archives_are_empty_with_one_log_line(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
+    good = shard(".tar", {"a": random.Random(4).randbytes(20 * KIB), "b": b"b"})
+    bucket = make_bucket({"bad/trunc.tar": good[:3000], "bad/garbage.tgz": b"no" * 500,
+                          "bad/zip.tar": shard(".zip", {"a": b"a"}), "bad/ok.tar": good})
+    m = expanded(mount, bucket)
+    started = time.monotonic()
+    for name in ("trunc.tar", "garbage.tgz", "zip.tar"):
+        path = m.path / "bad" / name
+        assert path.is_dir() and os.listdir(path) == [], name
+        assert os.listdir(path) == []
+        with pytest.raises(FileNotFoundError):
+            (path / "a").read_bytes()
+    assert sorted(os.listdir(m.path / "bad" / "ok.tar")) == ["a", "b"]
+    assert time.monotonic() - started < 10
+    log = m.log()
+    for name in ("trunc.tar", "garbage.tgz", "zip.tar"):
+        lines = [line for line in log.splitlines() if f"bad/{name}: AIS cannot read" in line]
+        assert len(lines) == 1, (name, lines)
+
+
+def test_archive_replaced_while_a_member_is_open(shards, mount) -> None:  # type: ignore[no-untyped-def]
+    m = expanded(mount, shards, "--read-part-size", "1M", "--read-ahead-max", "1M")
+    path = m.path / "train" / "big.tar" / "large.bin"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == LARGE[:4096]
+        newer = random.Random(9).randbytes(len(LARGE))
+        shards.object("train/big.tar").get_writer().put_content(
+            shard(".tar", {"large.bin": newer, "small": b"s"}))
+        time.sleep(1.5)  # past --metadata-ttl: the mount sees the new version
+        with pytest.raises(OSError) as info:
+            os.pread(fd, 4096, 4 * MIB)
+        assert info.value.errno == errno.ESTALE
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == newer  # a new open reads the new version
+    assert "changed while the member was open" in m.log()
+
+
+def test_ten_thousand_members_listed(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
+    names = {f"{i:05d}.cls": str(i).encode() for i in range(10_000)}
+    bucket = make_bucket({"many.tar": shard(".tar", names)})
+    m = expanded(mount, bucket)
+    listed = os.listdir(m.path / "many.tar")
+    assert sorted(listed) == sorted(names)
+    assert (m.path / "many.tar" / "09999.cls").read_bytes() == b"9999"
+
+
+def test_changes_inside_are_refused(shards, mount) -> None:  # type: ignore[no-untyped-def]
+    m = expanded(mount, shards)
+    root = m.path / "train" / "shard.tar"
+    member = root / "000001.cls"
+    attempts: dict[str, Callable[[], object]] = {
+        "create": lambda: (root / "new").write_bytes(b"x"),
+        "mkdir": lambda: (root / "newdir").mkdir(),
+        "unlink": lambda: member.unlink(),
+        "rmdir": lambda: (root / "sub" / "dir").rmdir(),
+        "rename": lambda: member.rename(root / "moved"),
+        "rename out": lambda: member.rename(m.path / "moved"),
+        "open for writing": lambda: open(member, "r+b").close(),
+        "truncate": lambda: os.truncate(member, 0),
+        "utime": lambda: os.utime(member, (0, 0)),
+        "setxattr": lambda: os.setxattr(member, "user.k", b"v"),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EROFS, what
+    assert member.read_bytes() == MEMBERS["000001.cls"]
+    assert shards.object("train/shard.tar").get_reader().read_all() == shard(".tar", MEMBERS)
+    assert "archives are read-only" in m.log()
+
+
+def test_rename_and_delete_the_archive(shards, mount) -> None:  # type: ignore[no-untyped-def]
+    m = expanded(mount, shards)
+    train = m.path / "train"
+    inside = (train / "shard.tgz" / "sub" / "other.bin")
+    assert inside.read_bytes() == MEMBERS["sub/other.bin"]
+    os.rename(train / "shard.tgz", train / "renamed.tgz")
+    assert (train / "renamed.tgz" / "sub" / "other.bin").read_bytes() == MEMBERS["sub/other.bin"]
+    assert not (train / "shard.tgz").exists()
+    names = [o.name for o in shards.list_all_objects(prefix="train/")]
+    assert "train/renamed.tgz" in names and "train/shard.tgz" not in names
+    with pytest.raises(OSError) as info:
+        os.rename(train / "renamed.tgz", train / "renamed.bin")
+    assert info.value.errno == errno.EINVAL
+    os.rmdir(train / "renamed.tgz")
+    assert not (train / "renamed.tgz").exists()
+    names = [o.name for o in shards.list_all_objects(prefix="train/")]
+    assert "train/renamed.tgz" not in names
+
+
+def test_default_mode_is_unchanged(shards, mount) -> None:  # type: ignore[no-untyped-def]
+    m = mount(f"ais://{shards.name}")
+    for ext in FORMATS:
+        path = m.path / "train" / f"shard{ext}"
+        assert path.is_file()
+        assert path.read_bytes() == shards.object(f"train/shard{ext}").get_reader().read_all()
+
+
+def test_both_views_at_once(shards, mount) -> None:  # type: ignore[no-untyped-def]
+    files = mount(f"ais://{shards.name}", name="files")
+    dirs = expanded(mount, shards, name="dirs")
+    raw = (files.path / "train" / "shard.tar").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        for info in tf.getmembers():
+            member = tf.extractfile(info)
+            assert member is not None
+            assert (dirs.path / "train" / "shard.tar" / info.name).read_bytes() == member.read()
+
+
+
+@pytest.mark.parametrize("ext", [".tar", ".tgz"])
+def test_cp_r_in_archive_order_streams_the_archive(  # type: ignore[no-untyped-def]
+    make_bucket, mount, tmp_path: Path, ext: str,
+) -> None:
+    samples = {f"{i:05d}.{kind}": random.Random(i).randbytes(size)
+               for i in range(300) for kind, size in (("jpg", 20 * KIB), ("cls", 3))}
+    bucket = make_bucket({f"shard{ext}": shard(ext, samples)})
+    port = free_port()
+    m = expanded(mount, bucket, "--metrics-addr", f"127.0.0.1:{port}")
+    out = tmp_path / "out"
+    subprocess.run(["cp", "-r", str(m.path / f"shard{ext}"), str(out)], check=True, timeout=120)
+    for name, data in samples.items():
+        assert (out / name).read_bytes() == data, name
+    counts = scrape(port)
+    streamed = metric(counts, "aisfs_backend_requests_total", kind="get_archive")
+    one_by_one = metric(counts, "aisfs_backend_requests_total", kind="get_member")
+    # The first members come one request each, until the run is seen; then one streamed GET.
+    assert streamed == 1 and one_by_one <= 10, (streamed, one_by_one)
