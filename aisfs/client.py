@@ -442,7 +442,7 @@ class AisClient:
         what = f"ais://{bucket}/{key}/{member}"
         try:
             body = self.transport.download(
-                "GET", self._object_url(bucket, key), what, kind="get_member", via=Via.PROXY,
+                "GET", self._object_url(bucket, key), what, kind="get_member", via=Via.READ,
                 params={"provider": "ais", "archpath": member},
             )
         except errors.InvalidRequest as exc:
