@@ -121,6 +121,7 @@ def test_large_member_random_offsets(shards, mount) -> None:  # type: ignore[no-
     assert path.read_bytes() == LARGE
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.archive_view: .*/bad/\S+: AIS cannot read it")
 def test_unreadable_archives_are_empty_with_one_log_line(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
     good = shard(".tar", {"a": random.Random(4).randbytes(20 * KIB), "b": b"b"})
     bucket = make_bucket({"bad/trunc.tar": good[:3000], "bad/garbage.tgz": b"no" * 500,
@@ -141,6 +142,7 @@ def test_unreadable_archives_are_empty_with_one_log_line(make_bucket, mount) -> 
         assert len(lines) == 1, (name, lines)
 
 
+@pytest.mark.expect_log(r"WARNING aisfs\.\w+: .*/big\.tar/large\.bin: the archive changed while")
 def test_archive_replaced_while_a_member_is_open(shards, mount) -> None:  # type: ignore[no-untyped-def]
     m = expanded(mount, shards, "--read-part-size", "1M", "--read-ahead-max", "1M")
     path = m.path / "train" / "big.tar" / "large.bin"
