@@ -86,7 +86,7 @@ def _brief(args: Sequence[Any], data_args: frozenset[int] = frozenset()) -> str:
 
 class KernelAttrs:
     """Drops the kernel's cached attributes of an inode, from a worker thread: inside a handler
-    the notification can deadlock (design-notes §8.30)."""
+    the notification can deadlock (docs/architecture.md, "Threads and the concurrency rules")."""
 
     def __init__(self, aio: AisApi, spawn: Spawn) -> None:
         self.aio = aio

@@ -185,7 +185,7 @@ def tune_kernel(st_dev: int, config: MountConfig) -> None:
     """Raise the kernel's read-ahead and background-request limits for this FUSE connection.
 
     pyfuse3 cannot negotiate them, and the default 128 KiB read-ahead caps Python at ~450 MB/s
-    (design-notes.md); needs root, and only logs where sysfs is read-only.
+    (docs/benchmarks.md, "Reads"); needs root, and only logs where sysfs is read-only.
     """
     major, minor = os.major(st_dev), os.minor(st_dev)
     writes = []
