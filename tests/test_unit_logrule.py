@@ -61,6 +61,12 @@ def test_undeclared_warning_fails_and_declared_one_passes() -> None:
     assert "unexpected error in read(5)" in str(info.value)
     check_daemon_log(DAEMON_LOG, [r"WARNING aisfs\.listing: .*skipped", r"^ERROR .*returning EIO"])
     check_daemon_log("2026-01-02 03:04:05,678 INFO aisfs.mount: mounted\n")
+    # A RELEASE answered after the unmount began (the kernel no longer waits for it):
+    check_daemon_log("2026-01-02 03:04:05,678 ERROR pyfuse3: fuse_release(): fuse_reply_* "
+                     "failed with No such file or directory\n")
+    with pytest.raises(AssertionError):  # any other failed reply is not
+        check_daemon_log("2026-01-02 03:04:05,678 ERROR pyfuse3: fuse_read(): fuse_reply_* "
+                         "failed with No such file or directory\n")
 
 
 def test_traceback_fails_even_when_its_error_is_declared() -> None:
