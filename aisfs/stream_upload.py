@@ -8,8 +8,9 @@ of a multipart upload can be retried without duplicating a byte (see ``client.py
 held until AIS took it, so a reset connection, a timeout or a 5xx costs a retry, not the file.
 
 Continuing an existing object (``O_APPEND``, or writes after an upload of this handle) uses AIS's
-append/flush protocol (docs/architecture.md, "The path of a write"), which copies the object into the session on the
-server; an APPEND is never repeated (it would duplicate bytes), so a failed one fails the file.
+append/flush protocol (docs/architecture.md, "The path of a write"), which copies the object into
+the session on the server; an APPEND is never repeated (it would duplicate bytes), so a failed one
+fails the file.
 An object stored in chunks (what a multipart upload makes) cannot be continued so: AIS v1.5.0's
 APPEND copies only its first chunk. Such an object is continued by a multipart upload whose first
 parts are its own bytes, read back part by part.
