@@ -6,7 +6,14 @@ by concurrent opens) and cached with every entry's attributes once complete, so 
 Other producers fill the same cache: a lookup of a directory fetches the first page of its
 listing (the whole of a small directory's, the start of a big one's for the opendir that
 follows), a tree walk gets many directories' listings from one recursive LIST (``subtree``),
-and names looked up one by one in a directory get it listed in the background.
+and names looked up one by one in a directory get it listed in the background. A listing
+vouches for the absence of a name for the negative metadata TTL only; names missing from an
+older one (a directory being filled: every file's name is looked up before it is created) get
+the directory listed again, once for all of them, instead of one HEAD and LIST each.
+
+Changes made through the mount while a producer fetches are not lost: the producer watches the
+directories it lists (a :class:`Watch`) and replays what was changed there onto what it fetched
+before caching it, so a directory being written to still gets its listing cached.
 
 Concurrency: trio thread only. Producers (a stream's fill, a tree walk's scan, a listing for
 lookups) are tasks of their own (``spawn``); they write only their stream, and the cache once
@@ -14,9 +21,11 @@ complete, with no ``await`` between the staleness check and the write. Changes m
 mount (``set_child``, ``forget``) run in FUSE handlers, synchronously.
 
 Invariants:
-- ``changes`` grows with every change made through the mount to a directory's listing. A
-  producer that does not own a registered stream notes it when it starts and caches what it
-  fetched only if it has not moved since.
+- ``watches`` holds a :class:`Watch` for every producer in flight that does not own a
+  registered stream (a lookup's first page, a listing for lookups, a tree walk's scan); every
+  change made through the mount to a directory it covers is recorded in it (``set_child``), or
+  makes it ``lost`` (a listing dropped: ``forget``, ``forget_under``). A producer caches what it
+  fetched only when its watch is not lost, with the recorded changes replayed onto it.
 - ``streams[d]`` is the stream whose completion is cached as ``d``'s listing, and the one new
   opens of ``d`` join. A change to ``d``, its last reader leaving, or a rename takes it out: then
   it still serves its readers but is not cached. It leaves at the latest when its producer ends.
@@ -24,17 +33,20 @@ Invariants:
   since; the next open of ``d`` takes it (it is popped, so used at most once).
 - A cached ``Listing`` is the directory's truth for the metadata TTL: changes made here update
   it in place (``set_child``), so opens hand out copies of its children.
-- ``background`` holds directories with a listing for lookups in flight; ``cold_lookups`` counts
-  lookups in directories with no cached listing, stream or background listing.
+- ``background`` maps each directory with a listing for lookups in flight to it (one at a time
+  per directory); ``cold_lookups`` counts lookups in directories with no cached listing, stream
+  or background listing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import trio
 
@@ -82,6 +94,54 @@ def parent_of(key: str) -> tuple[str, str]:
     return (head + "/" if head else ""), name
 
 
+@dataclass(eq=False, slots=True)
+class Watch:
+    """The changes made through the mount, since a producer started, to the listing of
+    ``prefix`` (with ``subtree``: of every directory at or below it).
+
+    Invariants: ``changed`` maps (directory, name) to the entry as last changed here, None when
+    removed; ``lost``: a listing it covers was dropped (changed elsewhere, renamed, removed),
+    which cannot be replayed; ``started`` is when the producer started (the namespace's clock).
+    """
+
+    bucket: str
+    prefix: str
+    subtree: bool
+    started: float
+    changed: dict[tuple[str, str], Child | None] = field(default_factory=dict)
+    lost: bool = False
+
+    def covers(self, bucket: str, directory: str) -> bool:
+        return bucket == self.bucket and (
+            directory == self.prefix or (self.subtree and directory.startswith(self.prefix)))
+
+    def replay(self, directory: str, listing: Listing) -> None:
+        """Apply the changes recorded for ``directory`` to its ``listing``."""
+        for (where, name), child in self.changed.items():
+            if where == directory:
+                _put_child(listing, name, child)
+
+
+class _LookupListing:
+    """A listing for lookups in flight: ``answers`` is set once lookups need not wait for it
+    any more (its first page came and more follow; or it ended)."""
+
+    __slots__ = ("answers",)
+
+    def __init__(self) -> None:
+        self.answers = trio.Event()
+
+
+def _put_child(listing: Listing, name: str, child: Child | None) -> None:
+    """Replace (or, with None, remove) the entry ``name`` of ``listing``."""
+    old = listing.by_name.pop(name, None)
+    if old is not None:
+        listing.children.remove(old)
+    if child is not None:
+        listing.by_name[name] = child
+        listing.children.append(child)
+
+
 class Listings:
     def __init__(
         self, aio: AisApi, config: MountConfig, spawn: Spawn, cache: MetadataCache,
@@ -95,11 +155,12 @@ class Listings:
         ttl, neg = config.metadata_ttl, config.negative_metadata_ttl
         self.listings: TtlMap[Listing] = TtlMap(LISTED_ENTRIES, ttl, neg, timer,
                                                 sizeof=lambda listing: len(listing.children) + 1)
+        self.negative_ttl = neg
         self.streams: dict[tuple[str, str], ListingStream] = {}
         self.first_pages: TtlMap[ListPage] = TtlMap(64, ttl, neg, timer)
-        self.changes = 0
+        self.watches: list[Watch] = []
         self.cold_lookups: TtlMap[int] = TtlMap(4096, ttl, neg, timer)
-        self.background: set[tuple[str, str]] = set()
+        self.background: dict[tuple[str, str], _LookupListing] = {}
         self.walks = TreeWalks(self, aio, spawn)
 
     # ------------------------------------------------------------------ the cache
@@ -119,17 +180,37 @@ class Listings:
         child: Child | None = listing.by_name.get(name)
         return child
 
-    def cache_listing(self, bucket: str, prefix: str, entries: list[ListEntry]) -> None:
-        """Cache a directory's complete listing got otherwise than by opening it."""
+    def cache_listing(self, bucket: str, prefix: str, entries: list[ListEntry],
+                      watch: Watch) -> None:
+        """Cache a directory's complete listing got otherwise than by opening it, with the
+        changes made here since ``watch`` started."""
         stream = ListingStream(f"ais://{bucket}/{prefix}", self.local.made_children(bucket, prefix))
         stream.add(prefix, entries)
         stream.finish()
-        self.keep(bucket, prefix, stream.listing)
+        listing = stream.listing
+        watch.replay(prefix, listing)
+        old = self.cached(bucket, prefix)
+        if old is not None:
+            listing.subdirs_listed = old.subdirs_listed  # a tree walk's progress stays
+        self.keep(bucket, prefix, listing, watch.started)
         self.cache.dirs.put((bucket, prefix), True)
 
-    def keep(self, bucket: str, prefix: str, listing: Listing) -> None:
-        listing.fetched_at = self.timer()
+    def keep(self, bucket: str, prefix: str, listing: Listing,
+             fetched_at: float | None = None) -> None:
+        """Cache ``listing``, which shows the cluster as of ``fetched_at`` (default: now)."""
+        listing.fetched_at = self.timer() if fetched_at is None else fetched_at
         self.listings.put((bucket, prefix), listing)
+
+    @contextlib.contextmanager
+    def watching(self, bucket: str, prefix: str, *, subtree: bool = False) -> Iterator[Watch]:
+        """Record the changes made here to ``prefix``'s listing (and, with ``subtree``, to those
+        of the directories below it) while a producer fetches it."""
+        watch = Watch(bucket, prefix, subtree, self.timer())
+        self.watches.append(watch)
+        try:
+            yield watch
+        finally:
+            self.watches.remove(watch)
 
     async def without_empty_dirs(self, bucket: str, entries: list[ListEntry]
                                  ) -> list[ListEntry]:
@@ -183,31 +264,33 @@ class Listings:
         """Update the cached listing of ``key``'s parent in place (when there is one), so that
         changes made here do not cost a new LIST."""
         parent, name = parent_of(key)
-        # A listing in flight, or a first page kept from a lookup, may miss this change.
-        self.changes += 1
+        child = None if remove else Child(name, is_dir, stat)
+        # A stream in flight, or a first page kept from a lookup, may miss this change; other
+        # producers replay it.
+        for watch in self.watches:
+            if watch.covers(bucket, parent):
+                watch.changed[(parent, name)] = child
         self.streams.pop((bucket, parent), None)
         self.first_pages.pop((bucket, parent))
         listing = self.cached(bucket, parent)
-        if listing is None:
-            return
-        old = listing.by_name.pop(name, None)
-        if old is not None:
-            listing.children.remove(old)
-        if not remove:
-            child = Child(name, is_dir, stat)
-            listing.by_name[name] = child
-            listing.children.append(child)
+        if listing is not None:
+            _put_child(listing, name, child)
 
     def forget(self, bucket: str, prefix: str) -> None:
         """Drop what is cached or being fetched of ``prefix``'s listing."""
-        self.changes += 1
+        for watch in self.watches:
+            if watch.covers(bucket, prefix):
+                watch.lost = True
         self.listings.pop((bucket, prefix))
         self.streams.pop((bucket, prefix), None)
         self.first_pages.pop((bucket, prefix))
 
     def forget_under(self, bucket: str, prefixes: tuple[str, ...]) -> None:
         """Drop every listing of a directory at or below one of ``prefixes`` (a rename)."""
-        self.changes += 1
+        for watch in self.watches:
+            if watch.bucket == bucket and (watch.prefix.startswith(prefixes) or (
+                    watch.subtree and any(p.startswith(watch.prefix) for p in prefixes))):
+                watch.lost = True
 
         def under(key: object) -> bool:
             return isinstance(key, tuple) and key[0] == bucket and str(key[1]).startswith(prefixes)
@@ -228,29 +311,31 @@ class Listings:
         AIS lists on-disk directories for a while after their objects are gone, so a recursive
         listing (objects only) decides then.
         """
-        changes = self.changes
-        page = await self.aio.list_objects_page(bucket, prefix, page_size=FIRST_PAGE_SIZE)
-        found = any(not entry.is_dir for entry in page.entries)
-        if not found and page.entries:
-            probe = await self.aio.list_objects_page(bucket, prefix, recursive=True, page_size=1)
-            found = bool(probe.entries)
-        if not found:
-            return False
-        if page.continuation_token:
-            if self.changes == changes:  # else it may miss a change made here meanwhile
-                self.first_pages.put((bucket, prefix), page)
-        else:
-            entries = await self.without_empty_dirs(bucket, page.entries)
-            if self.changes == changes and (bucket, prefix) not in self.streams:
-                self.cache_listing(bucket, prefix, entries)
+        with self.watching(bucket, prefix) as watch:
+            page = await self.aio.list_objects_page(bucket, prefix, page_size=FIRST_PAGE_SIZE)
+            found = any(not entry.is_dir for entry in page.entries)
+            if not found and page.entries:
+                probe = await self.aio.list_objects_page(bucket, prefix, recursive=True,
+                                                         page_size=1)
+                found = bool(probe.entries)
+            if not found:
+                return False
+            if page.continuation_token:
+                # A stream starting from it could not replay a change made here meanwhile.
+                if not watch.changed and not watch.lost:
+                    self.first_pages.put((bucket, prefix), page)
+            else:
+                entries = await self.without_empty_dirs(bucket, page.entries)
+                if not watch.lost and (bucket, prefix) not in self.streams:
+                    self.cache_listing(bucket, prefix, entries, watch)
         return True
 
     # ------------------------------------------------------------------ listings for lookups
 
     def note_cold_lookup(self, bucket: str, prefix: str) -> None:
         """Names looked up one by one in a directory whose listing is not cached (a data loader
-        opening files by path): each costs AIS a HEAD and a LIST. From the third one, the
-        directory's listing is fetched in the background, and the rest are answered from it."""
+        opening files by path, a directory being filled): each costs AIS a HEAD and a LIST. From
+        the third one, the directory is listed for lookups (see ``for_lookups``)."""
         where = (bucket, prefix)
         if where in self.background or where in self.streams:
             return
@@ -258,25 +343,73 @@ class Listings:
         self.cold_lookups.put(where, count)
         if count >= COLD_LOOKUPS_BEFORE_LISTING:
             self.cold_lookups.pop(where)
-            self.background.add(where)
-            self.spawn(functools.partial(self._list_for_lookups, bucket, prefix))
+            self._start_listing_for_lookups(bucket, prefix)
 
-    async def _list_for_lookups(self, bucket: str, prefix: str) -> None:
-        changes = self.changes
+    async def relisted(self, bucket: str, prefix: str, old: Listing) -> Listing | None:
+        """A listing of ``prefix`` that vouches for absent names again, for a name missing from
+        ``old`` (cached, older than the negative TTL): fetched anew, once for all the names
+        looked up meanwhile (a directory being filled looks up every new name before creating
+        it). None when the lookup should ask AIS about its name itself: absent names are never
+        to be believed (no negative TTL), the directory is too big to list again for every
+        negative TTL of lookups, or its new listing takes more than one page (it goes on in the
+        background)."""
+        if self.negative_ttl <= 0 or len(old.children) > LOOKUP_LISTING_LIMIT:
+            return None
+        if (bucket, prefix) not in self.background:
+            self._start_listing_for_lookups(bucket, prefix)
+        if len(old.children) >= FIRST_PAGE_SIZE or not await self.for_lookups(bucket, prefix):
+            return None
+        listing = self.cached(bucket, prefix)
+        if listing is not None and self.timer() - listing.fetched_at < self.negative_ttl:
+            return listing
+        return None
+
+    async def for_lookups(self, bucket: str, prefix: str) -> bool:
+        """When ``prefix`` is being listed for lookups: wait until that answers lookups (after
+        its first page: the whole of a small directory's). Whether a listing of ``prefix`` is
+        cached then."""
+        fetch = self.background.get((bucket, prefix))
+        if fetch is None:
+            return False
+        await fetch.answers.wait()
+        return self.cached(bucket, prefix) is not None
+
+    def _start_listing_for_lookups(self, bucket: str, prefix: str) -> None:
+        fetch = _LookupListing()
+        self.background[(bucket, prefix)] = fetch
+        self.spawn(functools.partial(self._list_for_lookups, bucket, prefix, fetch))
+
+    async def _list_for_lookups(self, bucket: str, prefix: str, fetch: _LookupListing) -> None:
+        """List ``prefix`` (up to LOOKUP_LISTING_LIMIT entries) and cache it, with the changes
+        made here meanwhile. Lookups waiting for it go on after its first page when there are
+        more (asking by name meanwhile), else once it is cached."""
         try:
-            entries = await self.aio.list_all(bucket, prefix, limit=LOOKUP_LISTING_LIMIT)
-            if len(entries) > LOOKUP_LISTING_LIMIT:
-                return
-            entries = await self.without_empty_dirs(bucket, entries)
-            if (self.changes == changes and (bucket, prefix) not in self.streams
-                    and self.cached(bucket, prefix) is None):
-                self.cache_listing(bucket, prefix, entries)
+            with self.watching(bucket, prefix) as watch:
+                entries: list[ListEntry] = []
+                uuid = token = ""
+                page_size = FIRST_PAGE_SIZE
+                while True:
+                    page = await self.aio.list_objects_page(
+                        bucket, prefix, page_size=page_size, uuid=uuid, continuation_token=token)
+                    entries += page.entries
+                    if len(entries) > LOOKUP_LISTING_LIMIT:
+                        return
+                    if not page.continuation_token:
+                        break
+                    fetch.answers.set()
+                    uuid, token, page_size = page.uuid, page.continuation_token, 0
+                entries = await self.without_empty_dirs(bucket, entries)
+                newer = self.cached(bucket, prefix)  # e.g. an opendir's, completed meanwhile
+                if (not watch.lost and (bucket, prefix) not in self.streams
+                        and (newer is None or newer.fetched_at < watch.started)):
+                    self.cache_listing(bucket, prefix, entries, watch)
         except errors.AisFsError as exc:
             log.info("ais://%s/%s: listing for lookups failed: %s", bucket, prefix, exc)
         except Exception:
             log.exception("ais://%s/%s: listing for lookups failed", bucket, prefix)
         finally:
-            self.background.discard((bucket, prefix))
+            del self.background[(bucket, prefix)]
+            fetch.answers.set()
 
     # ------------------------------------------------------------------ open directories
 

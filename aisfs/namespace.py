@@ -194,9 +194,13 @@ class Namespace:
             if child is not None:
                 return child.is_dir, child.stat
             # Missing from the listing: believed for the negative TTL, as a failed lookup is;
-            # later another client may have made it, so AIS is asked.
+            # later another client may have made it, so AIS is asked: by a new listing, for
+            # this name and the next ones missing from it (a directory being filled).
             if self.timer() - listing.fetched_at < self.config.negative_metadata_ttl:
                 raise errors.NotFound("not in listing", 404, f"ais://{bucket}/{prefix}{name}")
+            if await self.dir_listings.relisted(bucket, prefix, listing) is not None:
+                # Anew from the top: the name may have been made here while it was listed.
+                return await self._resolve(bucket, prefix, name)
         key = prefix + name
         dir_known = self.cache.dirs.get((bucket, key + "/"))
         stat_known = self.cache.stats.get((bucket, key))
@@ -208,6 +212,8 @@ class Namespace:
             return False, stat_known
         if listing is None:
             self.dir_listings.note_cold_lookup(bucket, prefix)
+            if await self.dir_listings.for_lookups(bucket, prefix):
+                return await self._resolve(bucket, prefix, name)  # anew, as above
         return await self._probe(bucket, key)
 
     async def _probe(self, bucket: str, key: str) -> tuple[bool, Stat | None]:

@@ -15,9 +15,10 @@ Concurrency: trio thread only (the splitter is pure and synchronous).
 :class:`TreeWalks` spots walks and runs the scans for ``listings``. Invariants: ``scans`` holds
 the scans in flight (each is removed, finished, when its task ends); ``refused`` the buckets
 that refused a recursive listing from a given name (a bucket with a remote backend), which are
-listed one directory at a time from then on. A scan caches a directory's listing only while no
-change was made through the mount since it started (``Listings.changes``) and no stream of that
-directory is in flight.
+listed one directory at a time from then on. A scan caches a directory's listing with the changes
+made through the mount below its prefix since it started replayed (``Listings.watching``), unless
+one of them cannot be replayed (a listing dropped), and only when no stream of that directory is
+in flight.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .aisapi import AisApi, Spawn
 from .objects import ListEntry
 
 if TYPE_CHECKING:
-    from .listings import Listings
+    from .listings import Listings, Watch
 
 log = logging.getLogger(__name__)
 
@@ -159,37 +160,10 @@ class TreeWalks:
 
     async def _scan(self, scan: SubtreeScan) -> None:
         """Run one recursive listing, caching each directory's listing once it is complete."""
-        listings = self.listings
         bucket, prefix = scan.bucket, scan.prefix
-        changes = listings.changes
-        splitter = SubtreeSplitter(prefix)
-        uuid = token = ""
-        page_size, listed = SCAN_FIRST_PAGE, 0
         try:
-            while True:
-                page = await self.aio.list_objects_page(
-                    bucket, prefix, recursive=True, page_size=page_size, uuid=uuid,
-                    continuation_token=token, start_after=scan.start,
-                )
-                if listings.changes != changes:
-                    return  # it may miss a change made here meanwhile: list one by one
-                complete = splitter.feed(page.entries)
-                if not page.continuation_token:
-                    complete += splitter.finish()
-                elif not complete:
-                    # A whole page inside one directory: a big one, better streamed by its own
-                    # listing (its reader stops waiting here); the walk starts another scan
-                    # after it.
-                    return
-                for directory, entries in complete:
-                    if (bucket, directory) not in listings.streams:  # else its own is on the way
-                        listings.cache_listing(bucket, directory, entries)
-                        listings.local.objects_back(bucket, directory)
-                listed += len(page.entries)
-                scan.advance(page.entries[-1].name if page.entries else None)
-                if not page.continuation_token or listed >= SCAN_LIMIT:
-                    return
-                uuid, token, page_size = page.uuid, page.continuation_token, 0
+            with self.listings.watching(bucket, prefix, subtree=True) as watch:
+                await self._scan_pages(scan, watch)
         except errors.AisFsError as exc:
             self.refused.add(bucket)
             log.warning("ais://%s/%s: recursive listing failed (%s); directories of this bucket "
@@ -200,3 +174,33 @@ class TreeWalks:
         finally:
             scan.finish()
             self.scans.remove(scan)
+
+    async def _scan_pages(self, scan: SubtreeScan, watch: Watch) -> None:
+        listings = self.listings
+        bucket, prefix = scan.bucket, scan.prefix
+        splitter = SubtreeSplitter(prefix)
+        uuid = token = ""
+        page_size, listed = SCAN_FIRST_PAGE, 0
+        while True:
+            page = await self.aio.list_objects_page(
+                bucket, prefix, recursive=True, page_size=page_size, uuid=uuid,
+                continuation_token=token, start_after=scan.start,
+            )
+            if watch.lost:
+                return  # a listing below was dropped meanwhile: list one by one
+            complete = splitter.feed(page.entries)
+            if not page.continuation_token:
+                complete += splitter.finish()
+            elif not complete:
+                # A whole page inside one directory: a big one, better streamed by its own
+                # listing (its reader stops waiting here); the walk starts another scan after it.
+                return
+            for directory, entries in complete:
+                if (bucket, directory) not in listings.streams:  # else its own is on the way
+                    listings.cache_listing(bucket, directory, entries, watch)
+                    listings.local.objects_back(bucket, directory)
+            listed += len(page.entries)
+            scan.advance(page.entries[-1].name if page.entries else None)
+            if not page.continuation_token or listed >= SCAN_LIMIT:
+                return
+            uuid, token, page_size = page.uuid, page.continuation_token, 0

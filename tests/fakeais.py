@@ -153,11 +153,11 @@ class FakeAis:
         self.fail_later_pages: errors.AisFsError | None = None
         self.fail_probes: errors.AisFsError | None = None  # recursive pages
         self.fail_scans: errors.AisFsError | None = None  # pages with start_after
-        self.list_all_gate: trio.Event | None = None
-        self.fail_list_all: errors.AisFsError | None = None
         # Pages of (prefix, recursive) are answered with what the bucket held when asked, once
         # the event is set.
         self.held_pages: dict[tuple[str, bool], trio.Event] = {}
+        # Pages of (prefix, recursive) fail with this error (after their hold, if any).
+        self.failed_pages: dict[tuple[str, bool], errors.AisFsError] = {}
         # ---- knobs: ranged GETs
         self.range_delay: Callable[[int, int], float] | None = None  # (start, length) -> s
         self.range_gates: dict[int, trio.Event] | None = None  # start -> gate, when gating is on
@@ -311,6 +311,8 @@ class FakeAis:
         token = listed[end - 1][0].name if end < len(listed) else ""
         if (prefix, recursive) in self.held_pages:
             await self.held_pages[(prefix, recursive)].wait()
+        if (prefix, recursive) in self.failed_pages:
+            raise self.failed_pages[(prefix, recursive)]
         raw = [as_json(e, c) for e, c in listed[start:end]]
         if not convert:
             return ListPage([], "u", token, raw)
@@ -319,10 +321,6 @@ class FakeAis:
     async def list_all(self, bucket: str, prefix: str, *, recursive: bool = False,
                        limit: int | None = None) -> list[ListEntry]:
         self._enter("list_all")
-        if self.list_all_gate is not None:
-            await self.list_all_gate.wait()
-        if self.fail_list_all is not None:
-            raise self.fail_list_all
         self._check_bucket(bucket)
         entries = list_entries(as_json(e, c) for e, c in self._listing(bucket, prefix, recursive))
         return entries[: limit + 1] if limit is not None else entries

@@ -20,7 +20,7 @@ from aisfs.objects import ListEntry
 from aisfs.subtree import SubtreeSplitter
 
 from .fakeais import STORED_NS, FakeAis
-from .namespace_util import drain, list_dir, listing, make_ns, names
+from .namespace_util import FakeTimer, drain, list_dir, listing, make_ns, names
 
 # ---------------------------------------------------------------------- listings
 
@@ -327,7 +327,7 @@ async def test_a_tree_walk_lists_the_rest_of_the_tree_recursively() -> None:
     assert not ns.dir_listings.walks.scans
 
 
-async def test_a_tree_walk_does_not_believe_a_listing_made_during_a_change() -> None:
+async def test_a_tree_walk_replays_a_change_made_here_during_its_scan() -> None:
     fake = FakeAis(dict(TREE))
     ns, _ = make_ns(fake)
     fake.held_pages[("t/", True)] = gate = trio.Event()
@@ -343,6 +343,27 @@ async def test_a_tree_walk_does_not_believe_a_listing_made_during_a_change() -> 
         assert [scan.prefix for scan in ns.dir_listings.walks.scans] == ["t/"]
         fake.store("t/d3/s1/new", 1)
         ns.note_written("b", "t/d3/s1/new", 1, 1, "1")  # written here meanwhile
+        gate.set()
+    assert ("new", False) in result["t/d3/s1/"]
+    # The scan went on, with the change replayed: as many requests as a walk with no change.
+    assert fake.calls == Counter({"list": 4, "probe": 2})
+    assert result == await walk_one_by_one(fake)
+
+
+async def test_a_tree_walk_stops_believing_its_scan_when_a_listing_below_is_dropped() -> None:
+    fake = FakeAis(dict(TREE))
+    ns, _ = make_ns(fake)
+    fake.held_pages[("t/", True)] = gate = trio.Event()
+    result: dict[str, list[tuple[str, bool]]] = {}
+
+    async def run() -> None:
+        result.update(await walk(ns, ns.root))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        fake.store("t/d3/s1/new", 1)
+        ns.invalidate("b", "t/d3/s1/new")  # found changed by another client meanwhile
         gate.set()
     assert ("new", False) in result["t/d3/s1/"]
     assert result == await walk_one_by_one(fake)
@@ -409,11 +430,14 @@ async def cold_lookups(ns: Namespace, names: list[str]) -> Inode:
 
 async def test_lookups_by_name_in_a_big_directory_get_it_listed() -> None:
     fake = FakeAis(dict(BIG))
-    fake.list_all_gate = gate = trio.Event()
+    fake.later_pages_gate = gate = trio.Event()
     ns, _ = make_ns(fake)
     d = await cold_lookups(ns, ["0001", "0002", "0003"])
     assert fake.calls["head_object"] == 1 + 3  # d itself, then each name
-    assert fake.calls["list_all"] == 1  # from the third one on, in the background
+    # From the third one on, d/ is listed: its first page is not all of it, so the third name
+    # was asked by name meanwhile; the rest comes in the background.
+    assert ("page", "b", "d/", "False", "1000") in fake.log[-4:]
+    assert ns.listings.get(("b", "d/")) is None and ns.dir_listings.background
     gate.set()
     await trio.testing.wait_all_tasks_blocked()
     assert isinstance(ns.listings.get(("b", "d/")), Listing)
@@ -424,6 +448,29 @@ async def test_lookups_by_name_in_a_big_directory_get_it_listed() -> None:
     with pytest.raises(errors.NotFound):
         await ns.lookup(d, "nope")
     assert fake.calls == calls  # from the listing
+
+
+async def test_lookups_by_name_in_a_small_directory_wait_for_its_listing() -> None:
+    objects: dict[str, int | bytes] = {f"d/{i:04}": 1 for i in range(100)}
+    fake = FakeAis(objects | {"d/sub/x": 1})
+    ns, _ = make_ns(fake, neg=1.0)
+    ns.dir_listings.first_pages.clear()
+    d = ns.table.child(ns.root, "b", "d/", Kind.DIR)  # known, not looked up: d/ not listed
+    for name in ("n1", "n2"):
+        with pytest.raises(errors.NotFound):
+            await ns.lookup(d, name)
+    assert fake.calls == Counter({"head_object": 2, "list": 2})  # each asked by name
+    fake.calls.clear()
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(d, "n3")  # lists d/ (one page) and waits for it
+    _, st = await ns.lookup(d, "0042")
+    assert st is not None and st.size == 1
+    sub, _ = await ns.lookup(d, "sub")
+    assert sub.is_dir
+    for i in range(4, 50):
+        with pytest.raises(errors.NotFound):
+            await ns.lookup(d, f"n{i}")
+    assert fake.calls == Counter({"list": 1})
 
 
 async def test_two_lookups_by_name_do_not_list_and_a_huge_directory_is_not_listed(
@@ -439,27 +486,163 @@ async def test_two_lookups_by_name_do_not_list_and_a_huge_directory_is_not_liste
     assert not ns.dir_listings.background
 
 
-async def test_a_listing_for_lookups_made_during_a_change_is_not_cached() -> None:
+async def test_a_listing_for_lookups_made_during_changes_is_cached_with_them() -> None:
     fake = FakeAis(dict(BIG))
-    fake.list_all_gate = gate = trio.Event()
+    fake.later_pages_gate = gate = trio.Event()
     ns, _ = make_ns(fake)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(cold_lookups, ns, ["0001", "0002", "0003"])
-        await trio.testing.wait_all_tasks_blocked()
-        assert ns.dir_listings.background == {("b", "d/")}
-        ns.note_written("b", "d/new", 5, 1, "1")  # meanwhile, through the mount
-        gate.set()
+    d = await cold_lookups(ns, ["0001", "0002", "0003"])
+    assert set(ns.dir_listings.background) == {("b", "d/")}
+    # Meanwhile, through the mount: one file written (the listing may or may not have it),
+    # one removed, and a file written in another directory.
+    ns.note_written("b", "d/new", 5, 1, "7")
+    await ns.remove_file(d, "0004", pending=False)
+    ns.note_written("b", "elsewhere", 1, 1, "1")
+    gate.set()
     await trio.testing.wait_all_tasks_blocked()
     assert not ns.dir_listings.background  # done
+    cached = ns.listings.get(("b", "d/"))
+    assert isinstance(cached, Listing)
+    assert cached.by_name["new"].stat == Stat(5, 1, "7") and "0004" not in cached.by_name
+    assert len(cached.children) == 1500
+    calls = fake.calls.copy()
+    _, st = await ns.lookup(d, "new")
+    assert st == Stat(5, 1, "7")
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(d, "0004")
+    assert fake.calls == calls  # from the listing
+
+
+async def test_a_listing_for_lookups_is_not_cached_when_the_directory_was_dropped_meanwhile(
+) -> None:
+    fake = FakeAis(dict(BIG))
+    fake.later_pages_gate = gate = trio.Event()
+    ns, _ = make_ns(fake)
+    await cold_lookups(ns, ["0001", "0002", "0003"])
+    assert ns.dir_listings.background
+    ns.invalidate("b", "d/0001")  # e.g. found changed by another client meanwhile
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not ns.dir_listings.background and not ns.dir_listings.watches
     assert ns.listings.get(("b", "d/")) is None
 
 
 async def test_a_failed_listing_for_lookups_leaves_lookups_going_to_ais() -> None:
     fake = FakeAis(dict(BIG))
-    fake.fail_list_all = errors.Transient("connection reset", 0, "ais://b/d/")
+    fake.fail_later_pages = errors.Transient("connection reset", 0, "ais://b/d/")
     ns, _ = make_ns(fake)
     d = await cold_lookups(ns, ["0001", "0002", "0003"])
-    assert fake.calls["list_all"] == 1 and not ns.dir_listings.background
+    assert not ns.dir_listings.background and ns.listings.get(("b", "d/")) is None
     heads = fake.calls["head_object"]
     _, st = await ns.lookup(d, "0004")
     assert st is not None and fake.calls["head_object"] == heads + 1
+
+
+# ---------------------------------------------------------------------- a directory being filled
+
+
+async def filled_dir(fake: FakeAis, neg: float = 1.0) -> tuple[Namespace, Inode, FakeTimer]:
+    """A namespace whose listing of d/ is cached and older than the negative TTL."""
+    ns, timer = make_ns(fake, ttl=5.0, neg=neg)
+    d, _ = await ns.lookup(ns.root, "d")
+    assert isinstance(ns.listings.get(("b", "d/")), Listing)
+    timer.now += 1.5
+    fake.calls.clear()
+    return ns, d, timer
+
+
+async def test_names_missing_from_an_old_listing_are_answered_by_one_new_listing() -> None:
+    fake = FakeAis({"d/a": 1})
+    ns, d, timer = await filled_dir(fake)
+    fake.held_pages[("d/", False)] = gate = trio.Event()
+    missing: list[str] = []
+
+    async def look(name: str) -> None:
+        with pytest.raises(errors.NotFound):
+            await ns.lookup(d, name)
+        missing.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):  # e.g. five writers
+            nursery.start_soon(look, f"n{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        assert fake.calls == Counter({"list": 1}) and not missing
+        gate.set()
+    assert len(missing) == 5 and fake.calls == Counter({"list": 1})
+    for i in range(5, 50):  # within the negative TTL of the new listing: nothing asked
+        with pytest.raises(errors.NotFound):
+            await ns.lookup(d, f"n{i}")
+    fake.store("d/elsewhere", 3)  # made by another client
+    timer.now += 1.5
+    _, st = await ns.lookup(d, "elsewhere")  # the next listing has it
+    assert st is not None and st.size == 3
+    assert fake.calls == Counter({"list": 2})
+
+
+async def test_a_name_made_here_while_its_directory_is_listed_again_is_found() -> None:
+    fake = FakeAis({"d/a": 1})
+    ns, d, _ = await filled_dir(fake)
+    fake.held_pages[("d/", False)] = gate = trio.Event()
+    found: list[Stat | None] = []
+
+    async def look() -> None:
+        found.append((await ns.lookup(d, "new"))[1])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(look)
+        await trio.testing.wait_all_tasks_blocked()
+        fake.store("d/new", 5)
+        ns.note_written("b", "d/new", 5, 1, "1")  # uploaded here while the listing ran
+        gate.set()
+    assert found == [Stat(5, 1, "1")]
+    assert fake.calls == Counter({"list": 1})
+
+
+async def test_a_bigger_directory_is_listed_again_in_the_background(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeAis({f"d/{i}": 1 for i in range(5)})
+    ns, d, _ = await filled_dir(fake)
+    monkeypatch.setattr("aisfs.listings.FIRST_PAGE_SIZE", 2)  # d/ is more than one page now
+    fake.held_pages[("d/", False)] = gate = trio.Event()
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(d, "new")  # not waiting for the listing: asked by name meanwhile
+    assert fake.calls == Counter({"head_object": 1, "list": 2})  # new, new/ and d/'s first page
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    calls = fake.calls.copy()
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(d, "newer")
+    assert fake.calls == calls  # from the new listing
+
+
+async def test_a_directory_too_big_to_list_for_lookups_is_not_listed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("aisfs.listings.LOOKUP_LISTING_LIMIT", 4)
+    fake = FakeAis({f"d/{i}": 1 for i in range(5)})
+    ns, d, _ = await filled_dir(fake)
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(d, "new")
+    await trio.testing.wait_all_tasks_blocked()
+    assert fake.calls == Counter({"head_object": 1, "list": 1})
+
+
+async def test_without_negative_ttl_a_directory_is_not_listed_again_for_lookups() -> None:
+    fake = FakeAis({"d/a": 1})
+    ns, d, _ = await filled_dir(fake, neg=0.0)
+    for _ in range(2):
+        with pytest.raises(errors.NotFound):
+            await ns.lookup(d, "new")
+    await trio.testing.wait_all_tasks_blocked()
+    assert fake.calls == Counter({"head_object": 2, "list": 2})
+
+
+async def test_a_failed_new_listing_leaves_the_lookup_asking_by_name() -> None:
+    fake = FakeAis({"d/a": 1})
+    ns, d, _ = await filled_dir(fake)
+    fake.failed_pages[("d/", False)] = errors.Transient("connection reset", 0, "ais://b/d/")
+    fake.store("d/new", 2)
+    _, st = await ns.lookup(d, "new")
+    assert st is not None and st.size == 2
+    assert fake.calls == Counter({"head_object": 1, "list": 2})  # d/ (failed), then new/
+    assert not ns.dir_listings.background and not ns.dir_listings.watches

@@ -61,7 +61,15 @@ async def test_a_name_missing_from_a_listing_is_believed_missing_for_the_negativ
     _, st = await ns.lookup(ns.root, "new")
     assert st is not None and st.size == 3
     await ns.lookup(ns.root, "a")  # names in the listing are still answered by it
-    assert fake.calls["head_object"] == 1
+    # AIS was asked by listing the directory again: it answers the next names too.
+    assert fake.calls == Counter({"list": 2})
+    fake.store("newer", 4)
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(ns.root, "newer")
+    timer.now += 1.5
+    _, st = await ns.lookup(ns.root, "newer")
+    assert st is not None and st.size == 4
+    assert fake.calls == Counter({"list": 3})
 
 
 async def test_lookup_without_listing_heads_and_lists_a_first_page() -> None:
@@ -129,7 +137,24 @@ async def test_a_lookup_of_a_small_directory_caches_its_listing() -> None:
     assert fake.calls == calls  # all from the listing
 
 
-async def test_a_lookup_does_not_cache_a_listing_made_during_a_change() -> None:
+async def test_a_lookup_caches_a_listing_made_during_a_change_with_the_change() -> None:
+    fake = FakeAis({"d/x": 1})
+    fake.held_pages[("d/", False)] = gate = trio.Event()
+    ns, _ = make_ns(fake)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ns.lookup, ns.root, "d")
+        await trio.testing.wait_all_tasks_blocked()
+        ns.note_written("b", "d/new", 5, 1, "1")  # written here while the page was on its way
+        gate.set()
+    cached = ns.listings.get(("b", "d/"))
+    assert isinstance(cached, Listing) and names(cached.children) == [("x", False), ("new", False)]
+    calls = fake.calls.copy()
+    _, st = await ns.lookup(ns.table.child(ns.root, "b", "d/", Kind.DIR), "new")
+    assert st is not None and st.size == 5
+    assert fake.calls == calls
+
+
+async def test_a_lookup_does_not_cache_a_listing_dropped_meanwhile() -> None:
     fake = FakeAis({"d/x": 1})
     fake.held_pages[("d/", False)] = gate = trio.Event()
     ns, _ = make_ns(fake)
@@ -137,7 +162,7 @@ async def test_a_lookup_does_not_cache_a_listing_made_during_a_change() -> None:
         nursery.start_soon(ns.lookup, ns.root, "d")
         await trio.testing.wait_all_tasks_blocked()
         fake.store("d/new", 5)
-        ns.note_written("b", "d/new", 5, 1, "1")  # written here while the page was on its way
+        ns.invalidate("b", "d/new")  # changed elsewhere while the page was on its way
         gate.set()
     assert ns.listings.get(("b", "d/")) is None
     _, st = await ns.lookup(ns.table.child(ns.root, "b", "d/", Kind.DIR), "new")
@@ -198,7 +223,7 @@ async def test_no_negative_caching_when_ttl_zero() -> None:
         with pytest.raises(errors.NotFound):
             await ns.lookup(ns.root, "nope")
     assert fake.calls["head_object"] == 3
-    assert fake.calls["list"] == 3
+    assert fake.calls["list"] == 3 + 1  # each name's own; the directory's, from the third
 
 
 async def test_concurrent_lookups_share_one_head() -> None:
@@ -216,7 +241,8 @@ async def test_concurrent_lookups_share_one_head() -> None:
         await trio.testing.wait_all_tasks_blocked()
         fake.gate.set()
     assert fake.calls["head_object"] == 1
-    assert fake.calls["list"] == 1
+    # The name's own listing, and (three lookups in the directory) the directory's.
+    assert fake.calls["list"] == 2
     assert len({id(i) for i, _ in found}) == 1
 
 
