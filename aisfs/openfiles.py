@@ -382,9 +382,12 @@ class OpenFiles:
             self._pins.pop(node.ino, None)
             self.kernel.forget_attrs(node.ino)
             if handle.reader is not None:
-                # This handle's reader must follow the object it just replaced.
+                # This handle's reader must follow the object it just replaced: the PUT's answer
+                # names its version (a FLUSH's does not: then AIS is asked).
                 handle.reader.close()
-                handle.reader = self._reader(node, await self.ns.fresh_stat(node))
+                st = (Stat(done.size, done.mtime_ns, done.version) if done.version
+                      else await self.ns.fresh_stat(node))
+                handle.reader = self._reader(node, st)
 
     # ------------------------------------------------------------------ names
 

@@ -8,6 +8,7 @@ fetched again at most once per negative metadata TTL, not by a HEAD and a LIST e
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import random
@@ -141,5 +142,41 @@ def test_tar_x_of_small_files_costs_one_put_each(  # type: ignore[no-untyped-def
     # Each directory listed again at most once per negative TTL; nothing asked by name.
     assert sent.pop("head_object", 0) == 0, sent
     assert sent.pop("list_objects", 0) <= 4 * relists(elapsed), (sent, elapsed)
+    assert not {k: v for k, v in sent.items() if v}, f"unexpected requests: {sent}"
+    check_in_ais(bucket, files)
+
+
+def test_result_files_written_by_a_job_cost_one_put_each(  # type: ignore[no-untyped-def]
+    make_bucket, mount
+) -> None:
+    """A job writing result files from 4 threads, some opened for reading too ("w+", "wb+"):
+    one PUT per file and no HEAD after it (the PUT's answer gives what the file's reader and
+    attributes need); each file reads back what was written, and stat shows its size."""
+    files = {f"results/r{i:03}.out": f"result {i}\n".encode() * (i % 7) for i in range(120)}
+    bucket = make_bucket()
+    m, requests = counted_mount(mount, bucket)
+    (m.path / "results").mkdir()
+    time.sleep(NEGATIVE_TTL * 1.2)
+    made = requests.since()
+
+    def write(key: str) -> None:
+        mode = "wb+" if int(key[-7:-4]) % 2 else "wb"
+        with open(m.path / key, mode) as f:
+            f.write(files[key])
+        assert os.stat(m.path / key).st_size == len(files[key])
+        assert (m.path / key).read_bytes() == files[key]
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, files))
+    elapsed = time.monotonic() - started
+    sent = requests.since()
+    for kind, count in made.items():
+        sent[kind] -= count
+    assert sent.pop("put_object") == len(files), sent
+    assert sent.pop("head_object", 0) == 0, sent
+    assert sent.pop("list_objects", 0) <= relists(elapsed), (sent, elapsed)
+    # Reading a file back fetches it (empty files need no GET).
+    assert sent.pop("get_range", 0) <= len(files), sent
     assert not {k: v for k, v in sent.items() if v}, f"unexpected requests: {sent}"
     check_in_ais(bucket, files)

@@ -383,6 +383,27 @@ async def test_write_only_handles_bypass_the_page_cache(opsf, make_bucket) -> No
             await ops.release(fi.fh)
 
 
+async def test_a_file_created_read_write_is_one_put_and_reads_back_without_a_head(  # type: ignore[no-untyped-def]
+    opsf, make_bucket
+) -> None:
+    """open("wb+"): the upload at flush is one PUT, whose answer (size, version) is what the
+    handle's reader and the file's attributes need: no HEAD after it, even in a directory whose
+    listing is not cached."""
+    bucket = make_bucket()
+    async with opsf(f"ais://{bucket.name}") as ops:
+        assert isinstance(ops.files.aio, AsyncAis)
+        ops.files.aio.client.transport.observer = seen = RecordingObserver()
+        fi, attr = await ops.create(ROOT_INODE, b"r.out", 0o644, os.O_RDWR, CTX)
+        await ops.write(fi.fh, 0, b"result")
+        await ops.flush(fi.fh)
+        assert seen.requests == ["put_object"]
+        assert await ops.read(fi.fh, 0, 100) == b"result"
+        assert (await ops.getattr(attr.st_ino, CTX)).st_size == 6
+        await ops.release(fi.fh)
+        assert "head_object" not in seen.requests
+        assert bucket.object("r.out").get_reader().read_all() == b"result"
+
+
 async def test_a_write_during_a_flush_waits_for_it(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
     """A small write at the end skips the writer's lock (and so trio's scheduler), but not
     while a flush holds it: the flush's upload would otherwise drop bytes that arrive during it."""
