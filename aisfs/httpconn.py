@@ -38,6 +38,8 @@ import requests.structures
 BLOCK_SIZE = 256 * 1024
 REDIRECTS = (301, 302, 307, 308)
 MAX_REDIRECTS = 5
+# An answer closed with at most this much body unread is read to its end to keep its connection.
+DRAIN_MAX = 16 * 1024
 
 
 class Connections:
@@ -208,6 +210,17 @@ class _Raw:
                 conn.close()
 
     def close(self) -> None:
+        """Done with the answer: a short unread rest (a redirect's or an error's text) is read
+        so that the connection serves the next request; anything longer closes it."""
+        rest = self._fp.length
+        if self._conn is not None and rest is not None and rest <= DRAIN_MAX:
+            try:
+                self._fp.read()
+            except (OSError, http.client.HTTPException):
+                pass
+        if self._fp.isclosed():
+            self.release_conn()
+            return
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
