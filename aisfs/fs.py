@@ -184,7 +184,7 @@ class Operations(pyfuse3.Operations):
             inode, st = self._inode(parent.parent), None
         else:
             try:
-                inode, st = await self.ns.lookup(parent, os.fsdecode(name))
+                inode, st = await self.ns.lookup(parent, self._existing_name(name))
             except errors.NotFound:
                 if self.config.negative_metadata_ttl > 0:
                     return self._negative_entry()
@@ -270,6 +270,25 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache,
                                 direct_io=bool(flags & os.O_WRONLY))
 
+    @staticmethod
+    def _existing_name(name: bytes) -> str:
+        """The name of an entry to find: one that is not UTF-8 names nothing (AIS's object
+        names are UTF-8, and so are the names this mount makes): ENOENT, logged at INFO."""
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            exc = errors.PosixError(errno.ENOENT, f"name {name!r} is not UTF-8: no such object")
+            exc.log_level = logging.INFO
+            raise exc from None
+
+    @staticmethod
+    def _xattr_name(name: bytes, err: int) -> str:
+        """An xattr name; one that is not UTF-8 cannot be a custom-metadata key: ``err``."""
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(err) from None
+
     def _name(self, name: bytes) -> str:
         try:
             text = name.decode("utf-8")
@@ -328,7 +347,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.files.unlink(self._inode(parent_inode), os.fsdecode(name))
+        await self.files.unlink(self._inode(parent_inode), self._existing_name(name))
 
     @handler
     async def mkdir(
@@ -341,7 +360,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.ns.remove_dir(self._inode(parent_inode), os.fsdecode(name))
+        await self.ns.remove_dir(self._inode(parent_inode), self._existing_name(name))
 
     @handler
     async def rename(
@@ -351,7 +370,8 @@ class Operations(pyfuse3.Operations):
         old_parent = self._inode(parent_inode_old)
         new_parent = self._inode(parent_inode_new)
         new_name = self._name(name_new)
-        await self.files.rename(old_parent, os.fsdecode(name_old), new_parent, new_name, flags)
+        await self.files.rename(old_parent, self._existing_name(name_old), new_parent, new_name,
+                                flags)
 
     @handler
     async def symlink(
@@ -381,7 +401,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        text = os.fsdecode(name)
+        text = self._xattr_name(name, pyfuse3.ENOATTR)
         if text.startswith(xattrs.LOCAL_NAMESPACES):
             # Answered here, without a network call. ENOTSUP rather than ENODATA: ls(1) then
             # remembers that this filesystem has no SELinux labels or ACLs and stops asking for
@@ -415,7 +435,7 @@ class Operations(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         node = self._inode(inode)
-        key = xattrs.custom_key(os.fsdecode(name))
+        key = xattrs.custom_key(self._xattr_name(name, errno.EINVAL))
         self.ns.refuse_in_archive(node, "setxattr")
         if node.is_dir:
             raise errors.PosixError(errno.EOPNOTSUPP, "directories have no object to hold xattrs")
@@ -424,7 +444,7 @@ class Operations(pyfuse3.Operations):
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self._inode(inode)
-        text = os.fsdecode(name)
+        text = self._xattr_name(name, pyfuse3.ENOATTR)
         if text.startswith(xattrs.LOCAL_NAMESPACES):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self.ns.refuse_in_archive(node, "removexattr")
