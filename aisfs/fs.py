@@ -85,8 +85,9 @@ def _brief(args: Sequence[Any], data_args: frozenset[int] = frozenset()) -> str:
 
 
 class KernelAttrs:
-    """Drops the kernel's cached attributes of an inode, from a worker thread: inside a handler
-    the notification can deadlock (docs/architecture.md, "Threads and the concurrency rules")."""
+    """Drops the kernel's cached attributes of an inode, or a name, from a worker thread:
+    inside a handler the notification can deadlock (docs/architecture.md, "Threads and the
+    concurrency rules")."""
 
     def __init__(self, aio: AisApi, spawn: Spawn) -> None:
         self.aio = aio
@@ -100,6 +101,16 @@ class KernelAttrs:
                 )
             except OSError as exc:
                 log.debug("invalidate_inode(%d): %s", ino, exc)
+
+        self.spawn(invalidate)
+
+    def forget_entry(self, parent_ino: int, name: str) -> None:
+        async def invalidate() -> None:
+            try:
+                await self.aio.run_blocking(lambda: pyfuse3.invalidate_entry(
+                    pyfuse3.InodeT(parent_ino), os.fsencode(name)))
+            except OSError as exc:
+                log.debug("invalidate_entry(%d, %r): %s", parent_ino, name, exc)
 
         self.spawn(invalidate)
 

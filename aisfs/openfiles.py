@@ -51,6 +51,11 @@ class KernelCache(Protocol):
         """Drop the cached attributes of ``ino`` soon (never blocks, never raises)."""
         ...
 
+    def forget_entry(self, parent_ino: int, name: str) -> None:
+        """Drop the cached entry ``name`` of directory ``parent_ino`` soon (never blocks,
+        never raises)."""
+        ...
+
 
 class OpenFiles:
     """Invariants: ``_handles`` maps every open fh (never reused) to its handle; every file
@@ -80,6 +85,9 @@ class OpenFiles:
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_fh = 1
         self._pins: dict[int, tuple[str, int]] = {}
+        # Files created here that AIS may not hold yet (no upload of theirs succeeded): the
+        # kernel knows their names from the create, whatever became of the upload.
+        self._created: set[int] = set()
 
     # ------------------------------------------------------------------ handle table
 
@@ -109,6 +117,7 @@ class OpenFiles:
         self.table.drop_if_unused(node)
         if node.ino not in self.table.by_ino:
             self._pins.pop(node.ino, None)  # the kernel's pages of it are gone
+            self._created.discard(node.ino)
 
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped ``count`` references to ``ino`` (never raises)."""
@@ -229,12 +238,20 @@ class OpenFiles:
             raise errors.PosixError(errno.EROFS, "read-only mount")
         await self._upload_writers(node)  # a reader must see what other handles wrote
         written = self.written_stat(node)
-        st = written if written is not None else (
-            await self.ns.object_stat(node.bucket, node.key))
+        exists = True
+        try:
+            st = written if written is not None else (
+                await self.ns.object_stat(node.bucket, node.key))
+        except errors.NotFound:
+            if not (writing and node.ino in self._created):
+                raise
+            # Created here, its upload failed: the kernel still has the name (and passes no
+            # O_CREAT on), the user is creating it again (`>` after a failed close).
+            st, exists = Stat(0, time.time_ns()), False
         handle = FileHandle(node)
         if writing:
-            handle.writer = self._writer(node, exists=True, size=st.size,
-                                         truncate=bool(flags & os.O_TRUNC))
+            handle.writer = self._writer(node, exists=exists, size=st.size,
+                                         truncate=bool(flags & os.O_TRUNC) or not exists)
             self.writers.add(handle)
         if not flags & os.O_WRONLY:
             handle.reader = self._reader(node, st)
@@ -285,6 +302,7 @@ class OpenFiles:
             size=known.size if isinstance(known, Stat) else 0, truncate=True,
         )
         self.writers.add(handle)
+        self._created.add(node.ino)
         self.ns.stats.pop((node.bucket, key))
         if not flags & os.O_WRONLY:
             handle.reader = self._reader(node, Stat(0, time.time_ns()))
@@ -376,8 +394,16 @@ class OpenFiles:
         if writer is None:
             return
         node = handle.inode
-        done = await writer.flush()
+        try:
+            done = await writer.flush()
+        except errors.AisFsError:
+            if node.ino in self._created:
+                # AIS may have no object under the name: the kernel forgets it (a lookup asks
+                # again), and an open it still makes of it creates it (see ``open``).
+                self.kernel.forget_entry(node.parent, node.key.rpartition("/")[2])
+            raise
         if done is not None and not writer.discarded:
+            self._created.discard(node.ino)
             self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
             self._pins.pop(node.ino, None)
             self.kernel.forget_attrs(node.ino)
