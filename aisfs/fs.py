@@ -210,7 +210,10 @@ class Operations(pyfuse3.Operations):
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        return self.make_attr(node, await self.files.stat(node))
+        attr = self.make_attr(node, await self.files.stat(node))
+        if self.files.unlinked(node):
+            attr.st_nlink = 0  # type: ignore[assignment]
+        return attr
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:

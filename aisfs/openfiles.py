@@ -13,6 +13,10 @@ and namespace. The rules kept here:
   (version, size) it had at the previous open; any change made here drops the pin.
 - Bytes being written under a name are uploaded before the name is renamed; an unlinked file's
   writers upload nothing.
+- An unlinked file stays readable through the handles open on it (POSIX's nlink 0): before the
+  object is deleted, its bytes are copied into the spill area, and those handles read them from
+  there until the last one closes (no copy when the spill area cannot hold them: the handles'
+  reads then fail, as the object is gone).
 
 Concurrency: trio thread only, in the FUSE handlers' tasks; every ``await`` may let other
 handlers run, so handles and pins are changed only with no ``await`` between the check and the
@@ -23,6 +27,8 @@ thread (``open_handles``, ``buffered_bytes``: one C-level copy, see ``mount.py``
 from __future__ import annotations
 
 import errno
+import functools
+import logging
 import os
 import time
 from typing import Protocol
@@ -40,9 +46,10 @@ from .member_reader import MemberReader
 from .namespace import Namespace
 from .objects import MTIME_KEY, ObjectProps
 from .reader import BufferPool, ObjectReader
-from .spill import SpillArea
+from .spill import SpillArea, SpillFile
 from .writer import ObjectWriter
 
+log = logging.getLogger(__name__)
 
 class KernelCache(Protocol):
     """The kernel's caches, as the FUSE adapter reaches them."""
@@ -88,6 +95,8 @@ class OpenFiles:
         # Files created here that AIS may not hold yet (no upload of theirs succeeded): the
         # kernel knows their names from the create, whatever became of the upload.
         self._created: set[int] = set()
+        # Unlinked files still open for reading: their bytes, and their attributes then.
+        self._kept: dict[int, tuple[SpillFile, Stat]] = {}
 
     # ------------------------------------------------------------------ handle table
 
@@ -118,6 +127,10 @@ class OpenFiles:
         if node.ino not in self.table.by_ino:
             self._pins.pop(node.ino, None)  # the kernel's pages of it are gone
             self._created.discard(node.ino)
+        if node.opens == 0:
+            kept = self._kept.pop(node.ino, None)
+            if kept is not None:
+                kept[0].close()
 
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped ``count`` references to ``ino`` (never raises)."""
@@ -161,10 +174,17 @@ class OpenFiles:
         """The attributes a file open for writing shows (see the module docstring), else None."""
         return self.writers.stat_of(node) if self.writers else None
 
+    def unlinked(self, node: Inode) -> bool:
+        """Whether ``node`` is an unlinked file still open (nlink 0)."""
+        return node.ino in self._kept
+
     async def stat(self, node: Inode) -> Stat | None:
         """getattr: the file's attributes (None for a directory)."""
         if node.is_dir:
             return None
+        kept = self._kept.get(node.ino)
+        if kept is not None:
+            return kept[1]
         written = self.written_stat(node)
         return written if written is not None else await self.ns.getattr(node)
 
@@ -359,6 +379,13 @@ class OpenFiles:
         writer = handle.writer
         if writer is not None and writer.staged:
             return await writer.read(off, size)
+        kept = self._kept.get(handle.inode.ino)
+        if kept is not None:
+            spill, st = kept
+            end = min(off + size, st.size)
+            if off >= end:
+                return b""
+            return await self.aio.run_blocking(lambda: spill.pread(off, end - off))
         if writer is not None and writer.dirty:
             await self._upload(handle)  # read what this handle wrote: upload it first
         try:
@@ -420,11 +447,49 @@ class OpenFiles:
     async def unlink(self, parent: Inode, name: str) -> None:
         node = self.table.find(parent.bucket, parent.key + name)
         handles = self.writers.of(node) if node is not None else []
+        if node is not None and not handles and node.ino not in self._kept and any(
+            isinstance(h, FileHandle) and h.inode is node and h.reader is not None
+            for h in self._handles.values()
+        ):
+            await self._keep_bytes(node)
         for handle in handles:
             assert handle.writer is not None
             handle.writer.discarded = True  # writes to an unlinked file go nowhere
-        inode = await self.ns.remove_file(parent, name, pending=bool(handles))
+        try:
+            inode = await self.ns.remove_file(parent, name, pending=bool(handles))
+        except BaseException:
+            if node is not None:
+                kept = self._kept.pop(node.ino, None)
+                if kept is not None:
+                    kept[0].close()
+            raise
         self._pins.pop(inode.ino, None)
+
+    async def _keep_bytes(self, node: Inode) -> None:
+        """Copy the object of a file open for reading into the spill area, for its handles to
+        read once it is unlinked (see the module docstring)."""
+        st = await self.ns.fresh_stat(node)
+        spill = await self.aio.run_blocking(self.spill.create)
+        try:
+            spill.resize(st.size)
+            part = self.config.read_part_size
+            for pos in range(0, st.size, part):
+                length = min(part, st.size - pos)
+                result = await self.aio.get_range(node.bucket, node.key, pos, length)
+                if len(result.data) != length or (st.version and result.version
+                                                  and result.version != st.version):
+                    raise errors.StaleObject(f"{node} changed while being kept")
+                await self.aio.run_blocking(
+                    functools.partial(spill.pwrite, pos, bytes(result.data)))
+        except (errors.PosixError, errors.StaleObject) as exc:
+            spill.close()
+            log.warning("%s: unlinked while open; its bytes are not kept (%s): reads of it "
+                        "through its open handles fail", node, exc)
+            return
+        except BaseException:
+            spill.close()
+            raise
+        self._kept[node.ino] = (spill, st)
 
     async def rename(
         self, old_parent: Inode, old_name: str, new_parent: Inode, new_name: str, flags: int

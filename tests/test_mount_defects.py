@@ -174,7 +174,6 @@ def test_rename_onto_a_directory_holding_empty_directories_is_enotempty(make_buc
     assert names(bucket) == ["a/f"]
 
 
-@pytest.mark.xfail(strict=True, reason="defect 7: an unlinked open file cannot be read")
 def test_an_unlinked_file_stays_readable_through_open_descriptors(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(3 * MIB + 7)
     bucket = make_bucket({"x": data})
