@@ -148,7 +148,7 @@ class LeanHttp:
     def _once(self, method: str, url: str, origin: str, headers: dict[str, str],
                    data: bytes | bytearray | memoryview | None) -> requests.Response:
         target = url[len(origin):] or "/"
-        for _ in range(2):
+        for first in (True, False):
             conn, reused = self.conns.take(origin)
             try:
                 if conn.sock is None:
@@ -165,7 +165,7 @@ class LeanHttp:
                 conn.close()
                 # A kept-alive connection the server closed just now: the request never got an
                 # answer; an idempotent one goes again on a new connection.
-                if reused and method in ("GET", "HEAD"):
+                if first and reused and method in ("GET", "HEAD"):
                     continue
                 raise requests.ConnectionError(f"{origin}: {exc}") from exc
             except TimeoutError as exc:
@@ -174,8 +174,8 @@ class LeanHttp:
             except OSError as exc:
                 conn.close()
                 raise requests.ConnectionError(f"{origin}: {exc}") from exc
-            return _lean_response(answer, _Raw(answer, conn, origin, self.conns), url)
-        raise AssertionError("unreachable")
+            break
+        return _lean_response(answer, _Raw(answer, conn, origin, self.conns), url)
 
 
 class NotConnected(requests.ConnectionError):

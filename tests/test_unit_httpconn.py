@@ -26,6 +26,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, Authorization
         self.close_after_each = close_after_each
         self.redirect_to = redirect_to
+        self.drop = False  # close each connection on its next request, answering nothing
 
     def get_request(self) -> tuple[socket.socket, object]:
         self.connections += 1
@@ -45,6 +46,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, body: bytes) -> None:
         srv = self.server
+        if srv.drop:
+            self.close_connection = True
+            return
         srv.requests.append((self.command, self.path, self.headers.get("Authorization")))
         if srv.redirect_to:
             self.send_response(307)
@@ -167,3 +171,15 @@ def test_a_refused_connection_is_never_sent() -> None:
         with pytest.raises(requests.ConnectionError) as info:
             lean().request("PUT", origin + "/p", origin, data=b"x")
     assert _connect_failed(info.value)
+
+
+def test_requests_on_kept_connections_that_the_server_drops_fail_as_connection_errors() -> None:
+    http_ = lean()
+    with serving() as srv:
+        held = [http_.request("GET", srv.origin + "/o", srv.origin, stream=True)
+                for _ in range(2)]
+        for resp in held:
+            assert len(resp.raw.read()) == 100_000  # both connections back, idle
+        srv.drop = True
+        with pytest.raises(requests.ConnectionError):
+            http_.request("GET", srv.origin + "/o", srv.origin)
