@@ -98,6 +98,9 @@ class ClientConfig:
     retries: int = 4  # attempts after the first, for idempotent requests
     retry_backoff: float = 0.2  # seconds, doubled per attempt, capped at 5 s
     max_connections: int = 16  # size of the HTTP pool == worker-thread limit
+    # Every object request through the proxy, none straight to the object's target computed
+    # from the cluster map (for targets whose public URLs are unreachable from here).
+    via_proxy: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 

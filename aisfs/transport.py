@@ -34,7 +34,9 @@ import http.cookiejar
 import json
 import logging
 import os
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -43,6 +45,7 @@ import urllib3
 
 from . import errors, httpconn
 from .bodyrecv import recv_whole_body
+from .clustermap import ClusterMap, ClusterMapError
 from .config import ClientConfig
 from .objects import Body, RecvBuffer
 from .observer import Observer
@@ -172,7 +175,8 @@ class Transport:
         if tls.client_cert:
             self._cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
         self.session.headers["User-Agent"] = "aisfs"
-        self.router = Router()
+        self.router = Router("" if config.via_proxy else config.endpoint)
+        self._map_lock = threading.Lock()
         self._lean = httpconn.LeanHttp(httpconn.Connections(
             config.connect_timeout, config.read_timeout, config.max_connections,
             httpconn.ssl_context(self._verify, self._cert),
@@ -269,12 +273,83 @@ class Transport:
         data: Body | None, headers: dict[str, str] | None, stream: bool,
     ) -> requests.Response:
         hdrs = self._headers(headers)
+        if via is not Via.PROXY and self.router.map_wanted():
+            self._fetch_map()
         if via is Via.READ:
             return self._send_read(url, params, hdrs)
+        if via is Via.LOOKUP and data is None:
+            return self._send_lookup(method, url, params, hdrs)
         if data is None:
             return self._http(method, url, params=params, json=json_body, headers=hdrs,
                               stream=stream, allow_redirects=True)
         return self._send_body(method, url, via, params, data, hdrs)
+
+    def _fetch_map(self) -> None:
+        """Fetch the cluster map from the proxy, once at a time (a thread that finds another
+        fetching goes on with what the router has: the proxy, or the previous map)."""
+        if not self._map_lock.acquire(blocking=False):
+            return
+        try:
+            resp = self._http("GET", f"{self.config.endpoint.rstrip('/')}/v1/daemon",
+                              params={"what": "smap"}, headers=self._headers(),
+                              allow_redirects=True)
+            try:
+                if resp.status_code != 200:
+                    raise ClusterMapError(f"HTTP {resp.status_code}")
+                cluster = ClusterMap.from_json(resp.content)
+            finally:
+                resp.close()
+        except (requests.RequestException, ClusterMapError) as exc:
+            log.debug("cluster map: %s; object requests go through the proxy", _short(exc))
+            self.router.set_map(None)
+        else:
+            self.router.set_map(cluster)
+        finally:
+            self._map_lock.release()
+
+    def _direct(
+        self, method: str, target: str, **kwargs: Any
+    ) -> tuple[requests.Response | None, int]:
+        """One attempt straight at a computed target: its answer, or None and the status it
+        gave (0: unreachable) when the proxy must serve instead (the target refused,
+        redirected, or did not have the object: a 404 from a computed target is not final)."""
+        try:
+            resp = self._http(method, target, allow_redirects=False, **kwargs)
+        except requests.ConnectionError:
+            self.router.map_outdated()  # the target may have left the cluster
+            return None, 0
+        status = resp.status_code
+        if status < 300 or status == 416:
+            return resp, status
+        if status in REDIRECTS:
+            self.router.map_outdated()
+        resp.close()
+        return None, status
+
+    def _after_proxy(self, resp: requests.Response, refused: int) -> requests.Response:
+        """The proxy served a request a computed target had refused with ``refused``: a
+        cluster that wants proxy mediation (AuthN, signed redirects) gets it from now on."""
+        if refused in (401, 403) and resp.status_code < 400:
+            log.info("the cluster refuses direct requests to targets: every object request "
+                     "goes through the proxy")
+            self.router.require_proxy()
+        return resp
+
+    def _send_lookup(
+        self, method: str, url: str, params: dict[str, str] | None, hdrs: dict[str, str]
+    ) -> requests.Response:
+        """A HEAD: straight to the object's computed target, else through the proxy (whose
+        redirect is followed; the caller learns the target that answered)."""
+        target = self.router.computed(Via.LOOKUP, url)
+        refused = 0
+        if target is not None:
+            resp, refused = self._direct(method, target, params=params, headers=hdrs)
+            if resp is not None:
+                return resp
+        resp = self._http(method, url, params=params, headers=hdrs, allow_redirects=True)
+        if resp.history:
+            self.router.check_redirect(Via.LOOKUP, url, resp.url)
+        return self._after_proxy(resp, refused)
 
     def _send_read(
         self, url: str, params: dict[str, str] | None, hdrs: dict[str, str]
@@ -291,14 +366,22 @@ class Transport:
             except requests.ConnectionError:
                 pass  # the target may have left the cluster: ask the proxy again
             self.router.failed(Via.READ, url)
+        refused = 0
+        computed = self.router.computed(Via.READ, url)
+        if computed is not None and computed != target:
+            direct, refused = self._direct("GET", computed, params=params, headers=hdrs,
+                                           stream=True)
+            if direct is not None:
+                return direct
         resp = self._http("GET", url, params=params, headers=hdrs, stream=True,
                           allow_redirects=False)
         if resp.status_code in REDIRECTS and "Location" in resp.headers:
             location = resp.headers["Location"]
             resp.close()
+            self.router.check_redirect(Via.READ, url, location)
             self.router.learned(Via.READ, url, location, (params or {}).keys())
             resp = self._http("GET", location, headers=hdrs, stream=True, allow_redirects=True)
-        return resp
+        return self._after_proxy(resp, refused)
 
     def _send_body(
         self, method: str, url: str, via: Via, params: dict[str, str] | None, data: Body,
@@ -313,15 +396,40 @@ class Transport:
             resp = self._send_to_target(method, url, via, target, params, data, hdrs)
             if resp is not None:
                 return resp
+        refused = 0
+        computed = self.router.computed(via, url) if target is None else None
+        if computed is not None:
+            marker = self.router.redirect_marker()
+            body = data() if callable(data) else data
+            try:
+                resp = self._http(method, computed, params={**(params or {}), **marker},
+                                  data=body, headers=hdrs, allow_redirects=False)
+            except requests.ConnectionError as exc:
+                self.router.map_outdated()  # the next attempt asks the proxy
+                if not _connect_failed(exc):
+                    raise  # the body may have been taken: the retry policy decides
+                resp = None
+            if resp is not None:
+                refused = resp.status_code
+                if refused not in (400, 401, 403) and refused not in REDIRECTS:
+                    if via is Via.SESSION and refused < 300:
+                        self.router.learned(via, url, _with_params(computed, marker),
+                                            (params or {}).keys())
+                    return resp
+                # Refused, so not applied (a redirect: our map is outdated).
+                if refused in REDIRECTS:
+                    self.router.map_outdated()
+                resp.close()
         resp = self._http(method, url, params=params, headers={**hdrs, "Content-Length": "0"},
                           allow_redirects=False)
         if resp.status_code in REDIRECTS and "Location" in resp.headers:
             location = resp.headers["Location"]
             resp.close()
+            self.router.check_redirect(via, url, location)
             self.router.learned(via, url, location, (params or {}).keys())
             body = data() if callable(data) else data
-            return self._http(method, location, data=body, headers=hdrs, allow_redirects=False)
-        return resp
+            resp = self._http(method, location, data=body, headers=hdrs, allow_redirects=False)
+        return self._after_proxy(resp, refused)
 
     def _send_to_target(
         self, method: str, url: str, via: Via, target: str, params: dict[str, str] | None,
@@ -407,6 +515,10 @@ def read_body_into(resp: requests.Response, buf: RecvBuffer | memoryview, length
     finally:
         view.release()
     return got
+
+
+def _with_params(url: str, params: dict[str, str]) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(params)}"
 
 
 def _connect_failed(exc: BaseException) -> bool:

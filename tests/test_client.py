@@ -31,6 +31,16 @@ def client(ais_endpoint: str) -> Iterator[AisClient]:
     c.close()
 
 
+@pytest.fixture
+def proxy_client(ais_endpoint: str) -> Iterator[AisClient]:
+    """A client that routes object requests through the proxy (--via-proxy): it learns
+    targets from the proxy's redirects."""
+    c = AisClient(ClientConfig(endpoint=ais_endpoint, retries=1, retry_backoff=0.05,
+                               via_proxy=True))
+    yield c
+    c.close()
+
+
 def sdk_read(bucket, key: str) -> bytes:  # type: ignore[no-untyped-def]
     data: bytes = bucket.object(key).get_reader().read_all()
     return data
@@ -225,7 +235,8 @@ def test_get_range_into_buffer(client: AisClient, make_bucket) -> None:  # type:
     assert bytes(r2.data) == data[250_000:]
 
 
-def test_get_range_repeated_uses_cached_location(client: AisClient, make_bucket) -> None:  # type: ignore[no-untyped-def]
+def test_get_range_repeated_uses_cached_location(proxy_client: AisClient, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    client = proxy_client
     data = os.urandom(50_000)
     b = make_bucket({"obj": data})
     for start in range(0, 50_000, 10_000):
@@ -240,8 +251,9 @@ def test_get_range_repeated_uses_cached_location(client: AisClient, make_bucket)
 
 
 def test_get_after_head_goes_straight_to_the_target(  # type: ignore[no-untyped-def]
-    client: AisClient, make_bucket, monkeypatch: pytest.MonkeyPatch
+    proxy_client: AisClient, make_bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    client = proxy_client
     b = make_bucket({"obj": b"0123456789"})
     proxy = client._base
     hosts: list[str] = []
@@ -309,10 +321,11 @@ def test_append_and_flush(client: AisClient, make_bucket) -> None:  # type: igno
 
 
 def test_append_session_goes_straight_to_its_target(  # type: ignore[no-untyped-def]
-    client: AisClient, make_bucket, monkeypatch: pytest.MonkeyPatch
+    proxy_client: AisClient, make_bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the first APPEND asks the proxy; the rest and the FLUSH go to the session's target.
     A target that refuses the direct request (400: no redirect marker) means: ask the proxy."""
+    client = proxy_client
     b = make_bucket()
     proxy = client._base
     hosts: list[str] = []
