@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
 
 import trio
@@ -23,7 +23,7 @@ import trio
 from . import errors
 from .archives import ArchiveContents, contents_from_listing
 from .client import AisClient
-from .getbatch import TarFormatError
+from .getbatch import BatchItem, TarFormatError
 from .member_stream import MemberScanner
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 from .observer import Observer
@@ -205,6 +205,34 @@ class AsyncAis:
         order, from one streamed GET of the whole object."""
         body = await self._run(self.client.open_archive, bucket, key)
         return MemberStream(self, body, MemberScanner(key, body))
+
+    async def get_batch(
+        self, bucket: str, names: Sequence[str], *, max_size: int,
+        sizes: Sequence[int] | None = None, deliver: Callable[[BatchItem], None],
+    ) -> None:
+        """See :meth:`aisfs.aisapi.AisApi.get_batch`. The reply is read in one worker thread,
+        which hands each item to the trio thread as it arrives."""
+        token = trio.lowlevel.current_trio_token()
+        done = False  # read and written in the trio thread only
+
+        def hand_over(item: BatchItem) -> None:
+            if not done:
+                deliver(item)
+
+        def receive() -> None:
+            items = self.client.get_batch(bucket, names, max_size=max_size, sizes=sizes)
+            try:
+                for item in items:
+                    if done:
+                        return  # cancelled: stop reading; the connection is closed
+                    trio.from_thread.run_sync(hand_over, item, trio_token=token)
+            finally:
+                items.close()
+
+        try:
+            await self._run(receive)
+        finally:
+            done = True
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run a non-HTTP blocking call (local file I/O of the writer) off the trio thread."""

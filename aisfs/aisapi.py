@@ -14,10 +14,11 @@ Concurrency: the methods are called from the trio thread; an implementation must
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from .archives import ArchiveContents
+from .getbatch import BatchItem
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 
 T = TypeVar("T")
@@ -161,6 +162,26 @@ class AisApi(Protocol):
     async def open_member_stream(self, bucket: str, key: str) -> MemberStream:
         """The members of the archive ``key`` (``.tar``, ``.tgz``, ``.tar.gz``: see
         ``member_stream.streamable``) in archive order, from one read of its stored bytes."""
+        ...
+
+    async def get_batch(
+        self, bucket: str, names: Sequence[str], *, max_size: int,
+        sizes: Sequence[int] | None = None, deliver: Callable[[BatchItem], None],
+    ) -> None:
+        """Whole objects ``names`` of ``bucket`` in one Get-Batch request.
+
+        ``deliver(item)`` runs in the trio thread once per name, in the order of ``names``, as
+        each object arrives (a file can be served before the batch ends); it returns when every
+        name was delivered. ``item.data`` is the object's bytes, a buffer the receiver keeps;
+        or ``item.error`` is ``NotFound`` (no such object) or ``getbatch.NotFetched`` (the
+        batch did not deliver it: the stream broke or ended early, which AIS does after 8
+        missing objects; or its size is not ``sizes[i]``, a change since the listing, or over
+        ``max_size``): fetch that one on its own. A failure of the request itself raises
+        (``Transient``, ``BucketNotFound``, ...) before anything is delivered. Memory: one
+        object in flight besides what ``deliver`` keeps; the caller bounds a batch by the names
+        it picks (their sizes). Latency: AIS sends a reply's last ~100 KiB ~100 ms after the
+        rest, so a scan keeps the next batch in flight. Not checked: the objects' versions
+        (a Get-Batch reply carries none). Cancelled: no ``deliver`` runs after the cancel."""
         ...
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:

@@ -18,7 +18,7 @@ import email.utils
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -462,6 +462,26 @@ class AisClient:
         if got < length:
             raise errors.BadArchive(f"the member's bytes ended after {got} of {length}", 0, what)
         return memoryview(buf)[:length]
+
+    def get_batch(
+        self, bucket: str, names: Sequence[str], *, max_size: int,
+        sizes: Sequence[int] | None = None,
+    ) -> Generator[getbatch.BatchItem, None, None]:
+        """Whole objects ``names`` of ``bucket`` in one Get-Batch request (sent to the proxy,
+        which redirects it, body and all, to the target that assembles the batch): one item per
+        name, in order, as each arrives (see :func:`aisfs.getbatch.read_batch`). A failure of
+        the request itself raises; once the reply streams, failures are per item (NotFetched).
+        The reply's connection is closed at the end, not reused (see the getbatch docstring)."""
+        body = self.transport.download(
+            "GET", f"{self._base}/ml/moss/{bucket}", f"ais://{bucket}", kind="get_batch",
+            via=Via.PROXY, params={"provider": "ais"}, json_body=getbatch.objects_request(names),
+        )
+        items = getbatch.read_batch(body, bucket, names, max_size=max_size, sizes=sizes)
+        try:
+            yield from items
+        finally:
+            items.close()
+            body.close(reuse=False)
 
     def get_member_range(
         self, bucket: str, key: str, member: str, start: int, length: int,

@@ -80,14 +80,18 @@ class BatchItem:
     error: errors.AisError | None = None
 
 
-def request_body(names: Sequence[str]) -> bytes:
-    """The ``MossReq`` JSON for whole objects ``names`` of the request's bucket."""
+def objects_request(names: Sequence[str]) -> dict[str, Any]:
+    """The ``MossReq`` (as JSON-ready values) for whole objects ``names`` of the request's
+    bucket."""
     if not names:
         raise ValueError("a Get-Batch needs at least one object")
-    return orjson.dumps({
-        "mime": ".tar", "in": [{"objname": n} for n in names],
-        "coer": True, "onob": True, "strm": True,
-    })
+    return {"mime": ".tar", "in": [{"objname": n} for n in names],
+            "coer": True, "onob": True, "strm": True}
+
+
+def request_body(names: Sequence[str]) -> bytes:
+    """:func:`objects_request` as JSON bytes."""
+    return orjson.dumps(objects_request(names))
 
 
 def member_range_request(key: str, member: str, start: int, length: int) -> dict[str, Any]:

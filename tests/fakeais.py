@@ -24,7 +24,7 @@ import tarfile
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ from aisfs.archives import (
     contents_from_listing,
     is_archive,
 )
+from aisfs.getbatch import BatchItem, NotFetched
 from aisfs.member_stream import member_path
 from aisfs.objects import (
     LS_ENTRY_IS_DIR,
@@ -533,6 +534,30 @@ class FakeAis:
         obj = self._object(bucket, key)
         members = archive_members(key, obj.content())
         return FakeMemberStream(self, key, obj.version, members)
+
+    async def get_batch(
+        self, bucket: str, names: Sequence[str], *, max_size: int,
+        sizes: Sequence[int] | None = None, deliver: Callable[[BatchItem], None],
+    ) -> None:
+        """Delivers each object as AIS's Get-Batch would, with a checkpoint between items."""
+        self._enter("get_batch")
+        self.log.append(("get_batch", bucket, *names))
+        await self._maybe_wait()
+        if bucket not in self.buckets:
+            raise errors.BucketNotFound("no such bucket", 404, f"ais://{bucket}")
+        for i, name in enumerate(names):
+            what = f"ais://{bucket}/{name}"
+            try:
+                data = self.content(name, bucket)
+            except (KeyError, errors.NotFound):
+                item = BatchItem(i, name, error=errors.NotFound("no such object", 404, what))
+            else:
+                if len(data) > max_size or (sizes is not None and len(data) != sizes[i]):
+                    item = BatchItem(i, name, error=NotFetched("size", 0, what))
+                else:
+                    item = BatchItem(i, name, data=memoryview(bytearray(data)))
+            deliver(item)
+            await trio.lowlevel.checkpoint()
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` in a worker thread, as the mount does."""

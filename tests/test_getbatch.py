@@ -112,3 +112,70 @@ def test_large_batch_in_order(ais_endpoint: str, make_bucket) -> None:  # type: 
                                buffer_for=lambda i, n: pool[i % 2]):
             assert item.name == names[item.index]
             assert item.data is not None and bytes(item.data) == objects[item.name]
+
+
+# ---------------------------------------------------------------------- the AIS API and aio
+
+
+def test_client_get_batch(ais_endpoint: str, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    from aisfs.client import AisClient
+    from aisfs.config import ClientConfig
+
+    rng = random.Random(3)
+    objects = {f"d/{i:03d} x%": rng.randbytes(rng.randrange(0, 70_000)) for i in range(40)}
+    b = make_bucket(objects)
+    names = list(objects)
+    names.insert(5, "d/gone")
+    sizes = [len(objects.get(n, b"")) for n in names]
+    sizes[7] += 1  # as if the listing were older than the object
+    client = AisClient(ClientConfig(endpoint=ais_endpoint, retries=1))
+    items = list(client.get_batch(b.name, names, max_size=70_000, sizes=sizes))
+    assert [i.name for i in items] == names
+    for i, item in enumerate(items):
+        if i == 5:
+            assert isinstance(item.error, errors.NotFound)
+        elif i == 7:
+            assert isinstance(item.error, NotFetched) and "changed" in str(item.error)
+        else:
+            assert item.data is not None and bytes(item.data) == objects[item.name]
+    with pytest.raises(errors.BucketNotFound):
+        list(client.get_batch(b.name + "-none", ["x"], max_size=10))
+    client.close()
+
+
+async def test_async_get_batch_delivers_in_the_trio_thread(  # type: ignore[no-untyped-def]
+    ais_endpoint: str, make_bucket
+) -> None:
+    import threading
+
+    import trio
+
+    from aisfs.aio import AsyncAis
+    from aisfs.client import AisClient
+    from aisfs.config import ClientConfig
+
+    objects = {f"o{i:02d}": bytes([i]) * (1000 * i) for i in range(30)}
+    b = make_bucket(objects)
+    ais = AsyncAis(AisClient(ClientConfig(endpoint=ais_endpoint, retries=1)))
+    got: list[tuple[str, bytes]] = []
+    trio_thread = threading.current_thread()
+
+    def deliver(item) -> None:  # type: ignore[no-untyped-def]
+        assert threading.current_thread() is trio_thread
+        assert item.data is not None
+        got.append((item.name, bytes(item.data)))
+
+    await ais.get_batch(b.name, list(objects), max_size=1 << 20, deliver=deliver)
+    assert got == list(objects.items())
+
+    # Cancelled after the first item: nothing is delivered after the cancel.
+    seen: list[str] = []
+    with trio.CancelScope() as scope:
+        def first_then_cancel(item) -> None:  # type: ignore[no-untyped-def]
+            seen.append(item.name)
+            scope.cancel()
+
+        await ais.get_batch(b.name, list(objects), max_size=1 << 20, deliver=first_then_cancel)
+    await trio.sleep(0.3)  # the worker thread would deliver the rest by now
+    assert seen == ["o00"]
+    ais.client.close()
