@@ -5,10 +5,11 @@ cluster unless a rule added with :meth:`FaultProxy.fail` matches it; then the re
 an error status, resets the connection, stalls without answering, relays the answer with its
 body cut short, or relays the request and resets the connection instead of answering ("lose":
 the cluster did the work, the answer is lost). AIS redirects object requests from its proxy to
-a target: the relay rewrites each ``Location`` to a listener of its own for that target, so
-object traffic passes through it too. :meth:`FaultProxy.flaky` resets random connections to the
-targets instead, in proportion to the bytes they carry: before the request reaches the target
-(nothing applied) or after its answer came back (applied, answer lost).
+a target: the relay rewrites each ``Location``, and each target's public URL in the cluster map
+it relays, to a listener of its own for that target, so object traffic passes through it too
+(direct to targets or not). :meth:`FaultProxy.flaky` resets random connections to the targets
+instead, in proportion to the bytes they carry: before the request reaches the target (nothing
+applied) or after its answer came back (applied, answer lost).
 
 Concurrency: one thread per connection (``ThreadingHTTPServer``); rules and the request log are
 guarded by one lock. Loopback only; every upstream call has a timeout.
@@ -51,6 +52,9 @@ class FaultProxy:
         self._stop = threading.Event()
         self.rules: list[Rule] = []
         self.log: list[tuple[str, str]] = []  # (method, path) of every request relayed or failed
+        self.upstream = upstream.rstrip("/")
+        # (upstream origin, method, path) of the same requests: which node each was meant for
+        self.routed: list[tuple[str, str, str]] = []
         self._servers: dict[str, http.server.ThreadingHTTPServer] = {}  # upstream origin -> ours
         self._upstream = upstream.rstrip("/")
         self.url = self._listener(self._upstream)
@@ -97,9 +101,10 @@ class FaultProxy:
                 self._servers[origin] = server
         return f"http://127.0.0.1:{server.server_address[1]}"
 
-    def _rule_for(self, method: str, path: str, body: bytes) -> Rule | None:
+    def _rule_for(self, method: str, path: str, body: bytes, origin: str = "") -> Rule | None:
         with self._lock:
             self.log.append((method, path))
+            self.routed.append((origin, method, path))
             for rule in self.rules:
                 if rule.matches(method, path, body):
                     rule.times -= 1
@@ -160,7 +165,7 @@ class FaultProxy:
 
             def _any(self) -> None:
                 body = self._body()
-                rule = relay._rule_for(self.command, self.path, body)
+                rule = relay._rule_for(self.command, self.path, body, origin)
                 if rule is not None and rule.action == "reset":
                     self._reset()
                     return
@@ -203,6 +208,9 @@ class FaultProxy:
                     if reset_after:  # the target did the work; its answer is lost
                         self._reset()
                         return
+                    if (self.command == "GET" and self.path.startswith("/v1/daemon?")
+                            and "what=smap" in self.path and resp.status == 200):
+                        data = relay._rewrite_smap(data)
                     if cut and (resp.status >= 300 or len(data) < 2):
                         cut = relay._give_back(rule)  # a redirect or no body: the next one
                     self.send_response(resp.status, resp.reason)
@@ -230,6 +238,16 @@ class FaultProxy:
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = _any
 
         return Handler
+
+    def _rewrite_smap(self, data: bytes) -> bytes:
+        """The cluster map with each target's public URL one of our listeners: a client that
+        sends object requests straight to targets sends them through the relay too."""
+        doc = json.loads(data)
+        for node in (doc.get("tmap") or {}).values():
+            net = node.get("public_net") or {}
+            if net.get("direct_url"):
+                net["direct_url"] = self._rewrite(net["direct_url"])
+        return json.dumps(doc).encode()
 
     def _rewrite(self, location: str) -> str:
         parts = urllib.parse.urlsplit(location)

@@ -54,18 +54,20 @@ def test_transient_errors_are_retried_unseen(make_bucket, through, fault) -> Non
     assert resets.hits == 2
 
 
-def test_a_read_after_a_lookup_goes_straight_to_the_target(  # type: ignore[no-untyped-def]
+def test_a_lookup_and_its_reads_go_straight_to_the_target(  # type: ignore[no-untyped-def]
     make_bucket, through, fault
 ) -> None:
-    # The lookup's HEAD was redirected to the object's target: the GETs that follow go there
-    # directly (requests to the proxy carry no redirect marker "utm=").
+    # The cluster map (relayed, its target URLs pointing at the relay) names the object's
+    # target: the lookup's HEAD and the GETs go there, none to the proxy.
     data = os.urandom(MIB + 5)
     bucket = make_bucket({"x": data})
     m = through(bucket)
     os.stat(m.path / "x")
     assert (m.path / "x").read_bytes() == data
-    gets = [p for method, p in fault.log if method == "GET" and f"/{bucket.name}/x" in p]
-    assert gets and all("utm=" in p for p in gets), gets
+    assert any("what=smap" in p for _, _, p in fault.routed)
+    to_x = [(o, method) for o, method, p in fault.routed if f"/{bucket.name}/x?" in p]
+    assert {method for _, method in to_x} == {"HEAD", "GET"}, to_x
+    assert all(o != fault.upstream for o, _ in to_x), to_x
 
 
 @pytest.mark.expect_log(r"WARNING aisfs\.fs: read\(.*ais://[^ ]+/x: ReadTimeout")
