@@ -13,7 +13,9 @@ Object bytes received are reported to the mount's observer, when there is one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
@@ -210,29 +212,39 @@ class AsyncAis:
         self, bucket: str, names: Sequence[str], *, max_size: int,
         sizes: Sequence[int] | None = None, deliver: Callable[[BatchItem], None],
     ) -> None:
-        """See :meth:`aisfs.aisapi.AisApi.get_batch`. The reply is read in one worker thread,
-        which hands each item to the trio thread as it arrives."""
+        """See :meth:`aisfs.aisapi.AisApi.get_batch`. One worker thread reads the reply and
+        hands each item over a channel to this task, which calls ``deliver``: so nothing is
+        delivered once this task is cancelled, and the worker stops at its next item."""
         token = trio.lowlevel.current_trio_token()
-        done = False  # read and written in the trio thread only
+        send, receive = trio.open_memory_channel[BatchItem](math.inf)
+        stop = threading.Event()
 
-        def hand_over(item: BatchItem) -> None:
-            if not done:
-                deliver(item)
-
-        def receive() -> None:
+        def read_reply() -> None:
             items = self.client.get_batch(bucket, names, max_size=max_size, sizes=sizes)
             try:
                 for item in items:
-                    if done:
-                        return  # cancelled: stop reading; the connection is closed
-                    trio.from_thread.run_sync(hand_over, item, trio_token=token)
+                    if stop.is_set():
+                        return  # cancelled: the reply's connection is closed
+                    trio.from_thread.run_sync(send.send_nowait, item, trio_token=token)
             finally:
                 items.close()
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(send.close, trio_token=token)
+
+        async def worker() -> None:
+            try:
+                await self._run(read_reply)
+            finally:
+                send.close()  # the request failed: no more items
 
         try:
-            await self._run(receive)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker)
+                async with receive:
+                    async for item in receive:
+                        deliver(item)
         finally:
-            done = True
+            stop.set()
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run a non-HTTP blocking call (local file I/O of the writer) off the trio thread."""
