@@ -299,7 +299,8 @@ class Transport:
                 cluster = ClusterMap.from_json(resp.content)
             finally:
                 resp.close()
-        except (requests.RequestException, ClusterMapError) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError,
+                http.client.HTTPException, OSError, ClusterMapError) as exc:
             log.debug("cluster map: %s; object requests go through the proxy", _short(exc))
             self.router.set_map(None)
         else:
@@ -411,12 +412,13 @@ class Transport:
                 resp = None
             if resp is not None:
                 refused = resp.status_code
-                if refused not in (400, 401, 403) and refused not in REDIRECTS:
+                if refused not in (400, 401, 403, 404) and refused not in REDIRECTS:
                     if via is Via.SESSION and refused < 300:
                         self.router.learned(via, url, _with_params(computed, marker),
                                             (params or {}).keys())
                     return resp
-                # Refused, so not applied (a redirect: our map is outdated).
+                # Refused, so not applied (a redirect: our map is outdated; a 404, say of a
+                # multipart upload, is not final from a computed target either).
                 if refused in REDIRECTS:
                     self.router.map_outdated()
                 resp.close()
