@@ -5,8 +5,9 @@ AIS lists an archive's members when asked with its archive-directory flag: the a
 entry (flagged ``ENTRY_IS_ARCHIVE`` when AIS could read it), then one entry per member named
 ``<archive>/<member>`` (flagged ``ENTRY_IN_ARCH``), sorted by name, with its uncompressed size but
 no time or version. AIS reports member names cleaned (``./a`` as ``a``, ``x/../a`` as ``a``),
-directories not at all, links and devices as empty files, and names that are not UTF-8 with
-U+FFFD in place of the bad bytes (AIS cannot find those by the listed name: they are skipped).
+directories not at all, links and devices as empty files, and names that are not UTF-8 as
+their raw bytes (decoded with U+FFFD in place of the bad bytes; AIS cannot find those by any
+name sent as UTF-8: they are skipped).
 
 Tree rules: every member path component must be a valid file name (as for object names);
 a name that is both a member ``a`` and a directory ``a/`` is the directory; a name listed twice

@@ -419,7 +419,13 @@ class AisClient:
                 params={"provider": "ais"},
                 json_body={"action": "list", "name": bucket, "value": value},
             )
-            doc = orjson.loads(reply.body) or {}
+            try:
+                doc = orjson.loads(reply.body) or {}
+            except orjson.JSONDecodeError:
+                # AIS puts member names in its JSON as the archive stores them: a name that is
+                # not UTF-8 makes the whole answer invalid UTF-8. Such names (U+FFFD now) are
+                # skipped as names that cannot be fetched.
+                doc = orjson.loads(reply.body.decode("utf-8", "replace")) or {}
             for raw in doc.get("entries") or []:
                 name = raw.get("name", "")
                 if name == key or name.startswith(member_prefix):

@@ -253,3 +253,27 @@ def test_cp_r_in_archive_order_streams_the_archive(  # type: ignore[no-untyped-d
     one_by_one = metric(counts, "aisfs_backend_requests_total", kind="get_member")
     # The first members come one request each, until the run is seen; then one streamed GET.
     assert streamed == 1 and one_by_one <= 10, (streamed, one_by_one)
+
+
+@pytest.mark.expect_log(
+    r"WARNING aisfs\.archives: .*/names\.tar: skipped 1 member name",
+    r"WARNING aisfs\.fs: read\(.*/names\.tar/dot: AIS lists this member but cannot read it",
+)
+def test_names_ais_cannot_serve(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT,
+                      encoding="latin-1") as tf:
+        for name, data in (("caf\xe9.txt", b"latin-1 name"), ("ok.txt", b"ok"),
+                           ("./dot", b"stored as ./dot")):
+            entry = tarfile.TarInfo(name)
+            entry.size = len(data)
+            tf.addfile(entry, io.BytesIO(data))
+    bucket = make_bucket({"names.tar": buf.getvalue()})
+    m = expanded(mount, bucket)
+    root = m.path / "names.tar"
+    assert sorted(os.listdir(root)) == ["dot", "ok.txt"]  # the non-UTF-8 name is skipped
+    assert (root / "ok.txt").read_bytes() == b"ok"
+    with pytest.raises(OSError) as info:
+        (root / "dot").read_bytes()  # AIS lists "./dot" as "dot", then cannot find "dot"
+    assert info.value.errno == errno.EIO
+    assert m.log().count("skipped 1 member name") == 1
