@@ -51,18 +51,30 @@ class MemberStream:
         self._busy = False
         self._closed = False
 
-    async def next(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
-        """(listed path, bytes or None when over ``max_size``, size) of the next member, None
-        at the end; ``BadArchive`` when the bytes are not such an archive."""
+    async def next(self, max_size: int, max_bytes: int,
+                   max_members: int) -> list[tuple[str, bytearray | None, int]]:
+        """The next members, (listed path, bytes or None when over ``max_size``, size) each,
+        read in one worker-thread call until ``max_bytes`` or ``max_members`` are read; [] at
+        the end.
+        ``BadArchive`` when the bytes are not such an archive."""
         with self._lock:
             if self._closed:
                 raise errors.Transient("archive stream closed", 0, self._scanner.archive)
             self._busy = True
-        return await self._aio._run(self._next_blocking, max_size)
+        return await self._aio._run(self._next_blocking, max_size, max_bytes, max_members)
 
-    def _next_blocking(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
+    def _next_blocking(self, max_size: int, max_bytes: int,
+                       max_members: int) -> list[tuple[str, bytearray | None, int]]:
+        items: list[tuple[str, bytearray | None, int]] = []
+        read = 0
         try:
-            return self._scanner.next(max_size)
+            while read < max_bytes and len(items) < max_members:
+                item = self._scanner.next(max_size)
+                if item is None:
+                    break
+                items.append(item)
+                read += item[2]
+            return items
         except (TarFormatError, ValueError) as exc:
             raise errors.BadArchive(f"not a readable archive: {exc}", 0,
                                     self._scanner.archive) from None

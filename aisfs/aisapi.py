@@ -32,9 +32,11 @@ class MemberStream(Protocol):
 
     version: str  # the archive version being read
 
-    async def next(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
-        """(path as listed, bytes or None when over ``max_size``, size) of the next member;
-        None at the end; ``BadArchive`` when the bytes are not such an archive."""
+    async def next(self, max_size: int, max_bytes: int,
+                   max_members: int) -> list[tuple[str, bytearray | None, int]]:
+        """The next members, (path as listed, bytes or None when over ``max_size``, size) each,
+        until about ``max_bytes`` or ``max_members``; [] at the end; ``BadArchive`` when the
+        bytes are not such an archive."""
         ...
 
     def close(self) -> None:

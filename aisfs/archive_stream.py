@@ -43,6 +43,10 @@ WINDOW = 256
 SLACK = 32
 HOLD_BYTES = 64 * 1024 * 1024
 IDLE_SECONDS = 5.0
+# Member bytes read in one worker-thread call (one thread hop per member cost more than the
+# parsing of a 64 KiB member).
+BATCH_BYTES = 1024 * 1024
+BATCH_MEMBERS = 16
 _RUNS_KEPT = 1024  # archives whose last fetched member is remembered
 
 
@@ -189,10 +193,11 @@ class ArchiveStreams:
                         with trio.move_on_after(IDLE_SECONDS):
                             await stream.room.wait()
                         continue
-                    item = await source.next(self.max_member)
-                    if item is None:
+                    items = await source.next(self.max_member, BATCH_BYTES, BATCH_MEMBERS)
+                    if not items:
                         break
-                    self._hold(stream, *item)
+                    for item in items:
+                        self._hold(stream, *item)
                 # Read to the end: what is held stays takeable until taken or idle.
                 stream.ended = True
                 stream.wake_takers()

@@ -578,23 +578,26 @@ class FakeMemberStream:
         self.pos = 0
         self.closed = False
 
-    async def next(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
+    async def next(self, max_size: int, max_bytes: int,
+                   max_members: int) -> list[tuple[str, bytearray | None, int]]:
         if self.members is None:
             raise errors.BadArchive("not a readable archive", 0, self.key)
-        while True:
+        items: list[tuple[str, bytearray | None, int]] = []
+        read = 0
+        while read < max_bytes and len(items) < max_members:
             if self.fake.stream_delay:
                 await trio.sleep(self.fake.stream_delay)
             if self.closed or self.pos >= len(self.members):
-                return None
+                break
             name, data = self.members[self.pos]
             self.pos += 1
             self.fake.streamed += 1
             path = member_path(self.key, name)
             if path is None:
                 continue
-            if len(data) > max_size:
-                return path, None, len(data)
-            return path, bytearray(data), len(data)
+            items.append((path, bytearray(data) if len(data) <= max_size else None, len(data)))
+            read += len(data)
+        return items
 
     def close(self) -> None:
         self.closed = True
