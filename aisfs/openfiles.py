@@ -17,6 +17,9 @@ and namespace. The rules kept here:
   object is deleted, its bytes are copied into the spill area, and those handles read them from
   there until the last one closes (no copy when the spill area cannot hold them: the handles'
   reads then fail, as the object is gone).
+- A member of an archive (``--archives expand``) opens read-only (EROFS for writing) with a
+  ``MemberReader``, pinned by its archive's version, fed by the archive-order streams when its
+  shard is being read in order.
 
 Concurrency: trio thread only, in the FUSE handlers' tasks; every ``await`` may let other
 handlers run, so handles and pins are changed only with no ``await`` between the check and the
