@@ -448,6 +448,7 @@ class OpenFiles:
     # ------------------------------------------------------------------ names
 
     async def unlink(self, parent: Inode, name: str) -> None:
+        self.ns.refuse_in_archive(parent, "unlink in")  # before keeping an open member's bytes
         node = self.table.find(parent.bucket, parent.key + name)
         handles = self.writers.of(node) if node is not None else []
         if node is not None and not handles and node.ino not in self._kept and any(

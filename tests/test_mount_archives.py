@@ -187,10 +187,16 @@ def test_changes_inside_are_refused(shards, mount) -> None:  # type: ignore[no-u
         "utime": lambda: os.utime(member, (0, 0)),
         "setxattr": lambda: os.setxattr(member, "user.k", b"v"),
     }
-    for what, attempt in attempts.items():
-        with pytest.raises(OSError) as info:
-            attempt()
-        assert info.value.errno == errno.EROFS, what
+    held = open(root / "sub" / "other.bin", "rb")  # noqa: SIM115 - open across the attempts
+    attempts["unlink while open"] = lambda: (root / "sub" / "other.bin").unlink()
+    try:
+        for what, attempt in attempts.items():
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS, what
+        assert held.read() == MEMBERS["sub/other.bin"]
+    finally:
+        held.close()
     assert member.read_bytes() == MEMBERS["000001.cls"]
     assert shards.object("train/shard.tar").get_reader().read_all() == shard(".tar", MEMBERS)
     assert "archives are read-only" in m.log()
