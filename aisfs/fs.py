@@ -129,6 +129,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.config = config
         self.ns = ns
+        self._mtimes = ns.cache.mtimes
         self.table = ns.table
         self.files = files
         self.observer = observer
@@ -173,7 +174,8 @@ class Operations(pyfuse3.Operations):
             attr.st_nlink = 1
             attr.st_size = st.size
             attr.st_blocks = (st.size + 511) // 512
-            mtime = st.mtime_ns or self.ns.mount_time_ns
+            mtime = (self._mtimes.stable(inode.path, st.version, st.size, st.mtime_ns)
+                     or self.ns.mount_time_ns)
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
 
     def _negative_entry(self) -> pyfuse3.EntryAttributes:

@@ -7,6 +7,9 @@ goes to the cluster once however many tasks ask at the same time (single-flight,
 ``cache.TtlMap.get_or_fetch``). What a fetch learned is cached; a failure other than "not found"
 is not: the next caller asks again.
 
+Beside them, the mtime each file showed (``ShownMtimes``), so that a file's time does not move
+while its object's version stays.
+
 Listings (``listings``) and the namespace seed and drop entries here as they learn of changes.
 
 Concurrency: trio thread only. Every task (FUSE handlers, listing producers) may read and write
@@ -25,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Awaitable, Callable
 
@@ -43,6 +47,43 @@ def stat_of(props: ObjectProps) -> Stat:
     return Stat(props.size, props.mtime_ns, props.version)
 
 
+class ShownMtimes:
+    """The mtime each file showed, kept while its object's version and size last.
+
+    Why: an object aisfs did not write (no ``aisfs.mtime``) has no stable time in AIS's listings,
+    only its access time, which every read moves, while a HEAD gives its Last-Modified. Tools that
+    compare a file's times before and after reading it (``tar``: "file changed as we read it";
+    ``rsync``, ``make``) must see one time per version.
+
+    Invariant: ``_shown`` maps a (bucket, key) to (version, size, mtime) for at most ``LIMIT``
+    files, the least recently shown dropped first; objects without a version (versioning off)
+    are not kept. Trio thread only.
+    """
+
+    LIMIT = 200_000
+
+    def __init__(self) -> None:
+        self._shown: collections.OrderedDict[tuple[str, str], tuple[str, int, int]] = (
+            collections.OrderedDict())
+
+    def stable(self, path: tuple[str, str], version: str, size: int, mtime_ns: int) -> int:
+        """The mtime to show for ``path`` now that its attributes say ``mtime_ns``."""
+        if not version:
+            return mtime_ns
+        shown = self._shown.get(path)
+        if shown is not None and shown[0] == version and shown[1] == size:
+            self._shown.move_to_end(path)
+            return shown[2]
+        self._shown[path] = (version, size, mtime_ns)
+        if len(self._shown) > self.LIMIT:
+            self._shown.popitem(last=False)
+        return mtime_ns
+
+    def forget(self, path: tuple[str, str]) -> None:
+        """The object's own time changed without a new version (its ``aisfs.mtime``)."""
+        self._shown.pop(path, None)
+
+
 class MetadataCache:
     def __init__(self, aio: AisApi, config: MountConfig,
                  timer: Callable[[], float] = time.monotonic) -> None:
@@ -51,6 +92,7 @@ class MetadataCache:
         self.stats: TtlMap[Stat] = TtlMap(CACHE_ENTRIES, ttl, neg, timer)
         self.dirs: TtlMap[bool] = TtlMap(CACHE_ENTRIES, ttl, neg, timer)
         self.buckets: TtlMap[tuple[str, ...]] = TtlMap(1, ttl, neg, timer)
+        self.mtimes = ShownMtimes()
 
     async def head(self, bucket: str, key: str) -> Stat:
         """The object's attributes: cached, else from one HEAD shared by concurrent callers;

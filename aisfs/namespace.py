@@ -561,6 +561,7 @@ class Namespace:
         xattrs.check_size({**props.custom, **update})
         await self.aio.set_custom(inode.bucket, inode.key, update)
         self.cache.stats.pop(inode.path)
+        self.cache.mtimes.forget(inode.path)  # aisfs.mtime may have changed, the version not
         self.dir_listings.forget(inode.bucket, parent_of(inode.key)[0])
 
     async def remove_custom(self, inode: Inode, key: str) -> bool:
@@ -572,4 +573,5 @@ class Namespace:
         rest = {k: v for k, v in props.custom.items() if k != key}
         await self.aio.set_custom(inode.bucket, inode.key, rest, replace=True)
         self.cache.stats.pop(inode.path)
+        self.cache.mtimes.forget(inode.path)
         return True
