@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from .errors import AisFsError
 
 DEFAULT_ENDPOINT = "http://localhost:8080"
-# Names of the temporary objects an overwrite streams into before the rename (hidden in listings).
+# Names of the temporary objects earlier versions streamed an overwrite into before a rename: a
+# failed one could stay behind; hidden in listings.
 TMP_MARKER = ".aisfs-tmp."
 MIB = 1024 * 1024
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

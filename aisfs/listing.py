@@ -117,7 +117,7 @@ class ListingStream:
                 self._skipped.append(full)
                 continue
             if TMP_MARKER in name or name in by_name:
-                continue  # an upload in progress; or a directory made here already shown
+                continue  # an old temporary object; or a directory made here already shown
             if entry.is_dir:
                 self._emit(Child(name, True, None))
             else:
