@@ -53,6 +53,7 @@ from .namespace import Namespace
 from .observer import Observer
 from .openfiles import OpenFiles
 from .reader import BufferPool
+from .scans import DirectoryScans
 from .spill import SpillArea
 from .umount import is_mounted
 
@@ -228,6 +229,8 @@ def build_operations(
     writers = OpenWriters()
     ns = Namespace(aio, config, spawn, written=writers)
     read_budget = MemoryBudget(config.read_ahead_budget)
+    scans = DirectoryScans(aio, spawn, ns.dir_listings, read_budget,
+                           batch_bytes=config.scan_batch_bytes, hold=config.metadata_ttl)
     files = OpenFiles(
         config, aio, spawn, ns, writers, KernelAttrs(aio, spawn),
         read_budget=read_budget,
@@ -237,6 +240,7 @@ def build_operations(
         spill=SpillArea(config.spill_dir, config.spill_max_bytes),
         archive_streams=ArchiveStreams(aio, read_budget, spawn, config.read_part_size)
         if config.expand_archives else None,
+        scans=scans,
     )
     return Operations(config, ns, files, observer)
 

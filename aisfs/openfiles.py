@@ -20,6 +20,10 @@ and namespace. The rules kept here:
 - A member of an archive (``--archives expand``) opens read-only (EROFS for writing) with a
   ``MemberReader``, pinned by its archive's version, fed by the archive-order streams when its
   shard is being read in order.
+- Directory scans (``scans``): every open of a file for reading alone is reported to them, and
+  starts from the bytes a batch fetched for it when there are some; every change made to an
+  object here (upload, truncate, unlink, rename) is reported too, so that none of its fetched
+  bytes is served after it.
 
 Concurrency: trio thread only, in the FUSE handlers' tasks; every ``await`` may let other
 handlers run, so handles and pins are changed only with no ``await`` between the check and the
@@ -49,6 +53,7 @@ from .member_reader import MemberReader
 from .namespace import Namespace
 from .objects import MTIME_KEY, ObjectProps
 from .reader import BufferPool, ObjectReader
+from .scans import DirectoryScans
 from .spill import SpillArea, SpillFile
 from .writer import ObjectWriter
 
@@ -77,7 +82,7 @@ class OpenFiles:
     def __init__(
         self, config: MountConfig, aio: AisApi, spawn: Spawn, ns: Namespace,
         writers: OpenWriters, kernel: KernelCache, *, read_budget: MemoryBudget,
-        write_budget: MemoryBudget, pool: BufferPool, spill: SpillArea,
+        write_budget: MemoryBudget, pool: BufferPool, spill: SpillArea, scans: DirectoryScans,
         archive_streams: ArchiveStreams | None = None,
     ) -> None:
         self.config = config
@@ -91,6 +96,7 @@ class OpenFiles:
         self.write_budget = write_budget
         self.pool = pool
         self.spill = spill
+        self.scans = scans
         self.archive_streams = archive_streams  # with --archives expand
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_fh = 1
@@ -223,6 +229,7 @@ class OpenFiles:
             writer.close()
         if done is not None:
             self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
+            self.scans.changed(node.bucket, node.key)
             self._pins.pop(node.ino, None)
 
     async def _set_mtime(self, node: Inode, handle: FileHandle | None, mtime_ns: int) -> None:
@@ -271,6 +278,15 @@ class OpenFiles:
             # Created here, its upload failed: the kernel still has the name (and passes no
             # O_CREAT on), the user is creating it again (`>` after a failed close).
             st, exists = Stat(0, time.time_ns()), False
+        # Keep the kernel's pages only when they hold this very version of the object.
+        pin = (st.version, st.size)
+        keep = not writing and bool(st.version) and self._pins.get(node.ino) == pin
+        fetched = None
+        if not writing and written is None:
+            fetched = await self.scans.opened(node.bucket, node.key, st, need_bytes=not keep)
+            if fetched is not None and self.written_stat(node) is not None:
+                self.scans.give_back(fetched)  # a writer of it appeared meanwhile
+                fetched = None
         handle = FileHandle(node)
         if writing:
             handle.writer = self._writer(node, exists=exists, size=st.size,
@@ -278,10 +294,9 @@ class OpenFiles:
             self.writers.add(handle)
         if not flags & os.O_WRONLY:
             handle.reader = self._reader(node, st)
+            if fetched is not None:
+                handle.reader.hold(fetched)
         fh = self._new_fh(handle)
-        # Keep the kernel's pages only when they hold this very version of the object.
-        pin = (st.version, st.size)
-        keep = not writing and bool(st.version) and self._pins.get(node.ino) == pin
         self._pins[node.ino] = pin
         return fh, keep
 
@@ -368,6 +383,7 @@ class OpenFiles:
 
     def close_all(self) -> None:
         """After the FUSE main loop ended and the writers were released: drop every handle."""
+        self.scans.close()
         for handle in self._handles.values():
             if isinstance(handle, FileHandle) and handle.reader is not None:
                 handle.reader.close()
@@ -435,6 +451,7 @@ class OpenFiles:
         if done is not None and not writer.discarded:
             self._created.discard(node.ino)
             self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
+            self.scans.changed(node.bucket, node.key)
             self._pins.pop(node.ino, None)
             self.kernel.forget_attrs(node.ino)
             if handle.reader is not None:
@@ -467,6 +484,7 @@ class OpenFiles:
                 if kept is not None:
                     kept[0].close()
             raise
+        self.scans.changed(parent.bucket, parent.key + name)
         self._pins.pop(inode.ino, None)
 
     async def _keep_bytes(self, node: Inode) -> None:
@@ -502,4 +520,9 @@ class OpenFiles:
         node = self.table.find(old_parent.bucket, old_parent.key + old_name)
         if node is not None:
             await self._upload_writers(node)
-        await self.ns.rename(old_parent, old_name, new_parent, new_name, flags)
+        try:
+            await self.ns.rename(old_parent, old_name, new_parent, new_name, flags)
+        finally:
+            for parent, name in ((old_parent, old_name), (new_parent, new_name)):
+                self.scans.changed(parent.bucket, parent.key + name)
+                self.scans.changed_under(parent.bucket, parent.key + name + "/")

@@ -201,6 +201,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("read-ahead-budget", SIZE, "read-ahead memory of all files together", "SIZE",
            "read_ahead_budget"),
     Option("read-part-size", SIZE, "bytes per ranged GET", "SIZE", "read_part_size"),
+    Option("scan-batch", SIZE, "bytes per Get-Batch request that fetches ahead the small files "
+           "of a directory read in listing order (cp -r, tar c), 0 = one GET per file", "SIZE",
+           "scan_batch_bytes"),
     Option("kernel-read-ahead-kb", COUNT, "kernel read-ahead for the mount, 0 = leave", "KB",
            "kernel_read_ahead_kb"),
     Option("write-part-size", SIZE, "bytes of a file's first APPEND request", "SIZE",

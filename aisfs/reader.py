@@ -152,6 +152,19 @@ class ObjectReader:
         self._evict_before(off if over else off - BACKWARD_KEEP)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def hold(self, data: memoryview) -> None:
+        """Start with the whole object's bytes, fetched already and counted in the budget (a
+        directory scan's batch): every read is served from them; the budget gets them back
+        when the reader lets them go."""
+        if self._chunks or len(data) != self.size:
+            raise ValueError(f"{self.what}: {len(data)} bytes held for a {self.size}-byte "
+                             "object, or not at the start")
+        chunk = _Chunk(0, self.size)
+        chunk.data = data
+        chunk.done.set()
+        self._chunks.append(chunk)
+        self._starts.append(0)
+
     def close(self) -> None:
         self._drop_all()
 

@@ -1,0 +1,418 @@
+"""Directory scans: a directory's files read in listing order are fetched ahead, many files per
+Get-Batch request, and their opens are served from the bytes that came.
+
+A process that reads the files of a directory one after the other in the order readdir gave them
+(``cp -r``, ``tar c``, ``rsync``, ``find -exec cat``, an unshuffled loader) would otherwise pay one
+HTTP request per file, most of it overhead for a small one. Here, once ``START_AFTER`` opens in a
+row were each of the file listed after the one before (the order of the directory's cached
+listing, which is readdir's), the files after the last one are requested ahead, up to
+``config.scan_batch_bytes`` and ``BATCH_FILES`` per Get-Batch, ``DEPTH`` requests ahead of the
+reader, within the read-ahead memory budget. An open of such a file takes its bytes (waiting
+for them when they are still on their way) and its reader serves every read from them. An open
+of a file of the directory that is neither held nor within ``JITTER`` positions of the last one
+ends the scan: what was fetched and not opened is dropped, requests still in flight are
+cancelled, and detection starts again from that open.
+
+Which files: regular files of the listing with 0 < size <= ``SMALL_FILE``; the others (empty
+files, big ones, directories) are left to the usual reader and do not break the order.
+
+What an open gets from a batch (the guarantees):
+- Only an open for reading whose attributes (size, version, from the listing or metadata cache
+  at open time) are the ones the batch was asked for, whose member in the reply has exactly that
+  size, and with no change made through this mount while it waited; any other open gets the
+  usual reader (ranged GETs, each checked against the size and version of the open: ESTALE on a
+  mismatch).
+- Bytes: the object's whole content as AIS held it when the designated target read it for the
+  batch (one version, never a mix: AIS reads an object under its lock), at most ``hold`` seconds
+  (the metadata TTL) before the open. The version of those bytes is not checked: a Get-Batch
+  reply does not carry one (AIS v1.5.0: the TAR headers give name, size, mode and a time; the
+  multipart form's ``metadata`` part, ``MossOut``, gives name, bucket, size, error and the
+  caller's opaque bytes). So an object replaced by one of the same size is not noticed: replaced
+  after the listing and before the batch read, the open gets the new bytes under the listing's
+  version; replaced after the batch read, the open gets the bytes a GET at that moment gave, at
+  most ``hold`` seconds old: the staleness the mount allows its attributes and listings too.
+  Replaced by one of another size: the usual reader, which fails with ESTALE as always.
+- A change made through this mount (upload, truncate, unlink, rename: :meth:`changed`) drops
+  what is held of that name.
+- A missing object (deleted since the listing; AIS's ``__404__`` member): that open fails with
+  ENOENT (``NotFound``); a member the batch did not deliver (AIS ends a reply after too many
+  missing objects, a broken stream, a changed size): the usual reader.
+
+Memory: every byte a batch asks for is reserved in the read-ahead budget before it is sent (a
+batch that does not fit is not sent) and released when dropped, or, once an open took it, when
+that handle's reader lets it go.
+
+Concurrency: trio thread only. The FUSE handlers call :meth:`opened` and :meth:`changed`; each
+batch is a task of its own (``spawn``) that fills its entries as the reply arrives. A scan's
+state changes only between awaits.
+
+Invariants:
+- Every entry of a scan's ``held`` was requested by one of its batches and neither taken by an
+  open nor dropped; ``held`` is in listing order (batches are sent in order).
+- An entry's ``reserved`` bytes are in the budget: its size from the request until it is taken,
+  dropped, or its member did not come; 0 after (the taker's reader then holds them).
+- An entry's ``arrived`` is set once its batch delivered it or ended without it (then ``error``
+  is set); every entry's is set when its batch task ends, so no open waits for good.
+- ``pending`` holds a scan's batches that still have entries in ``held``, at most ``DEPTH``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import logging
+from collections import OrderedDict
+from typing import Protocol
+
+import trio
+
+from . import errors
+from .aisapi import AisApi, Spawn
+from .budget import MemoryBudget
+from .cache import Stat
+from .getbatch import BatchItem, NotFetched
+from .listing import Child, Listing
+from .listings import parent_of
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# Files up to this size are fetched in batches; a bigger one costs little more as a GET of its own.
+SMALL_FILE = 1 * MIB
+# Files per Get-Batch at most: AIS sends a reply's last ~100 KiB only ~100 ms after the rest, so
+# a batch of tiny files must hold many of them to be worth its wait.
+BATCH_FILES = 256
+# Batches requested ahead of the reader: each one's late tail is hidden behind the others.
+DEPTH = 4
+# Opens in a row of the directory's next file before files are fetched ahead.
+START_AFTER = 3
+# A running scan goes on through opens this many listing positions around the last one (several
+# readers of one directory, or a reader that skips a file).
+JITTER = 16
+# Entries looked at around where a name sorts (listings are in name order but for a few names:
+# an object ``a`` comes after ``a-b``, directories made here come first).
+NEAR = 8
+# Directories whose order is followed at once.
+MAX_SCANS = 64
+
+
+class ListingSource(Protocol):
+    """Where the directory's order comes from (``listings.Listings``)."""
+
+    def cached(self, bucket: str, prefix: str) -> Listing | None: ...
+
+
+def _sort_key(child: Child) -> str:
+    return child.name + "/" if child.is_dir else child.name
+
+
+def _is_file(child: Child) -> bool:
+    return not child.is_dir and child.stat is not None
+
+
+def position(children: list[Child], name: str) -> int | None:
+    """Where the file ``name`` is in a listing's order, or None."""
+    at = bisect.bisect_left(children, name, key=_sort_key)
+    for i in range(max(0, at - NEAR), min(len(children), at + NEAR + 1)):
+        if children[i].name == name and _is_file(children[i]):
+            return i
+    return None
+
+
+def next_file(children: list[Child], pos: int) -> int | None:
+    """The position of the first file after ``pos``."""
+    for i in range(pos + 1, len(children)):
+        if _is_file(children[i]):
+            return i
+    return None
+
+
+class _Batch:
+    __slots__ = ("entries", "scope", "left")
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry] = []
+        self.scope = trio.CancelScope()
+        self.left = 0  # entries still held
+
+
+class _Entry:
+    __slots__ = ("name", "pos", "size", "version", "batch", "reserved", "data", "error",
+                 "arrived")
+
+    def __init__(self, name: str, pos: int, stat: Stat, batch: _Batch) -> None:
+        self.name = name
+        self.pos = pos
+        self.size = stat.size
+        self.version = stat.version
+        self.batch = batch
+        self.reserved = stat.size
+        self.data: memoryview | None = None
+        self.error: errors.AisError | None = None
+        self.arrived = trio.Event()
+
+
+class _Scan:
+    """One directory's order and what is fetched ahead in it."""
+
+    __slots__ = ("bucket", "prefix", "listing", "children", "last", "streak", "running",
+                 "ahead", "held", "pending")
+
+    def __init__(self, bucket: str, prefix: str, listing: Listing) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.listing = listing  # the cached listing the order is read from
+        self.children = listing.children  # that order; a copy of its own while running
+        self.last = -1  # position of the latest open
+        self.streak = 0  # opens in a row, each of the file after the one before
+        self.running = False
+        self.ahead = 0  # where the next batch starts picking files
+        self.held: OrderedDict[str, _Entry] = OrderedDict()
+        self.pending: list[_Batch] = []
+
+
+class DirectoryScans:
+    def __init__(self, aio: AisApi, spawn: Spawn, listings: ListingSource,
+                 budget: MemoryBudget, *, batch_bytes: int, hold: float) -> None:
+        """``batch_bytes``: bytes per Get-Batch (0: no batches); ``hold``: seconds fetched
+        bytes wait for their open."""
+        self.aio = aio
+        self.spawn = spawn
+        self.listings = listings
+        self.budget = budget
+        self.batch_bytes = batch_bytes
+        self.hold = hold
+        self._scans: OrderedDict[tuple[str, str], _Scan] = OrderedDict()
+        self._changes = 0  # changes made through the mount (see _hand_over)
+        self.batches_sent = 0
+        self.files_served = 0
+
+    # ------------------------------------------------------------------ for the open files
+
+    async def opened(self, bucket: str, key: str, stat: Stat, *,
+                     need_bytes: bool = True) -> memoryview | None:
+        """A file opened for reading, with the attributes the open shows: its whole content when
+        a batch fetched it for this open (the caller's reader takes over its budget), else None.
+        Raises NotFound when the batch found the object missing. ``need_bytes`` False: the
+        kernel still holds the file's pages; the open only counts for the order."""
+        if not self.batch_bytes:
+            return None
+        prefix, name = parent_of(key)
+        scan = self._scan_of(bucket, prefix)
+        if scan is None:
+            return None
+        entry = scan.held.pop(name, None)
+        if entry is not None:
+            self._unhold(scan, entry)
+            self._follow(scan, entry.pos, hit=True)
+            return await self._hand_over(entry, stat, need_bytes)
+        pos = position(scan.children, name)
+        if pos is not None:
+            self._follow(scan, pos, hit=False)
+        return None
+
+    def give_back(self, data: memoryview) -> None:
+        """Bytes :meth:`opened` returned that the caller does not use after all."""
+        self.budget.release(len(data))
+
+    def changed(self, bucket: str, key: str) -> None:
+        """The object ``key`` was changed through this mount: nothing held of it is served."""
+        self._changes += 1
+        prefix, name = parent_of(key)
+        scan = self._scans.get((bucket, prefix))
+        if scan is not None:
+            entry = scan.held.pop(name, None)
+            if entry is not None:
+                self._unhold(scan, entry)
+                self._release(entry)
+
+    def changed_under(self, bucket: str, prefix: str) -> None:
+        """Objects under ``prefix`` were changed (a directory renamed): scans there end."""
+        self._changes += 1
+        for where in [w for w in self._scans if w[0] == bucket and w[1].startswith(prefix)]:
+            self._stop(self._scans.pop(where))
+
+    def close(self) -> None:
+        """The mount is going away: drop everything."""
+        while self._scans:
+            self._stop(self._scans.popitem()[1])
+
+    # ------------------------------------------------------------------ following the order
+
+    def _scan_of(self, bucket: str, prefix: str) -> _Scan | None:
+        where = (bucket, prefix)
+        scan = self._scans.get(where)
+        listing = self.listings.cached(bucket, prefix)
+        if scan is not None and (scan.running or listing is None or listing is scan.listing):
+            self._scans.move_to_end(where)
+            return scan
+        if listing is None:
+            return None
+        if scan is not None:
+            self._stop(scan)  # detecting in a listing that is no longer the cached one
+        scan = self._scans[where] = _Scan(bucket, prefix, listing)
+        while len(self._scans) > MAX_SCANS:
+            self._stop(self._scans.popitem(last=False)[1])
+        return scan
+
+    def _follow(self, scan: _Scan, pos: int, *, hit: bool) -> None:
+        """An open at ``pos`` of the scan's order."""
+        if scan.running:
+            if hit or scan.last - JITTER <= pos <= max(scan.ahead, scan.last + JITTER):
+                scan.last = max(scan.last, pos)
+                self._drop_behind(scan)
+                self._top_up(scan)
+                return
+            log.debug("ais://%s/%s: read out of listing order; scan stopped",
+                      scan.bucket, scan.prefix)
+            self._stop(scan)
+        if scan.streak and pos == next_file(scan.children, scan.last):
+            scan.streak += 1
+        else:
+            scan.streak = 1
+        scan.last = pos
+        if scan.streak >= START_AFTER:
+            log.debug("ais://%s/%s: files read in listing order; fetching ahead in batches",
+                      scan.bucket, scan.prefix)
+            scan.running = True
+            scan.children = list(scan.children)  # positions stay put whatever the cache does
+            scan.ahead = pos + 1
+            self._top_up(scan)
+
+    def _top_up(self, scan: _Scan) -> None:
+        """Keep ``DEPTH`` batches ahead of the reader, within the budget."""
+        scan.ahead = max(scan.ahead, scan.last + 1)
+        while len(scan.pending) < DEPTH:
+            picked: list[tuple[int, Child]] = []
+            total = 0
+            pos = scan.ahead
+            children = scan.children
+            while pos < len(children) and len(picked) < BATCH_FILES:
+                child = children[pos]
+                if _is_file(child) and child.name not in scan.held:
+                    assert child.stat is not None
+                    size = child.stat.size
+                    if 0 < size <= SMALL_FILE:
+                        if picked and total + size > self.batch_bytes:
+                            break
+                        picked.append((pos, child))
+                        total += size
+                pos += 1
+            if not picked or not self.budget.try_reserve(total):
+                return
+            scan.ahead = pos
+            batch = _Batch()
+            for at, child in picked:
+                assert child.stat is not None
+                entry = _Entry(child.name, at, child.stat, batch)
+                batch.entries.append(entry)
+                scan.held[child.name] = entry
+            batch.left = len(batch.entries)
+            scan.pending.append(batch)
+            self.batches_sent += 1
+            self.spawn(functools.partial(self._fetch, scan, batch))
+
+    def _drop_behind(self, scan: _Scan) -> None:
+        """Entries the reader went past (by more than ``JITTER``) will not be opened in order."""
+        while scan.held:
+            name, entry = next(iter(scan.held.items()))
+            if entry.pos >= scan.last - JITTER:
+                return
+            del scan.held[name]
+            self._unhold(scan, entry)
+            self._release(entry)
+
+    def _stop(self, scan: _Scan) -> None:
+        """Order broken (or the scan forgotten): drop what is held, cancel what is in flight."""
+        for entry in scan.held.values():
+            self._release(entry)
+        scan.held.clear()
+        for batch in scan.pending:
+            batch.left = 0
+            batch.scope.cancel()
+        scan.pending.clear()
+        scan.running = False
+        scan.streak = 0
+        scan.children = scan.listing.children
+
+    def _unhold(self, scan: _Scan, entry: _Entry) -> None:
+        """``entry`` left ``held``: its batch is no longer pending once none of its entries is
+        held; one still in flight then is not wanted any more."""
+        batch = entry.batch
+        batch.left -= 1
+        if batch.left == 0 and batch in scan.pending:
+            scan.pending.remove(batch)
+            if any(not e.arrived.is_set() for e in batch.entries) and all(
+                    e.reserved == 0 for e in batch.entries):
+                batch.scope.cancel()
+
+    def _release(self, entry: _Entry) -> None:
+        entry.data = None
+        if entry.reserved:
+            self.budget.release(entry.reserved)
+            entry.reserved = 0
+
+    # ------------------------------------------------------------------ batches
+
+    async def _fetch(self, scan: _Scan, batch: _Batch) -> None:
+        """Send one batch, fill its entries as they come; drop the ones not taken in time."""
+        entries = batch.entries
+
+        def deliver(item: BatchItem) -> None:
+            entry = entries[item.index]
+            if item.data is not None and entry.reserved:
+                entry.data = item.data
+            elif item.error is not None:
+                entry.error = item.error
+                self._release(entry)
+            entry.arrived.set()
+
+        what = f"ais://{scan.bucket}/{scan.prefix}"
+        try:
+            with batch.scope:
+                await self.aio.get_batch(
+                    scan.bucket, [scan.prefix + e.name for e in entries], max_size=SMALL_FILE,
+                    sizes=[e.size for e in entries], deliver=deliver,
+                )
+        except errors.AisError as exc:
+            log.info("%s: Get-Batch of %d files failed (read one by one instead): %s",
+                     what, len(entries), exc)
+        except Exception:
+            log.exception("%s: Get-Batch of %d files failed", what, len(entries))
+        finally:
+            for entry in entries:
+                if not entry.arrived.is_set():
+                    entry.error = NotFetched("the batch ended before this object", 0,
+                                             f"ais://{scan.bucket}/{scan.prefix}{entry.name}")
+                    self._release(entry)
+                    entry.arrived.set()
+        if batch.left:
+            await trio.sleep(self.hold)
+            for entry in entries:
+                if scan.held.get(entry.name) is entry:
+                    del scan.held[entry.name]
+                    self._unhold(scan, entry)
+                    self._release(entry)
+
+    async def _hand_over(self, entry: _Entry, stat: Stat, need_bytes: bool
+                         ) -> memoryview | None:
+        """The bytes of a taken entry, for an open with attributes ``stat``."""
+        changes = self._changes
+        try:
+            if not need_bytes or (entry.size, entry.version) != (stat.size, stat.version):
+                return None
+            if not entry.arrived.is_set():
+                await entry.arrived.wait()
+            if changes != self._changes:
+                return None  # something changed through the mount meanwhile: maybe this file
+            if isinstance(entry.error, errors.NotFound):
+                raise entry.error
+            if entry.data is None or not entry.reserved:
+                return None
+            data = entry.data
+            entry.data = None
+            entry.reserved = 0  # the caller's reader holds them now
+            self.files_served += 1
+            return data
+        finally:
+            self._release(entry)
