@@ -51,6 +51,9 @@ class Snapshot:
     inodes: int = 0
     read_ahead_bytes: int = 0
     read_ahead_limit: int = 0
+    read_ahead_peak: int = 0
+    scan_batches: int = 0
+    scan_files: int = 0
     write_buffer_bytes: int = 0
     spill_bytes: int = 0
 
@@ -161,6 +164,13 @@ class Metrics:
                                 value=snap.read_ahead_bytes)
         yield GaugeMetricFamily("aisfs_read_ahead_limit_bytes", "Read-ahead budget "
                                 "(--read-ahead-budget)", value=snap.read_ahead_limit)
+        yield GaugeMetricFamily("aisfs_read_ahead_peak_bytes", "Most memory read-ahead held at "
+                                "once", value=snap.read_ahead_peak)
+        yield CounterMetricFamily("aisfs_scan_batches", "Get-Batch requests sent to fetch "
+                                  "ahead the files of a directory read in listing order",
+                                  value=snap.scan_batches)
+        yield CounterMetricFamily("aisfs_scan_files", "Files whose open was served from a "
+                                  "Get-Batch of a directory scan", value=snap.scan_files)
         yield GaugeMetricFamily("aisfs_write_buffer_bytes", "Memory held by write buffers of "
                                 "open files", value=snap.write_buffer_bytes)
         yield GaugeMetricFamily("aisfs_spill_bytes", "Bytes of non-sequential writes staged "

@@ -317,6 +317,9 @@ def _snapshot_of(ops: Operations) -> Callable[[], Snapshot]:
             inodes=len(ns.table),
             read_ahead_bytes=files.read_budget.used,
             read_ahead_limit=files.read_budget.limit,
+            read_ahead_peak=files.read_budget.peak,
+            scan_batches=files.scans.batches_sent,
+            scan_files=files.scans.files_served,
             write_buffer_bytes=files.buffered_bytes(),
             spill_bytes=files.spill.used,
         )

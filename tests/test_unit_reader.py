@@ -554,3 +554,25 @@ async def test_concurrent_overlapping_and_disjoint_reads(
         r.close()
     for i, (off, length) in enumerate(ranges):
         assert results[i] == data[off : off + length], (off, length)
+
+
+async def test_a_reader_started_from_fetched_bytes_serves_them_and_gives_them_back() -> None:
+    """A directory scan's batch fetched the whole object: no GET, and its budget goes back at
+    close."""
+    data = pattern(200 * KIB)
+    fake = fake_of(data)
+    config = make_config()
+    budget = MemoryBudget(config.read_ahead_budget)
+    async with trio.open_nursery() as nursery:
+        r = make_reader(fake, nursery, budget)
+        budget.force_reserve(len(data))  # what the scan reserved for it
+        r.hold(memoryview(bytearray(data)))
+        assert await read(r, 0, 128 * KIB) == data[: 128 * KIB]
+        assert await read(r, 128 * KIB, 128 * KIB) == data[128 * KIB:]
+        assert await read(r, 4096, 10) == data[4096:4106]
+        assert await read(r, len(data), 4096) == b""
+        with pytest.raises(ValueError):
+            r.hold(memoryview(bytearray(data)))
+        r.close()
+        assert budget.used == 0
+    assert fake.ranges == [] and r.requests == 0
