@@ -7,8 +7,10 @@ HTTP request per file, most of it overhead for a small one. Here, once ``START_A
 row were each of the file listed after the one before (the order of the directory's cached
 listing, which is readdir's), the files after the last one are requested ahead, up to
 ``config.scan_batch_bytes`` and ``BATCH_FILES`` per Get-Batch, ``DEPTH`` requests ahead of the
-reader, within the read-ahead memory budget. An open of such a file takes its bytes (waiting
-for them when they are still on their way) and its reader serves every read from them. An open
+reader, within the read-ahead memory budget, and no further ahead than the reader gets through
+in ``LOOKAHEAD`` seconds (the rate of its opens, measured). An open of such a file takes its
+bytes (waiting for them when they are still on their way) and its reader serves every read
+from them. An open
 of a file of the directory that is neither held nor within ``JITTER`` positions of the last one
 ends the scan: what was fetched and not opened is dropped, requests still in flight are
 cancelled, and detection starts again from that open.
@@ -81,9 +83,17 @@ MIB = 1024 * 1024
 SMALL_FILE = 1 * MIB
 # Files per Get-Batch at most: AIS sends a reply's last ~100 KiB only ~100 ms after the rest, so
 # a batch of tiny files must hold many of them to be worth its wait.
-BATCH_FILES = 256
+BATCH_FILES = 1024
 # Batches requested ahead of the reader: each one's late tail is hidden behind the others.
 DEPTH = 4
+# Seconds of reading fetched ahead (the reader's rate of opens times this), at least
+# ``MIN_AHEAD`` files: several times AIS's latency to a batch's last file, and far below the
+# metadata TTL that fetched bytes may wait (a deeper look-ahead outruns a slow reader: its bytes
+# expire unread).
+LOOKAHEAD = 1.0
+MIN_AHEAD = 8
+# How often the rate of opens is measured (seconds).
+RATE_WINDOW = 0.5
 # Opens in a row of the directory's next file before files are fetched ahead.
 START_AFTER = 3
 # A running scan goes on through opens this many listing positions around the last one (several
@@ -156,7 +166,7 @@ class _Scan:
     """One directory's order and what is fetched ahead in it."""
 
     __slots__ = ("bucket", "prefix", "listing", "children", "last", "streak", "running",
-                 "ahead", "held", "pending")
+                 "ahead", "held", "pending", "rate", "since", "opens")
 
     def __init__(self, bucket: str, prefix: str, listing: Listing) -> None:
         self.bucket = bucket
@@ -169,6 +179,23 @@ class _Scan:
         self.ahead = 0  # where the next batch starts picking files
         self.held: OrderedDict[str, _Entry] = OrderedDict()
         self.pending: list[_Batch] = []
+        self.rate = 0.0  # opens per second, as last measured
+        self.since = 0.0  # when the opens counted in ``opens`` began
+        self.opens = 0
+
+    def count_open(self, now: float) -> None:
+        """One more open in order; the rate is measured over ``RATE_WINDOW`` (until one has
+        passed, over the opens so far)."""
+        self.opens += 1
+        elapsed = now - self.since
+        if elapsed >= RATE_WINDOW or (not self.rate and elapsed > 0):
+            self.rate = self.opens / elapsed
+        if elapsed >= RATE_WINDOW:
+            self.since, self.opens = now, 0
+
+    def ahead_wanted(self) -> int:
+        """How many files to have fetched or on their way ahead of the reader."""
+        return max(MIN_AHEAD, int(self.rate * LOOKAHEAD))
 
 
 class DirectoryScans:
@@ -257,8 +284,10 @@ class DirectoryScans:
 
     def _follow(self, scan: _Scan, pos: int, *, hit: bool) -> None:
         """An open at ``pos`` of the scan's order."""
+        now = trio.current_time()
         if scan.running:
             if hit or scan.last - JITTER <= pos <= max(scan.ahead, scan.last + JITTER):
+                scan.count_open(now)
                 scan.last = max(scan.last, pos)
                 self._drop_behind(scan)
                 self._top_up(scan)
@@ -270,7 +299,9 @@ class DirectoryScans:
             scan.streak += 1
         else:
             scan.streak = 1
+            scan.since, scan.opens, scan.rate = now, 0, 0.0
         scan.last = pos
+        scan.count_open(now)
         if scan.streak >= START_AFTER:
             log.debug("ais://%s/%s: files read in listing order; fetching ahead in batches",
                       scan.bucket, scan.prefix)
@@ -280,14 +311,17 @@ class DirectoryScans:
             self._top_up(scan)
 
     def _top_up(self, scan: _Scan) -> None:
-        """Keep ``DEPTH`` batches ahead of the reader, within the budget."""
+        """Keep what the reader gets through in ``LOOKAHEAD`` fetched ahead, in up to ``DEPTH``
+        batches, within the budget."""
         scan.ahead = max(scan.ahead, scan.last + 1)
-        while len(scan.pending) < DEPTH:
+        wanted = scan.ahead_wanted()
+        per_batch = min(BATCH_FILES, max(MIN_AHEAD // DEPTH, wanted // DEPTH))
+        while len(scan.pending) < DEPTH and len(scan.held) < wanted:
             picked: list[tuple[int, Child]] = []
             total = 0
             pos = scan.ahead
             children = scan.children
-            while pos < len(children) and len(picked) < BATCH_FILES:
+            while pos < len(children) and len(picked) < per_batch:
                 child = children[pos]
                 if _is_file(child) and child.name not in scan.held:
                     assert child.stat is not None
@@ -393,6 +427,8 @@ class DirectoryScans:
                     del scan.held[entry.name]
                     self._unhold(scan, entry)
                     self._release(entry)
+                    # The reader paused: the next batch fetches this file again.
+                    scan.ahead = min(scan.ahead, entry.pos)
 
     async def _hand_over(self, entry: _Entry, stat: Stat, need_bytes: bool
                          ) -> memoryview | None:

@@ -82,7 +82,7 @@ def test_a_directory_copied_in_listing_order_is_served_by_get_batch(  # type: ig
         k[2:] for k in objects)
     # 401 small files; the first 3 of d/ and of d/sub are read one by one, as is the big one.
     assert counts["scan_files"] >= 395, counts
-    assert 1 <= counts["get_batch"] <= 12, counts
+    assert 1 <= counts["get_batch"] <= 40, counts  # ten files a request or more
     assert counts["get_range"] <= 12, counts
 
 

@@ -245,8 +245,41 @@ async def test_bytes_not_opened_in_time_go_back_to_the_budget(
         assert budget.used > 0
         await trio.sleep(2.5)
         assert budget.used == 0
-        # The reader comes back: those files are read the usual way.
+        # The reader comes back: that file is read the usual way, the next ones are fetched
+        # again.
         assert await open_file(scans, fake, "d/f0006") is None
+        assert await open_file(scans, fake, "d/f0007") == fake.content("d/f0007")
+
+
+async def test_a_slow_reader_is_not_fetched_further_ahead_than_it_reads_in_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Ten opens a second: what is fetched ahead is opened long before it expires (a deeper
+    look-ahead would hold files until their time is up, and they would be read one by one)."""
+    fake = files(400, size=100)
+    listings = Listings()
+    listings.list(fake, "d/")
+    async with scans_of(fake, listings, batch=1024 * KIB, hold=5.0) as scans:
+        served = 0
+        for i in range(400):
+            served += await open_file(scans, fake, f"d/f{i:04}") is not None
+            await trio.sleep(0.1)
+    assert served == 397
+    assert fake.calls["get_batch"] >= 400 // 64
+
+
+async def test_a_fast_reader_is_fetched_further_ahead(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = files(3000, size=100)
+    listings = Listings()
+    listings.list(fake, "d/")
+    async with scans_of(fake, listings, batch=1024 * KIB) as scans:
+        for i in range(3000):
+            await open_file(scans, fake, f"d/f{i:04}")
+            await trio.sleep(0.0005)  # 2,000 opens a second
+    # About a second of reading ahead in DEPTH batches: ~500 files each, not MIN_AHEAD's 16.
+    assert fake.calls["get_batch"] <= 20
 
 
 async def test_batches_stay_within_the_read_ahead_budget() -> None:
