@@ -332,7 +332,10 @@ class DirectoryScans:
                         picked.append((pos, child))
                         total += size
                 pos += 1
-            if not picked or not self.budget.try_reserve(total):
+            if not picked:
+                scan.ahead = pos  # nothing to fetch up to the end: not looked through again
+                return
+            if not self.budget.try_reserve(total):
                 return
             scan.ahead = pos
             batch = _Batch()

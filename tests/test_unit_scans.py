@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from aisfs import errors
+from aisfs import scans as scans_module
 from aisfs.budget import MemoryBudget
 from aisfs.cache import Stat
 from aisfs.listing import Child, Listing
@@ -321,6 +322,31 @@ async def test_only_small_files_are_fetched_and_the_others_do_not_break_the_orde
                 assert got == fake.content(key), key
     asked = [name for call in fake.log if call[0] == "get_batch" for name in call[2:]]
     assert "d/f05" not in asked and "d/f10" not in asked and "d/f12/sub" not in asked
+
+
+async def test_a_directory_of_big_files_read_in_order_is_looked_through_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing to fetch: each open must not walk the rest of the listing again."""
+    n = 5000
+    children = [Child(f"f{i:05}", False, Stat(2 * 1024 * KIB, 0, "1")) for i in range(n)]
+    listings = Listings()
+    listings.by_dir[("b", "d/")] = Listing(children, {c.name: c for c in children})
+    looked = 0
+    is_file = scans_module._is_file
+
+    def counting(child: Child) -> bool:
+        nonlocal looked
+        looked += 1
+        return is_file(child)
+
+    monkeypatch.setattr(scans_module, "_is_file", counting)
+    fake = FakeAis()
+    async with scans_of(fake, listings) as scans:
+        for i in range(n):
+            assert await scans.opened("b", f"d/f{i:05}", Stat(2 * 1024 * KIB, 0, "1")) is None
+    assert fake.calls["get_batch"] == 0
+    assert looked < 10 * n
 
 
 def test_positions_in_a_listing_with_names_out_of_order() -> None:
