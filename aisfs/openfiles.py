@@ -280,13 +280,14 @@ class OpenFiles:
             st, exists = Stat(0, time.time_ns()), False
         # Keep the kernel's pages only when they hold this very version of the object.
         pin = (st.version, st.size)
-        keep = not writing and bool(st.version) and self._pins.get(node.ino) == pin
         fetched = None
         if not writing and written is None:
-            fetched = await self.scans.opened(node.bucket, node.key, st, need_bytes=not keep)
+            cached = bool(st.version) and self._pins.get(node.ino) == pin
+            fetched = await self.scans.opened(node.bucket, node.key, st, need_bytes=not cached)
             if fetched is not None and self.written_stat(node) is not None:
                 self.scans.give_back(fetched)  # a writer of it appeared meanwhile
                 fetched = None
+        keep = not writing and bool(st.version) and self._pins.get(node.ino) == pin
         handle = FileHandle(node)
         if writing:
             handle.writer = self._writer(node, exists=exists, size=st.size,
