@@ -35,7 +35,8 @@ Invariants:
   it in place (``set_child``), so opens hand out copies of its children.
 - ``background`` maps each directory with a listing for lookups in flight to it (one at a time
   per directory); ``cold_lookups`` counts lookups in directories with no cached listing, stream
-  or background listing.
+  or background listing; ``too_big`` holds, for the metadata TTL, directories such a listing
+  found bigger than LOOKUP_LISTING_LIMIT, which are not listed for lookups meanwhile.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class Listings:
         self.first_pages: TtlMap[ListPage] = TtlMap(64, ttl, neg, timer)
         self.watches: list[Watch] = []
         self.cold_lookups: TtlMap[int] = TtlMap(4096, ttl, neg, timer)
+        # Directories found bigger than LOOKUP_LISTING_LIMIT: looked up name by name.
+        self.too_big: TtlMap[bool] = TtlMap(4096, ttl, neg, timer)
         self.background: dict[tuple[str, str], _LookupListing] = {}
         self.walks = TreeWalks(self, aio, spawn)
 
@@ -337,7 +340,7 @@ class Listings:
         opening files by path, a directory being filled): each costs AIS a HEAD and a LIST. From
         the third one, the directory is listed for lookups (see ``for_lookups``)."""
         where = (bucket, prefix)
-        if where in self.background or where in self.streams:
+        if where in self.background or where in self.streams or where in self.too_big:
             return
         count = (self.cold_lookups.get(where) or 0) + 1
         self.cold_lookups.put(where, count)
@@ -393,6 +396,7 @@ class Listings:
                         bucket, prefix, page_size=page_size, uuid=uuid, continuation_token=token)
                     entries += page.entries
                     if len(entries) > LOOKUP_LISTING_LIMIT:
+                        self.too_big.put((bucket, prefix), True)
                         return
                     if not page.continuation_token:
                         break

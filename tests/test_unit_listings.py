@@ -484,6 +484,12 @@ async def test_two_lookups_by_name_do_not_list_and_a_huge_directory_is_not_liste
     await cold_lookups(ns, ["0003"])
     assert ns.listings.get(("b", "d/")) is None  # 1,500 names: more than the limit
     assert not ns.dir_listings.background
+    # It is not listed again for the next lookups (a loader opening files by path in a huge
+    # directory): each is asked by name, within the metadata TTL.
+    fake.log.clear()
+    await cold_lookups(ns, [f"{i:04}" for i in range(4, 40)])
+    assert ("page", "b", "d/", "False", "1000") not in fake.log
+    assert fake.calls["list_all"] == 0
 
 
 async def test_a_listing_for_lookups_made_during_changes_is_cached_with_them() -> None:
