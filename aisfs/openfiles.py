@@ -7,8 +7,10 @@ and namespace. The rules kept here:
   spill file, and uploads its own streamed bytes before reading them.
 - A file open for writing shows its writers' size and mtime while one of them holds bytes AIS
   does not have (``handles.OpenWriters``, which the namespace asks).
-- After an upload: the namespace notes the result (no HEAD needed), the kernel drops its cached
-  attributes, and the uploading handle's reader follows the new object.
+- After an upload: the namespace notes the result (no HEAD needed), the kernel drops the
+  attributes it got while the file was being written (only those given out after the last write
+  through a write-only handle: such a write makes the kernel drop them itself), and the
+  uploading handle's reader follows the new object.
 - Version pinning: the kernel keeps a file's pages across opens only when the object has the
   (version, size) it had at the previous open; any change made here drops the pin.
 - Bytes being written under a name are uploaded before the name is renamed; an unlinked file's
@@ -416,10 +418,13 @@ class OpenFiles:
             raise
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
-        writer = self.file(fh).writer
+        handle = self.file(fh)
+        writer = handle.writer
         if writer is None:
             raise errors.PosixError(errno.EBADF, "file not open for writing")
-        return await writer.write(off, data)
+        written = await writer.write(off, data)
+        self.writers.wrote(handle)
+        return written
 
     async def flush(self, fh: int) -> None:
         """close(2) waits for this: the upload's result reaches the writer here."""
@@ -454,7 +459,8 @@ class OpenFiles:
             self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
             self.scans.changed(node.bucket, node.key)
             self._pins.pop(node.ino, None)
-            self.kernel.forget_attrs(node.ino)
+            if self.writers.take_given(node):
+                self.kernel.forget_attrs(node.ino)
             if handle.reader is not None:
                 # This handle's reader must follow the object it just replaced: the PUT's answer
                 # names its version (a FLUSH's does not: then AIS is asked).

@@ -47,11 +47,14 @@ class ObjectWriter:
     """Invariants: at most one of ``_stream`` and ``_staged`` is set; with neither, nothing was
     written yet, the content is the existing object's (``_base_size`` bytes) and the handle is
     not ``dirty``. ``dirty``: the handle holds bytes (or a truncate, or a creation) that AIS
-    does not have yet.
+    does not have yet. ``modified_ns``: when this handle last changed the content (created or
+    truncated it, wrote); ``mtime_ns`` is the mtime the next upload stores, and what the file
+    shows meanwhile: the one utimens set, else ``modified_ns`` (so attributes the kernel got
+    before the upload stay true after it).
 
     Concurrency: every field changes under ``lock``, except what the lock-free write at the end
-    of a stream changes (the stream's buffer and size, ``dirty``); ``discarded`` and
-    ``pending_mtime_ns`` are set by the open-files layer between awaits.
+    of a stream changes (the stream's buffer and size, ``dirty``, ``modified_ns``);
+    ``discarded`` and ``pending_mtime_ns`` are set by the open-files layer between awaits.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class ObjectWriter:
         self._stream: StreamUpload | None = None
         self._staged: StagedUpload | None = None
         self.dirty = False
+        self.modified_ns = time.time_ns()
         if truncate or not exists:
             self._stream = self._new_stream(0, continues_existing=False)
             self.dirty = True  # creating or truncating makes (an empty) object even without writes
@@ -82,6 +86,10 @@ class ObjectWriter:
     def size(self) -> int:
         content = self._stream or self._staged
         return self._base_size if content is None else content.size
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.modified_ns if self.pending_mtime_ns is None else self.pending_mtime_ns
 
     @property
     def staged(self) -> bool:
@@ -119,6 +127,7 @@ class ObjectWriter:
             # such a write itself (py-spy of the FUSE thread in a 1 MiB dd: ~10% of its time).
             stream.join(data)
             self.dirty = True
+            self.modified_ns = time.time_ns()
             return len(data)
         async with self.lock:
             self.target.check()
@@ -128,6 +137,7 @@ class ObjectWriter:
                 self.target.latch(exc)
                 raise
             self.dirty = True
+            self.modified_ns = time.time_ns()
             return len(data)
 
     async def _write_locked(self, off: int, data: bytes) -> None:
@@ -175,6 +185,7 @@ class ObjectWriter:
             assert self._staged is not None
             await self._staged.truncate(size)
         self.dirty = True
+        self.modified_ns = time.time_ns()
 
     async def read(self, off: int, size: int) -> bytes:
         """Bytes of a staged handle (what this handle wrote, not yet uploaded)."""
@@ -227,7 +238,7 @@ class ObjectWriter:
     async def _upload(self) -> Uploaded:
         if self._stream is not None:
             await self._stream.settle()
-        mtime_ns = self.pending_mtime_ns or time.time_ns()
+        mtime_ns = self.mtime_ns
         custom = {MTIME_KEY: str(mtime_ns).encode()}
         if self._staged is not None:
             version = await self._staged.upload(custom)

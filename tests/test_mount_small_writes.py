@@ -180,3 +180,51 @@ def test_result_files_written_by_a_job_cost_one_put_each(  # type: ignore[no-unt
     assert sent.pop("get_range", 0) <= len(files), sent
     assert not {k: v for k, v in sent.items() if v}, f"unexpected requests: {sent}"
     check_in_ais(bucket, files)
+
+
+def test_stat_after_close_shows_the_stored_mtime(  # type: ignore[no-untyped-def]
+    make_bucket, mount
+) -> None:
+    """Right after close, a file's mtime is the one its upload stored, however the kernel got
+    the file's attributes while it was written (the kernel is told to drop them only when it
+    may hold some from after the last write)."""
+    bucket = make_bucket()
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "60")
+
+    def cp_like(f) -> None:  # type: ignore[no-untyped-def]
+        f.write(b"data")
+
+    def fstat_after_write(f) -> None:  # type: ignore[no-untyped-def]
+        f.write(b"data")
+        f.flush()
+        os.fstat(f.fileno())
+
+    def no_write(f) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def listed_after_write(f) -> None:  # type: ignore[no-untyped-def]
+        f.write(b"data")
+        f.flush()
+        os.listdir(m.path)
+
+    def truncated(f) -> None:  # type: ignore[no-untyped-def]
+        f.write(b"data")
+        f.flush()
+        os.ftruncate(f.fileno(), 2)
+
+    def utime(f) -> None:  # type: ignore[no-untyped-def]
+        f.write(b"data")
+        f.flush()
+        os.utime(f.fileno(), ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+
+    cases: list[tuple[Callable[..., None], str]] = [
+        (cp_like, "wb"), (fstat_after_write, "wb"), (no_write, "wb"), (listed_after_write, "wb"),
+        (truncated, "wb"), (utime, "wb"), (cp_like, "wb+"), (fstat_after_write, "wb+")]
+    for n, (case, mode) in enumerate(cases):
+        name = f"{case.__name__}-{n}"
+        with open(m.path / name, mode) as f:
+            case(f)
+        stored = int(bucket.object(name).head("custom").custom_metadata["aisfs.mtime"])
+        assert os.stat(m.path / name).st_mtime_ns == stored, (name, mode)
+    assert int(bucket.object("utime-5").head("custom").custom_metadata["aisfs.mtime"]) == (
+        1_600_000_000_123_456_789)

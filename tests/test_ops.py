@@ -404,6 +404,63 @@ async def test_a_file_created_read_write_is_one_put_and_reads_back_without_a_hea
         assert bucket.object("r.out").get_reader().read_all() == b"result"
 
 
+class RecordingKernel:
+    """Stands in for the kernel's attribute cache: which inodes were told to drop theirs."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[int] = []
+
+    def forget_attrs(self, ino: int) -> None:
+        self.forgotten.append(ino)
+
+
+async def test_the_kernel_drops_a_files_attributes_after_its_upload_only_when_it_got_them_since_the_last_write(  # type: ignore[no-untyped-def]  # noqa: E501
+    opsf, make_bucket, collector
+) -> None:
+    """A write through a write-only handle makes the kernel drop the file's cached size and
+    mtime by itself; only attributes given out after the last write (or with no write at all)
+    can be stale once the upload stored its mtime: cp, tar and a job's results need no kernel
+    notification (a round trip through a worker thread per file)."""
+    bucket = make_bucket()
+    async with opsf(f"ais://{bucket.name}") as ops:
+        ops.files.kernel = kernel = RecordingKernel()
+
+        async def new_file(name: bytes, flags: int = os.O_WRONLY) -> tuple[int, int]:
+            fi, attr = await ops.create(ROOT_INODE, name, 0o644, flags, CTX)
+            return fi.fh, attr.st_ino
+
+        fh, ino = await new_file(b"cp")  # created, written, closed
+        await ops.write(fh, 0, b"x" * 4096)
+        await ops.flush(fh)
+        await ops.release(fh)
+        assert kernel.forgotten == []
+        shown = []
+        fh, ino = await new_file(b"fstat")  # stat after the last write: shown before upload
+        await ops.write(fh, 0, b"y")
+        await ops.getattr(ino, CTX)
+        await ops.flush(fh)
+        await ops.release(fh)
+        shown.append(ino)
+        fh, ino = await new_file(b"touch")  # no write: the kernel keeps what create gave it
+        await ops.flush(fh)
+        await ops.release(fh)
+        shown.append(ino)
+        fh, ino = await new_file(b"rw", os.O_RDWR)  # its writes may come from mmap
+        await ops.write(fh, 0, b"z")
+        await ops.flush(fh)
+        await ops.release(fh)
+        shown.append(ino)
+        fh, ino = await new_file(b"listed")  # a listing shows it after the last write
+        await ops.write(fh, 0, b"w")
+        dh = await ops.opendir(ROOT_INODE, CTX)
+        await ops.readdir(dh, 0, "TOKEN")
+        await ops.releasedir(dh)
+        await ops.flush(fh)
+        await ops.release(fh)
+        shown.append(ino)
+        assert kernel.forgotten == shown
+
+
 async def test_a_write_during_a_flush_waits_for_it(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
     """A small write at the end skips the writer's lock (and so trio's scheduler), but not
     while a flush holds it: the flush's upload would otherwise drop bytes that arrive during it."""
