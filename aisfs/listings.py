@@ -356,16 +356,27 @@ class Listings:
         to be believed (no negative TTL), the directory is too big to list again for every
         negative TTL of lookups, or its new listing takes more than one page (it goes on in the
         background)."""
-        if self.negative_ttl <= 0 or len(old.children) > LOOKUP_LISTING_LIMIT:
+        if not self.list_again(bucket, prefix, old):
             return None
-        if (bucket, prefix) not in self.background:
-            self._start_listing_for_lookups(bucket, prefix)
         if len(old.children) >= FIRST_PAGE_SIZE or not await self.for_lookups(bucket, prefix):
             return None
         listing = self.cached(bucket, prefix)
         if listing is not None and self.timer() - listing.fetched_at < self.negative_ttl:
             return listing
         return None
+
+    def list_again(self, bucket: str, prefix: str, old: Listing) -> bool:
+        """Start listing ``prefix`` anew for lookups of names missing from ``old`` (its cached
+        listing), unless that is under way; whether one is under way now. Done already once
+        ``old`` is half its negative TTL old, so that a directory being filled gets a listing
+        that vouches for absent names before ``old`` stops doing so: its lookups never wait.
+        Never for a directory too big to list for every negative TTL of lookups, nor without a
+        negative TTL (absent names are never believed)."""
+        if self.negative_ttl <= 0 or len(old.children) > LOOKUP_LISTING_LIMIT:
+            return False
+        if (bucket, prefix) not in self.background:
+            self._start_listing_for_lookups(bucket, prefix)
+        return True
 
     async def for_lookups(self, bucket: str, prefix: str) -> bool:
         """When ``prefix`` is being listed for lookups: wait until that answers lookups (after

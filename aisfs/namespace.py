@@ -196,7 +196,10 @@ class Namespace:
             # Missing from the listing: believed for the negative TTL, as a failed lookup is;
             # later another client may have made it, so AIS is asked: by a new listing, for
             # this name and the next ones missing from it (a directory being filled).
-            if self.timer() - listing.fetched_at < self.config.negative_metadata_ttl:
+            age = self.timer() - listing.fetched_at
+            if age < self.config.negative_metadata_ttl:
+                if age >= self.config.negative_metadata_ttl / 2:
+                    self.dir_listings.list_again(bucket, prefix, listing)  # before it is needed
                 raise errors.NotFound("not in listing", 404, f"ais://{bucket}/{prefix}{name}")
             if await self.dir_listings.relisted(bucket, prefix, listing) is not None:
                 # Anew from the top: the name may have been made here while it was listed.

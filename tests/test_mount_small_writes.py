@@ -3,7 +3,7 @@ what AIS holds afterwards (through the aistore SDK).
 
 A new file costs one PUT. The names a writer looks up before creating them (``cp`` stats each
 destination, the kernel looks an O_EXCL name up again) are answered from the directory's listing,
-fetched again at most once per negative metadata TTL, not by a HEAD and a LIST each.
+fetched again at most twice per negative metadata TTL, not by a HEAD and a LIST each.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def counted_mount(mount: Callable[..., Mount], bucket: Bucket) -> tuple[Mount, R
 
 
 def relists(elapsed: float) -> int:
-    """The most listings a directory being filled gets in ``elapsed`` seconds: one per negative
-    TTL (each vouches for absent names that long)."""
-    return int(elapsed / NEGATIVE_TTL) + 1
+    """The most listings a directory being filled gets in ``elapsed`` seconds: each vouches for
+    absent names for the negative TTL, and the next one starts once it is half that old."""
+    return int(elapsed / (NEGATIVE_TTL / 2)) + 1
 
 
 def check_in_ais(bucket: Bucket, files: dict[str, bytes]) -> None:

@@ -652,3 +652,30 @@ async def test_a_failed_new_listing_leaves_the_lookup_asking_by_name() -> None:
     assert st is not None and st.size == 2
     assert fake.calls == Counter({"head_object": 1, "list": 2})  # d/ (failed), then new/
     assert not ns.dir_listings.background and not ns.dir_listings.watches
+
+
+async def test_a_directory_being_filled_is_listed_again_before_its_listing_goes_stale() -> None:
+    """From half the negative TTL on, a name missing from the listing is still answered by it,
+    and the directory is listed again in the background: the lookups of a directory being
+    filled never wait for a listing."""
+    fake = FakeAis({"d/a": 1})
+    ns, timer = make_ns(fake, ttl=5.0, neg=1.0)
+    d, _ = await ns.lookup(ns.root, "d")
+    fake.calls.clear()
+    fake.held_pages[("d/", False)] = gate = trio.Event()
+    for step in range(4):
+        timer.now += 0.6  # past half the negative TTL of the newest listing
+        with trio.move_on_after(5) as waited:
+            with pytest.raises(errors.NotFound):
+                await ns.lookup(d, f"n{step}")  # answered at once: the page is held
+        assert not waited.cancelled_caught
+        await trio.testing.wait_all_tasks_blocked()
+        assert fake.calls == Counter({"list": step + 1})  # the next listing is on its way
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        cached = ns.listings.get(("b", "d/"))
+        assert isinstance(cached, Listing) and cached.fetched_at == timer.now
+        fake.held_pages[("d/", False)] = gate = trio.Event()
+    with pytest.raises(errors.NotFound):
+        await ns.lookup(d, "younger")  # less than half the negative TTL old: nothing asked
+    assert fake.calls == Counter({"list": 4})
