@@ -26,10 +26,10 @@ from . import errors
 from .archives import ArchiveContents, contents_from_listing
 from .client import AisClient
 from .getbatch import BatchItem, TarFormatError
+from .httpreply import Download
 from .member_stream import MemberScanner
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 from .observer import Observer
-from .transport import Download
 
 P = ParamSpec("P")
 T = TypeVar("T")

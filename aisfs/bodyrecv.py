@@ -1,5 +1,5 @@
 """Receiving a plain-HTTP response body straight into a caller's buffer, one system call per
-body: the fast path of :func:`aisfs.transport.read_body_into`.
+body: the fast path of :func:`aisfs.httpreply.read_body_into`.
 
 Works on ``http.client.HTTPResponse`` internals (the response under urllib3) and the socket under
 it; imports no HTTP library. Falls back (receives nothing) whenever the body is not a plain-TCP,

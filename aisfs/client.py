@@ -1,5 +1,7 @@
 """The AIS REST API: buckets, listings, HEAD, ranged GET, PUT, append/flush, delete, rename and
-custom metadata, as blocking calls that take and return :mod:`aisfs.objects` values.
+custom metadata, as blocking calls that take and return :mod:`aisfs.objects` values; archives
+and Get-Batch through its :class:`~aisfs.archive_calls.ArchiveCalls`, whose methods it offers as
+its own.
 
 One :class:`AisClient` per mount. It knows AIS's endpoints, query parameters, headers and JSON;
 how a request travels (timeouts, retries, routing to a target, error mapping, receiving bodies)
@@ -18,14 +20,17 @@ import email.utils
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import orjson
 
-from . import errors, getbatch
+from . import errors
+from .archive_calls import ArchiveCalls
 from .config import ClientConfig
+from .httpreply import Reply
 from .objects import (
+    LIST_PROPS,
+    TIME_FORMAT,
     Body,
     ListEntry,
     ListPage,
@@ -36,15 +41,10 @@ from .objects import (
     mtime_from_custom,
 )
 from .routing import Via
-from .transport import Download, Reply, Transport
+from .transport import Transport
 
 LS_NO_RECURSION = 2048
-LS_ARCH_DIR = 8  # list archives' members too (api/apc/lsmsg.go: LsArchDir)
-LIST_PROPS = "name,size,version,atime,custom"  # the checksum is read by HEAD, when asked for
 HEAD_PROPS = "name,size,version,checksum,atime,custom,last-modified,chunked"
-# Go layout: RFC 3339 with all nine digits of nanoseconds (".000000000", not ".999999999", which
-# drops trailing zeros), so that listed times have one fixed shape, cheap to parse.
-TIME_FORMAT = "2006-01-02T15:04:05.000000000Z07:00"
 
 
 _PART_NUMBER = re.compile(r"<PartNumber>(\d+)</PartNumber>")
@@ -96,6 +96,14 @@ class AisClient:
         self.transport = Transport(config, token)
         self._base = config.endpoint.rstrip("/") + "/v1"
         self._s3 = config.endpoint.rstrip("/") + "/s3"  # AIS's S3 API: only to list parts
+        # Archives' members and Get-Batch: their own module, the same transport and URLs.
+        self.archives = ArchiveCalls(self.transport, self._base, self._bucket_url,
+                                     self._object_url)
+        self.list_archive = self.archives.list_archive
+        self.get_member = self.archives.get_member
+        self.get_member_range = self.archives.get_member_range
+        self.get_batch = self.archives.get_batch
+        self.open_archive = self.archives.open_archive
 
     def close(self) -> None:
         self.transport.close()
@@ -393,146 +401,6 @@ class AisClient:
         self.transport.call(
             "PATCH", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="set_custom",
             params=params, json_body={"action": "", "name": "", "value": value},
-        )
-
-    # ------------------------------------------------------------------ archives
-
-    def list_archive(self, bucket: str, key: str) -> list[dict[str, Any]]:
-        """AIS's listing of the archive ``key`` with its members (decoded JSON entries: the
-        archive's own, then ``<key>/<member>`` ones in name order), all pages.
-
-        Listed with the archive's own name as prefix: AIS's archive listing of a whole directory
-        silently ends at the first archive it cannot read (v1.5.0), so one archive is listed at
-        a time. Paging stops at the first name past the members.
-        """
-        entries: list[dict[str, Any]] = []
-        member_prefix, cut = key + "/", len(key)
-        uuid = token = ""
-        while True:
-            value = {
-                "prefix": key, "props": LIST_PROPS, "time_format": TIME_FORMAT,
-                "flags": str(LS_ARCH_DIR), "pagesize": 0, "uuid": uuid,
-                "continuation_token": token,
-            }
-            reply = self.transport.call(
-                "GET", self._bucket_url(bucket), f"ais://{bucket}/{key}", kind="list_archive",
-                params={"provider": "ais"},
-                json_body={"action": "list", "name": bucket, "value": value},
-            )
-            try:
-                doc = orjson.loads(reply.body) or {}
-            except orjson.JSONDecodeError:
-                # AIS puts member names in its JSON as the archive stores them: a name that is
-                # not UTF-8 makes the whole answer invalid UTF-8. Such names (U+FFFD now) are
-                # skipped as names that cannot be fetched.
-                doc = orjson.loads(reply.body.decode("utf-8", "replace")) or {}
-            for raw in doc.get("entries") or []:
-                name = raw.get("name", "")
-                if name == key or name.startswith(member_prefix):
-                    entries.append(raw)
-                elif name[cut:cut + 1] > "/":
-                    return entries  # names sort after "<key>/...": no member can follow
-            uuid, token = doc.get("uuid") or "", doc.get("continuation_token") or ""
-            if not token:
-                return entries
-
-    def get_member(
-        self, bucket: str, key: str, member: str, into: RecvBuffer | None = None
-    ) -> memoryview:
-        """The whole of one member of the archive ``key`` (AIS extracts it: ``archpath``).
-
-        The body lands in ``into`` when it is big enough, else in a new buffer. Raises
-        ``BadArchive`` when AIS cannot read the archive (it answers 400, or, for a truncated one,
-        ends the body early), ``NotFound`` when the archive or the member is not there.
-        """
-        what = f"ais://{bucket}/{key}/{member}"
-        try:
-            body = self.transport.download(
-                "GET", self._object_url(bucket, key), what, kind="get_member", via=Via.READ,
-                params={"provider": "ais", "archpath": member},
-            )
-        except errors.InvalidRequest as exc:
-            raise errors.BadArchive(str(exc.args[0]), exc.status, what) from None
-        with body:
-            length = int(body.headers.get("Content-Length") or -1)
-            if length < 0:
-                raise errors.Transient("member sent without a length", body.status, what)
-            buf = into if into is not None and len(into) >= length else bytearray(length)
-            try:
-                got = body.read_into(buf, length)
-            except errors.Transient as exc:
-                raise errors.BadArchive(
-                    f"the member's bytes ended early (a truncated archive?): {exc.args[0]}", 0,
-                    what,
-                ) from None
-        if got < length:
-            raise errors.BadArchive(f"the member's bytes ended after {got} of {length}", 0, what)
-        return memoryview(buf)[:length]
-
-    def get_batch(
-        self, bucket: str, names: Sequence[str], *, max_size: int,
-        sizes: Sequence[int] | None = None,
-    ) -> Generator[getbatch.BatchItem, None, None]:
-        """Whole objects ``names`` of ``bucket`` in one Get-Batch request (sent to the proxy,
-        which redirects it, body and all, to the target that assembles the batch): one item per
-        name, in order, as each arrives (see :func:`aisfs.getbatch.read_batch`). A failure of
-        the request itself raises; once the reply streams, failures are per item (NotFetched).
-        The reply's connection is closed at the end, not reused (see the getbatch docstring)."""
-        body = self.transport.download(
-            "GET", f"{self._base}/ml/moss/{bucket}", f"ais://{bucket}", kind="get_batch",
-            via=Via.PROXY, params={"provider": "ais"}, json_body=getbatch.objects_request(names),
-        )
-        items = getbatch.read_batch(body, bucket, names, max_size=max_size, sizes=sizes)
-        try:
-            yield from items
-        finally:
-            items.close()
-            body.close(reuse=False)
-
-    def get_member_range(
-        self, bucket: str, key: str, member: str, start: int, length: int,
-        into: RecvBuffer | None = None,
-    ) -> memoryview:
-        """Bytes [start, start+length) of one member of the archive ``key``, through Get-Batch
-        (``/v1/ml/moss``: AIS refuses a Range header together with ``archpath``).
-
-        The range must lie within the member: AIS v1.5.0 answers one past its end after 20 s,
-        with the whole member. A range under ``getbatch.MIN_BATCH_RANGE`` arrives only at AIS's
-        next periodic flush (~100 ms later), and so does the end of every stream: the reply is
-        read up to the range's last byte and its connection closed, not given back to the pool.
-        """
-        what = f"ais://{bucket}/{key}/{member}"
-        request = getbatch.member_range_request(key, member, start, length)
-        try:
-            body = self.transport.download(
-                "GET", f"{self._base}/ml/moss/{bucket}", what, kind="get_batch", via=Via.PROXY,
-                params={"provider": "ais"}, json_body=request,
-            )
-        except errors.InvalidRequest as exc:
-            raise errors.BadArchive(str(exc.args[0]), exc.status, what) from None
-        buf = into if into is not None and len(into) >= length else bytearray(length)
-        items = getbatch.read_batch(
-            body, bucket, [f"{key}/{member}"], max_size=length, sizes=[length],
-            buffer_for=lambda _index, _size: memoryview(buf),
-        )
-        try:
-            item = next(items)
-        finally:
-            items.close()  # not read on to the stream's end: AIS sends it ~100 ms later
-            body.close(reuse=False)
-        if item.error is not None:
-            raise item.error  # NotFound (a __404__ entry), or getbatch.NotFetched
-        assert item.data is not None
-        return item.data
-
-
-    def open_archive(self, bucket: str, key: str) -> Download:
-        """The archive object's stored bytes as a stream (one GET of the whole object, read by
-        the caller piece by piece; ``headers["Ais-Version"]`` says which version it is). The
-        caller closes it, without reuse when it stops before the end."""
-        return self.transport.download(
-            "GET", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="get_archive",
-            params={"provider": "ais"},
         )
 
 

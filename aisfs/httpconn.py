@@ -1,6 +1,6 @@
 """Kept-alive HTTP/1.1 connections to AIS's nodes, one request at a time each, without a general
 HTTP library's per-request machinery: the transport's path for plain requests (part of the
-transport: with ``transport.py`` the only module that imports ``requests``).
+transport: with ``transport.py`` and ``httpreply.py`` the only modules that import ``requests``).
 
 Why: a small object's GET through ``requests`` costs ~0.6-0.9 ms of Python CPU per exchange
 (session settings merged, cookies parsed, hooks, urllib3's pool and retry objects), several times

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LS_ENTRY_IS_DIR = 256
+# What a listing asks AIS for (client.py, archive_calls.py) and the time shape it asks in.
+LIST_PROPS = "name,size,version,atime,custom"  # the checksum is read by HEAD, when asked for
+# Go layout: RFC 3339 with all nine digits of nanoseconds (".000000000", not ".999999999", which
+# drops trailing zeros), so that listed times have one fixed shape, cheap to parse.
+TIME_FORMAT = "2006-01-02T15:04:05.000000000Z07:00"
 # Custom-metadata key under which aisfs keeps a file's mtime (nanoseconds since the epoch).
 MTIME_KEY = "aisfs.mtime"
 

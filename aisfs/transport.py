@@ -1,18 +1,18 @@
-"""HTTP transport to one AIS cluster (with ``httpconn.py``, the only modules that import
-``requests`` and ``urllib3``).
+"""HTTP transport to one AIS cluster (with ``httpreply.py`` and ``httpconn.py``, the only modules
+that import ``requests`` and ``urllib3``).
 
 One :class:`Transport` per mount, under the AIS REST API of ``client.py``. Every request has a
 (connect, read) timeout; idempotent requests are retried with capped exponential backoff on
 connection errors, timeouts, 429 and 5xx; requests that carry object data are retried only when
-the connection could not be established, because a repeated APPEND would duplicate bytes. AIS's
-error JSON (body, or ``Hdr-Error`` on HEAD) becomes a typed :mod:`aisfs.errors` exception.
+the connection could not be established, because a repeated APPEND would duplicate bytes. An
+error answer becomes a typed :mod:`aisfs.errors` exception (``httpreply.raise_for``).
 
 Where an object request goes is decided by the :class:`~aisfs.routing.Router` (``routing.py``):
 each request names its :class:`~aisfs.routing.Via`, the router answers with a target or the proxy,
 and learns from the proxy's redirects (a HEAD's target for the GETs that follow, a GET's for the
 next parts, an APPEND's for the rest of its session). A target that refuses or no longer has the
-object sends the request back to the proxy. Bodies of ranged GETs are received straight into the
-caller's buffer (:func:`read_body_into`, with ``bodyrecv``'s one-system-call receive).
+object sends the request back to the proxy. Answers are ``httpreply``'s :class:`Reply` (whole)
+and :class:`Download` (bodies received straight into the caller's buffer).
 
 Requests without an HTTP proxy from the environment and without a streamed body (every object
 GET, HEAD and PUT of a whole small file, listings, metadata) go over ``httpconn``'s kept-alive
@@ -28,112 +28,30 @@ or the inode/metadata tables.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import http.cookiejar
-import json
 import logging
 import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import requests
 import urllib3
 
 from . import errors, httpconn
-from .bodyrecv import recv_whole_body
 from .clustermap import ClusterMap, ClusterMapError
 from .config import ClientConfig
-from .objects import Body, RecvBuffer
+from .httpreply import Download, Reply, brief, raise_for
+from .objects import Body
 from .observer import Observer
 from .routing import Router, Via
 
 log = logging.getLogger(__name__)
 
 REDIRECTS = httpconn.REDIRECTS
-
-
-class Reply:
-    """A whole answer: status, headers (case-insensitive), body."""
-
-    __slots__ = ("status", "headers", "body", "_raw_headers")
-
-    def __init__(self, resp: requests.Response) -> None:
-        self.status = resp.status_code
-        self.headers: Mapping[str, str] = resp.headers
-        self.body = resp.content
-        self._raw_headers = getattr(resp.raw, "headers", None)
-
-    def header_values(self, name: str) -> list[str]:
-        """Every value of a header the server repeated (``headers`` joins them with ", ")."""
-        return list(self._raw_headers.getlist(name)) if self._raw_headers is not None else []
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Download:
-    """An answer whose body is still to be received; ``close()`` (or the ``with`` block's end)
-    gives the connection back to the pool when the body was read to its end. Failures while
-    receiving raise ``Transient``."""
-
-    def __init__(self, resp: requests.Response, what: str) -> None:
-        self._resp = resp
-        self._what = what
-        self._closed = False
-        self.status = resp.status_code
-        self.headers: Mapping[str, str] = resp.headers
-
-    def __enter__(self) -> Download:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def read_into(self, buf: RecvBuffer, length: int) -> int:
-        """Receive up to ``length`` body bytes into ``buf``; the count received."""
-        with self._reading():
-            return read_body_into(self._resp, buf, length)
-
-    def read_all(self) -> bytes:
-        with self._reading():
-            data: bytes = self._resp.raw.read(decode_content=False)
-            return data
-
-    def readinto(self, buf: memoryview, /) -> int:
-        """One receive into ``buf`` (0 at the end), from http.client, which undoes a chunked
-        encoding: a reply read piece by piece (a Get-Batch stream)."""
-        fp = getattr(self._resp.raw, "_fp", None) or self._resp.raw
-        with self._reading():
-            n: int = fp.readinto(buf)
-            return n
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
-        try:
-            yield
-        except (requests.RequestException, urllib3.exceptions.HTTPError,
-                http.client.HTTPException, OSError) as exc:
-            self._resp.close()
-            self._closed = True
-            raise errors.Transient(f"reading body failed: {_short(exc)}", 0, self._what) from None
-
-    def close(self, *, reuse: bool = True) -> None:
-        """Done with the answer; ``reuse=False`` closes its connection even if the body was
-        read to its end."""
-        if self._closed:
-            return
-        self._closed = True
-        body = getattr(self._resp.raw, "_fp", None)  # http.client's response
-        if reuse and body is not None and body.isclosed():
-            # The body was read past urllib3 (straight into our buffer) but to its end: the
-            # connection is clean, give it back to the pool instead of closing it.
-            self._resp.raw.release_conn()
-        else:
-            self._resp.close()
 
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
@@ -234,13 +152,13 @@ class Transport:
                 resp = self._send(method, url, via, params, json_body, data, headers, stream)
             except requests.exceptions.SSLError as exc:
                 # A certificate that does not verify will not verify on a retry either.
-                raise errors.Transient(f"TLS: {_short(exc)}", 0, what) from None
+                raise errors.Transient(f"TLS: {brief(exc)}", 0, what) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 never_sent = isinstance(exc, requests.ConnectTimeout) or _connect_failed(exc)
                 if attempt < self.config.retries and (idempotent or never_sent):
                     attempt = self.backoff(attempt, kind, what, exc)
                     continue
-                raise errors.Transient(f"{type(exc).__name__}: {_short(exc)}", 0, what) from None
+                raise errors.Transient(f"{type(exc).__name__}: {brief(exc)}", 0, what) from None
             status = resp.status_code
             if self.observer is not None:
                 sent = 0 if data is None or callable(data) else len(data)
@@ -252,7 +170,7 @@ class Transport:
                     resp.close()
                     attempt = self.backoff(attempt, kind, what, f"HTTP {status}")
                     continue
-            _raise_for(resp, what)
+            raise_for(resp, what)
             return resp
 
     def backoff(self, attempt: int, kind: str, what: str, why: object) -> int:
@@ -301,7 +219,7 @@ class Transport:
                 resp.close()
         except (requests.RequestException, urllib3.exceptions.HTTPError,
                 http.client.HTTPException, OSError, ClusterMapError) as exc:
-            log.debug("cluster map: %s; object requests go through the proxy", _short(exc))
+            log.debug("cluster map: %s; object requests go through the proxy", brief(exc))
             self.router.set_map(None)
         else:
             self.router.set_map(cluster)
@@ -476,49 +394,6 @@ class Transport:
         return headers
 
 
-def _raise_for(resp: requests.Response, what: str) -> None:
-    if resp.status_code < 400:
-        return
-    text = resp.headers.get("Hdr-Error") or ""
-    if not text:
-        try:
-            text = resp.text
-        except Exception:  # noqa: BLE001 - a broken error body must not hide the status
-            text = ""
-    message, tcode = text.strip(), ""
-    try:
-        doc = json.loads(text)
-        if isinstance(doc, dict):
-            message = str(doc.get("message") or message)
-            tcode = str(doc.get("tcode") or "")
-    except ValueError:
-        pass
-    if not message:
-        message = resp.reason or "request failed"
-    raise errors.error_for_status(resp.status_code, message, what, tcode)
-
-
-def read_body_into(resp: requests.Response, buf: RecvBuffer | memoryview, length: int) -> int:
-    """Read up to ``length`` body bytes straight from the socket into ``buf`` (one copy)."""
-    view = memoryview(buf)[:length]
-    fp = getattr(resp.raw, "_fp", None)  # http.client.HTTPResponse under urllib3
-    try:
-        got = recv_whole_body(fp, view) if fp is not None else 0
-        readinto = fp.readinto if fp is not None else resp.raw.readinto
-        while got < length:
-            n = readinto(view[got:])
-            if not n:
-                break
-            got += n
-        if got == length and fp is not None and not fp.isclosed():
-            # A chunked body still has its terminator unread: reading it ends the body, which
-            # hands the connection back to the pool (a known-length body did that already).
-            fp.readinto(bytearray(1))
-    finally:
-        view.release()
-    return got
-
-
 def _with_params(url: str, params: dict[str, str]) -> str:
     return f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(params)}"
 
@@ -538,10 +413,5 @@ def _connect_failed(exc: BaseException) -> bool:
                or (reason if isinstance(reason, BaseException) else None)
                or (first_arg if isinstance(first_arg, BaseException) else None))
     return False
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) < 200 else text[:200] + "..."
 
 

@@ -52,9 +52,9 @@ import orjson  # noqa: E402
 import requests  # noqa: E402
 import requests.adapters  # noqa: E402
 
-from aisfs.client import LIST_PROPS, LS_NO_RECURSION, TIME_FORMAT  # noqa: E402
-from aisfs.objects import RecvBuffer  # noqa: E402
-from aisfs.transport import read_body_into  # noqa: E402
+from aisfs.client import LS_NO_RECURSION  # noqa: E402
+from aisfs.httpreply import read_body_into  # noqa: E402
+from aisfs.objects import LIST_PROPS, TIME_FORMAT, RecvBuffer  # noqa: E402
 
 
 def log(msg: str) -> None:

@@ -10,7 +10,8 @@ import aisfs
 PACKAGE = Path(aisfs.__file__).parent
 # The modules that are or build the HTTP side: the mount and the CLI (and its __main__) build a
 # client, aio runs it.
-HTTP_SIDE = {"transport", "httpconn", "client", "aio", "mount", "cli", "__main__"}
+HTTP_SIDE = {"transport", "httpreply", "httpconn", "client", "archive_calls", "aio", "mount", "cli",
+             "__main__"}
 
 
 def imports_of(module: str) -> set[str]:
@@ -33,10 +34,11 @@ def all_modules() -> list[str]:
 
 
 def test_only_the_transport_imports_requests_or_urllib3() -> None:
-    """The transport is transport.py and its kept-alive connections (httpconn.py)."""
+    """The transport is transport.py, its answers (httpreply.py) and its kept-alive connections
+    (httpconn.py)."""
     importers = [m for m in all_modules()
                  if any(name.split(".")[0] in ("requests", "urllib3") for name in imports_of(m))]
-    assert importers == ["httpconn", "transport"]
+    assert importers == ["httpconn", "httpreply", "transport"]
 
 
 def test_the_layers_reach_ais_only_through_the_interface() -> None:
