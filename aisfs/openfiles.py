@@ -15,13 +15,10 @@ and namespace. The rules kept here:
   (version, size) it had at the previous open; any change made here drops the pin.
 - Bytes being written under a name are uploaded before the name is renamed; an unlinked file's
   writers upload nothing.
-- An unlinked file stays readable through the handles open on it (POSIX's nlink 0): before the
-  object is deleted, its bytes are copied into the spill area, and those handles read them from
-  there until the last one closes (no copy when the spill area cannot hold them: the handles'
-  reads then fail, as the object is gone).
-- A member of an archive (``--archives expand``) opens read-only (EROFS for writing) with a
-  ``MemberReader``, pinned by its archive's version, fed by the archive-order streams when its
-  shard is being read in order.
+- An unlinked file stays readable through the handles open on it (POSIX's nlink 0): its bytes
+  are kept before the object is deleted (``unlinked``).
+- truncate and utimens go through the file's write handles when it has some (``attrchanges``).
+- A member of an archive (``--archives expand``) opens read-only (``member_open``).
 - Directory scans (``scans``): every open of a file for reading alone is reported to them, and
   starts from the bytes a batch fetched for it when there are some; every change made to an
   object here (upload, truncate, unlink, rename) is reported too, so that none of its fetched
@@ -36,7 +33,6 @@ thread (``open_handles``, ``buffered_bytes``: one C-level copy, see ``mount.py``
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import time
@@ -45,18 +41,20 @@ from typing import Protocol
 from . import errors
 from .aisapi import AisApi, Spawn
 from .archive_stream import ArchiveStreams
+from .attrchanges import AttrChanges
 from .budget import MemoryBudget
 from .cache import Stat
 from .config import MountConfig
 from .handles import DirHandle, FileHandle, OpenWriters
 from .inodes import Inode, Kind
 from .listing import ListingStream
-from .member_reader import MemberReader
+from .member_open import MemberOpens
 from .namespace import Namespace
-from .objects import MTIME_KEY, ObjectProps
+from .objects import ObjectProps
 from .reader import BufferPool, ObjectReader
 from .scans import DirectoryScans
-from .spill import SpillArea, SpillFile
+from .spill import SpillArea
+from .unlinked import UnlinkedFiles
 from .writer import ObjectWriter
 
 log = logging.getLogger(__name__)
@@ -99,7 +97,8 @@ class OpenFiles:
         self.pool = pool
         self.spill = spill
         self.scans = scans
-        self.archive_streams = archive_streams  # with --archives expand
+        self._members = MemberOpens(config, aio, spawn, ns, read_budget=read_budget, pool=pool,
+                                    archive_streams=archive_streams)
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_fh = 1
         self._pins: dict[int, tuple[str, int]] = {}
@@ -107,7 +106,8 @@ class OpenFiles:
         # kernel knows their names from the create, whatever became of the upload.
         self._created: set[int] = set()
         # Unlinked files still open for reading: their bytes, and their attributes then.
-        self._kept: dict[int, tuple[SpillFile, Stat]] = {}
+        self._unlinked = UnlinkedFiles(config, aio, ns, spill)
+        self._attr_changes = AttrChanges(config, ns, writers, scans, self._writer, self._unpin)
 
     # ------------------------------------------------------------------ handle table
 
@@ -139,9 +139,10 @@ class OpenFiles:
             self._pins.pop(node.ino, None)  # the kernel's pages of it are gone
             self._created.discard(node.ino)
         if node.opens == 0:
-            kept = self._kept.pop(node.ino, None)
-            if kept is not None:
-                kept[0].close()
+            self._unlinked.discard(node.ino)
+
+    def _unpin(self, ino: int) -> None:
+        self._pins.pop(ino, None)
 
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped ``count`` references to ``ino`` (never raises)."""
@@ -187,15 +188,15 @@ class OpenFiles:
 
     def unlinked(self, node: Inode) -> bool:
         """Whether ``node`` is an unlinked file still open (nlink 0)."""
-        return node.ino in self._kept
+        return node.ino in self._unlinked
 
     async def stat(self, node: Inode) -> Stat | None:
         """getattr: the file's attributes (None for a directory)."""
         if node.is_dir:
             return None
-        kept = self._kept.get(node.ino)
+        kept = self._unlinked.stat(node.ino)
         if kept is not None:
-            return kept[1]
+            return kept
         written = self.written_stat(node)
         return written if written is not None else await self.ns.getattr(node)
 
@@ -204,44 +205,11 @@ class OpenFiles:
     ) -> Stat:
         """truncate and utimens of a file (through handle ``fh`` when given)."""
         handle = self._handles.get(fh) if fh is not None else None
-        writing = handle if isinstance(handle, FileHandle) and handle.writer else None
-        if writing is None and size is not None:
-            writing = next(iter(self.writers.of(node)), None)
-        if size is not None:
-            await self._truncate(node, writing, size)
-        if mtime_ns is not None:
-            await self._set_mtime(node, writing, mtime_ns)
+        await self._attr_changes.apply(
+            node, handle if isinstance(handle, FileHandle) else None, size, mtime_ns)
         written = self.written_stat(node)
         return written if written is not None else (
             await self.ns.object_stat(node.bucket, node.key))
-
-    async def _truncate(self, node: Inode, handle: FileHandle | None, size: int) -> None:
-        if self.config.read_only:
-            raise errors.PosixError(errno.EROFS, "read-only mount")
-        if handle is not None and handle.writer is not None:
-            await handle.writer.truncate(size)
-            return
-        # A truncate by name: a writer of its own, uploaded at once.
-        st = await self.ns.object_stat(node.bucket, node.key)
-        writer = self._writer(node, exists=True, size=st.size, truncate=size == 0)
-        try:
-            await writer.truncate(size)
-            done = await writer.flush()
-        finally:
-            writer.close()
-        if done is not None:
-            self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
-            self.scans.changed(node.bucket, node.key)
-            self._pins.pop(node.ino, None)
-
-    async def _set_mtime(self, node: Inode, handle: FileHandle | None, mtime_ns: int) -> None:
-        handles = [handle] if handle is not None else self.writers.of(node)
-        dirty = [h.writer for h in handles if h.writer is not None and h.writer.dirty]
-        if dirty:
-            for writer in dirty:
-                writer.pending_mtime_ns = mtime_ns  # stored with the upload
-            return
-        await self.ns.set_custom(node, {MTIME_KEY: str(mtime_ns).encode()})
 
     # ------------------------------------------------------------------ custom metadata
 
@@ -305,27 +273,11 @@ class OpenFiles:
 
     async def _open_member(self, node: Inode, flags: int) -> tuple[int, bool]:
         """Open a file inside an archive: read-only, read out of the archive by AIS."""
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
-            self.ns.refuse_in_archive(node, "open for writing")
-        tree, member = await self.ns.member(node)
-        bucket, archive, streams = node.bucket, tree.key, self.archive_streams
-
-        async def archive_version() -> str:
-            return (await self.ns.object_stat(bucket, archive)).version
-
-        async def from_stream() -> bytearray | None:
-            assert streams is not None
-            return await streams.take(bucket, tree, member)
-
+        reader, pin = await self._members.reader(node, flags)
         handle = FileHandle(node)
-        handle.reader = MemberReader(
-            self.aio, bucket, archive, member.path, member.size, tree.version, self.config,
-            self.read_budget, self.spawn, self.pool, archive_version,
-            from_stream if streams is not None else None,
-        )
+        handle.reader = reader
         fh = self._new_fh(handle)
-        pin = (tree.version, member.size)  # a member's version is its archive's
-        keep = bool(tree.version) and self._pins.get(node.ino) == pin
+        keep = bool(pin[0]) and self._pins.get(node.ino) == pin
         self._pins[node.ino] = pin
         return fh, keep
 
@@ -401,13 +353,9 @@ class OpenFiles:
         writer = handle.writer
         if writer is not None and writer.staged:
             return await writer.read(off, size)
-        kept = self._kept.get(handle.inode.ino)
+        kept = await self._unlinked.read(handle.inode.ino, off, size)
         if kept is not None:
-            spill, st = kept
-            end = min(off + size, st.size)
-            if off >= end:
-                return b""
-            return await self.aio.run_blocking(lambda: spill.pread(off, end - off))
+            return kept
         if writer is not None and writer.dirty:
             await self._upload(handle)  # read what this handle wrote: upload it first
         try:
@@ -475,11 +423,11 @@ class OpenFiles:
         self.ns.refuse_in_archive(parent, "unlink in")  # before keeping an open member's bytes
         node = self.table.find(parent.bucket, parent.key + name)
         handles = self.writers.of(node) if node is not None else []
-        if node is not None and not handles and node.ino not in self._kept and any(
+        if node is not None and not handles and node.ino not in self._unlinked and any(
             isinstance(h, FileHandle) and h.inode is node and h.reader is not None
             for h in self._handles.values()
         ):
-            await self._keep_bytes(node)
+            await self._unlinked.keep(node)
         for handle in handles:
             assert handle.writer is not None
             handle.writer.discarded = True  # writes to an unlinked file go nowhere
@@ -487,38 +435,10 @@ class OpenFiles:
             inode = await self.ns.remove_file(parent, name, pending=bool(handles))
         except BaseException:
             if node is not None:
-                kept = self._kept.pop(node.ino, None)
-                if kept is not None:
-                    kept[0].close()
+                self._unlinked.discard(node.ino)
             raise
         self.scans.changed(parent.bucket, parent.key + name)
         self._pins.pop(inode.ino, None)
-
-    async def _keep_bytes(self, node: Inode) -> None:
-        """Copy the object of a file open for reading into the spill area, for its handles to
-        read once it is unlinked (see the module docstring)."""
-        st = await self.ns.fresh_stat(node)
-        spill = await self.aio.run_blocking(self.spill.create)
-        try:
-            spill.resize(st.size)
-            part = self.config.read_part_size
-            for pos in range(0, st.size, part):
-                length = min(part, st.size - pos)
-                result = await self.aio.get_range(node.bucket, node.key, pos, length)
-                if len(result.data) != length or (st.version and result.version
-                                                  and result.version != st.version):
-                    raise errors.StaleObject(f"{node} changed while being kept")
-                await self.aio.run_blocking(
-                    functools.partial(spill.pwrite, pos, bytes(result.data)))
-        except (errors.PosixError, errors.StaleObject) as exc:
-            spill.close()
-            log.warning("%s: unlinked while open; its bytes are not kept (%s): reads of it "
-                        "through its open handles fail", node, exc)
-            return
-        except BaseException:
-            spill.close()
-            raise
-        self._kept[node.ino] = (spill, st)
 
     async def rename(
         self, old_parent: Inode, old_name: str, new_parent: Inode, new_name: str, flags: int
