@@ -8,7 +8,10 @@ and answers with the file's attributes after it. The rules kept here:
   the name's fetched bytes, and the kernel's pages of it are no longer trusted (``unpin``).
 - An mtime set while writers hold bytes AIS does not have is stored with their upload;
   otherwise it goes to the object's custom metadata at once.
-- A read-only mount refuses a truncate (EROFS).
+- A read-only mount refuses a truncate (EROFS); nothing inside an archive changes (EROFS); a
+  directory is a prefix, with nothing to store: its changes are accepted without effect.
+- The answer is the attributes after the change: the writers' while they hold bytes AIS does
+  not have, else the object's.
 
 Invariants: none of its own; it holds only its collaborators.
 
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from . import errors
+from .cache import Stat
 from .config import MountConfig
 from .handles import FileHandle, OpenWriters
 from .inodes import Inode
@@ -55,9 +59,16 @@ class AttrChanges:
 
     async def apply(
         self, node: Inode, handle: FileHandle | None, size: int | None, mtime_ns: int | None
-    ) -> None:
+    ) -> Stat | None:
         """Truncate ``node`` to ``size`` and/or set its mtime, through the write ``handle`` when
-        given (else through the node's first writer for a truncate)."""
+        given (else through the node's first writer for a truncate): the attributes after them,
+        None for a directory. chmod and chown are accepted without effect (modes and owners come
+        from mount options), so cp -p, rsync -a and shutil.copy2 do not fail (README
+        "Semantics")."""
+        if node.in_archive:
+            self.ns.refuse_in_archive(node, "setattr")
+        if node.is_dir:
+            return None  # directories are prefixes: nothing to store; accepted for cp -a/rsync -a
         writing = handle if handle is not None and handle.writer else None
         if writing is None and size is not None:
             writing = next(iter(self.writers.of(node)), None)
@@ -65,6 +76,9 @@ class AttrChanges:
             await self._truncate(node, writing, size)
         if mtime_ns is not None:
             await self._set_mtime(node, writing, mtime_ns)
+        written = self.writers.stat_of(node) if self.writers else None
+        return written if written is not None else (
+            await self.ns.object_stat(node.bucket, node.key))
 
     async def _truncate(self, node: Inode, handle: FileHandle | None, size: int) -> None:
         if self.config.read_only:

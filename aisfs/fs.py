@@ -1,7 +1,8 @@
 """The FUSE adapter: pyfuse3 ``Operations`` that decode arguments and delegate to the layers below
 (``openfiles`` for handles and what is open, ``namespace`` for names), then encode the answer.
 
-Only this module (and ``mount.py``) imports pyfuse3; it holds no open-file policy. Every handler
+Only this module, ``fuse_attrs.py`` (the attributes it answers with) and ``mount.py`` import
+pyfuse3; it holds no open-file policy. Every handler
 goes through :func:`handler`, which maps :mod:`aisfs.errors` to errno and turns any unexpected
 exception into EIO with a traceback in the log, so one bad request never takes the mount down,
 and reports each operation to the mount's observer.
@@ -29,8 +30,8 @@ import pyfuse3
 
 from . import errors, xattrs
 from .aisapi import AisApi, Spawn
-from .cache import Stat
 from .config import MountConfig
+from .fuse_attrs import EntryAttrs
 from .inodes import Inode
 from .namespace import Namespace
 from .observer import Observer
@@ -39,7 +40,6 @@ from .openfiles import OpenFiles
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-BLOCK_SIZE = 1024 * 1024  # st_blksize: cp and Python size their buffers from it
 
 
 def handler(fn: F) -> F:
@@ -129,12 +129,10 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.config = config
         self.ns = ns
-        self._mtimes = ns.cache.mtimes
         self.table = ns.table
         self.files = files
         self.observer = observer
-        self._dir_mode = statmod.S_IFDIR | config.dir_mode
-        self._file_mode = statmod.S_IFREG | config.file_mode
+        self.attrs = EntryAttrs(config, ns)
 
     # ------------------------------------------------------------------ helpers
 
@@ -143,46 +141,6 @@ class Operations(pyfuse3.Operations):
             return self.table.get(ino)
         except KeyError:
             raise errors.PosixError(errno.ENOENT, f"unknown inode {ino}") from None
-
-    def make_attr(self, inode: Inode, st: Stat | None) -> pyfuse3.EntryAttributes:
-        attr = self._new_attr()
-        self._set_attr(attr, inode, st)
-        return attr
-
-    def _new_attr(self) -> pyfuse3.EntryAttributes:
-        """Attributes with what every entry shares set; the rest comes from ``_set_attr``."""
-        config = self.config
-        attr = pyfuse3.EntryAttributes()
-        attr.entry_timeout = attr.attr_timeout = config.metadata_ttl
-        attr.st_uid = config.uid
-        attr.st_gid = config.gid
-        attr.st_blksize = BLOCK_SIZE
-        return attr
-
-    def _set_attr(self, attr: pyfuse3.EntryAttributes, inode: Inode, st: Stat | None) -> None:
-        # Called once per entry of every listing: plain ints (no NewType calls) and no reads
-        # back from the Cython object keep it cheap. Sets every field that differs between
-        # entries, as readdir reuses one object for all.
-        attr.st_ino = inode.ino  # type: ignore[assignment]
-        if st is None or inode.is_dir:
-            attr.st_mode = self._dir_mode  # type: ignore[assignment]
-            attr.st_nlink = 2
-            attr.st_size = attr.st_blocks = 0
-            mtime = self.ns.mount_time_ns
-        else:
-            attr.st_mode = self._file_mode  # type: ignore[assignment]
-            attr.st_nlink = 1
-            attr.st_size = st.size
-            attr.st_blocks = (st.size + 511) // 512
-            mtime = (self._mtimes.stable(inode.path, st.version, st.size, st.mtime_ns)
-                     or self.ns.mount_time_ns)
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
-
-    def _negative_entry(self) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = pyfuse3.InodeT(0)  # a negative dentry the kernel caches for entry_timeout
-        attr.entry_timeout = self.config.negative_metadata_ttl
-        return attr
 
     # ------------------------------------------------------------------ metadata
 
@@ -200,19 +158,19 @@ class Operations(pyfuse3.Operations):
                 inode, st = await self.ns.lookup(parent, self._existing_name(name))
             except errors.NotFound:
                 if self.config.negative_metadata_ttl > 0:
-                    return self._negative_entry()
+                    return self.attrs.negative()
                 raise
         if not inode.is_dir and st is None:
             st = await self.ns.getattr(inode)
         self.table.add_lookup(inode)
-        return self.make_attr(inode, st)
+        return self.attrs.make(inode, st)
 
     @handler
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        attr = self.make_attr(node, await self.files.stat(node))
+        attr = self.attrs.make(node, await self.files.stat(node))
         if self.files.unlinked(node):
             attr.st_nlink = 0  # type: ignore[assignment]
         return attr
@@ -247,12 +205,12 @@ class Operations(pyfuse3.Operations):
         parent, entries = await self.files.dir_entries(fh, start_id)
         children = entries.children
         written = self.files.written_stat if self.files.writers else None
-        attr = self._new_attr()  # one for all entries: readdir_reply copies it at once
+        attr = self.attrs.new()  # one for all entries: readdir_reply copies it at once
         for index in range(start_id, len(children)):
             child = children[index]
             inode = self.ns.child_inode(parent, child)
             current = written(inode) if written is not None and not child.is_dir else None
-            self._set_attr(attr, inode, child.stat if current is None else current)
+            self.attrs.fill(attr, inode, child.stat if current is None else current)
             if not pyfuse3.readdir_reply(token, os.fsencode(child.name), attr, index + 1):
                 self.table.drop_if_unused(inode)
                 break
@@ -276,7 +234,7 @@ class Operations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         fh, node, st = await self.files.create(parent, self._name(name), flags)
         self.table.add_lookup(node)
-        return (self._file_info(fh, flags), self.make_attr(node, st))
+        return (self._file_info(fh, flags), self.attrs.make(node, st))
 
     @staticmethod
     def _file_info(fh: int, flags: int, keep_cache: bool = False) -> pyfuse3.FileInfo:
@@ -342,18 +300,11 @@ class Operations(pyfuse3.Operations):
         fh: int | None, ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        if node.in_archive:
-            self.ns.refuse_in_archive(node, "setattr")
-        if node.is_dir:
-            # Directories are prefixes: nothing to store. Accepted so cp -a/rsync -a work.
-            return self.make_attr(node, None)
-        # chmod/chown are accepted without effect (modes and owners come from mount options),
-        # so cp -p, rsync -a and shutil.copy2 do not fail; see README "Semantics".
         st = await self.files.setattr(
             node, fh, attr.st_size if fields.update_size else None,
             attr.st_mtime_ns if fields.update_mtime else None,
         )
-        return self.make_attr(node, st)
+        return self.attrs.make(node, st)
 
     @handler
     async def release(self, fh: int) -> None:
@@ -372,7 +323,7 @@ class Operations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         node = await self.ns.make_dir(parent, self._name(name))
         self.table.add_lookup(node)
-        return self.make_attr(node, None)
+        return self.attrs.make(node, None)
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -202,14 +202,12 @@ class OpenFiles:
 
     async def setattr(
         self, node: Inode, fh: int | None, size: int | None, mtime_ns: int | None
-    ) -> Stat:
-        """truncate and utimens of a file (through handle ``fh`` when given)."""
+    ) -> Stat | None:
+        """truncate and utimens (through handle ``fh`` when given): the attributes after them,
+        None for a directory (``attrchanges``)."""
         handle = self._handles.get(fh) if fh is not None else None
-        await self._attr_changes.apply(
+        return await self._attr_changes.apply(
             node, handle if isinstance(handle, FileHandle) else None, size, mtime_ns)
-        written = self.written_stat(node)
-        return written if written is not None else (
-            await self.ns.object_stat(node.bucket, node.key))
 
     # ------------------------------------------------------------------ custom metadata
 
