@@ -16,7 +16,10 @@ ends the scan: what was fetched and not opened is dropped, requests still in fli
 cancelled, and detection starts again from that open.
 
 Which files: regular files of the listing with 0 < size <= ``SMALL_FILE``; the others (empty
-files, big ones, directories) are left to the usual reader and do not break the order.
+files, big ones, directories) are left to the usual reader and do not break the order. Nothing
+is fetched while the opens find their files in the kernel's page cache (``CACHED_OPENS`` in a
+row: a directory read again through the same mount); the first open that needs bytes again
+resumes fetching.
 
 What an open gets from a batch (the guarantees):
 - Only an open for reading whose attributes (size, version, from the listing or metadata cache
@@ -104,6 +107,8 @@ JITTER = 16
 NEAR = 8
 # Directories whose order is followed at once.
 MAX_SCANS = 64
+# Opens in a row whose file's pages the kernel still holds, after which nothing is fetched.
+CACHED_OPENS = 2
 
 
 class ListingSource(Protocol):
@@ -166,7 +171,7 @@ class _Scan:
     """One directory's order and what is fetched ahead in it."""
 
     __slots__ = ("bucket", "prefix", "listing", "children", "last", "streak", "running",
-                 "ahead", "held", "pending", "rate", "since", "opens")
+                 "ahead", "held", "pending", "rate", "since", "opens", "cached")
 
     def __init__(self, bucket: str, prefix: str, listing: Listing) -> None:
         self.bucket = bucket
@@ -182,6 +187,7 @@ class _Scan:
         self.rate = 0.0  # opens per second, as last measured
         self.since = 0.0  # when the opens counted in ``opens`` began
         self.opens = 0
+        self.cached = 0  # opens in a row that found their file in the kernel's page cache
 
     def count_open(self, now: float) -> None:
         """One more open in order; the rate is measured over ``RATE_WINDOW`` (until one has
@@ -231,11 +237,11 @@ class DirectoryScans:
         entry = scan.held.pop(name, None)
         if entry is not None:
             self._unhold(scan, entry)
-            self._follow(scan, entry.pos, hit=True)
+            self._follow(scan, entry.pos, hit=True, need_bytes=need_bytes)
             return await self._hand_over(entry, stat, need_bytes)
         pos = position(scan.children, name)
         if pos is not None:
-            self._follow(scan, pos, hit=False)
+            self._follow(scan, pos, hit=False, need_bytes=need_bytes)
         return None
 
     def give_back(self, data: memoryview) -> None:
@@ -282,9 +288,11 @@ class DirectoryScans:
             self._stop(self._scans.popitem(last=False)[1])
         return scan
 
-    def _follow(self, scan: _Scan, pos: int, *, hit: bool) -> None:
-        """An open at ``pos`` of the scan's order."""
+    def _follow(self, scan: _Scan, pos: int, *, hit: bool, need_bytes: bool) -> None:
+        """An open at ``pos`` of the scan's order (``need_bytes`` False: the kernel holds the
+        file's pages)."""
         now = trio.current_time()
+        scan.cached = 0 if need_bytes else scan.cached + 1
         if scan.running:
             if hit or scan.last - JITTER <= pos <= max(scan.ahead, scan.last + JITTER):
                 scan.count_open(now)
@@ -314,6 +322,8 @@ class DirectoryScans:
         """Keep what the reader gets through in ``LOOKAHEAD`` fetched ahead, in up to ``DEPTH``
         batches, within the budget."""
         scan.ahead = max(scan.ahead, scan.last + 1)
+        if scan.cached >= CACHED_OPENS:
+            return  # the reader finds its files in the kernel's page cache
         wanted = scan.ahead_wanted()
         per_batch = min(BATCH_FILES, max(MIN_AHEAD // DEPTH, wanted // DEPTH))
         while len(scan.pending) < DEPTH and len(scan.held) < wanted:

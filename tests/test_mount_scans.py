@@ -184,3 +184,26 @@ def test_a_scan_stays_within_the_read_ahead_budget(  # type: ignore[no-untyped-d
     # whatever the budget: the first ones, read one by one).
     assert counts["scan_files"] >= 290 and counts["scan_batches"] >= 45, counts
     assert counts["peak"] <= 256 * KIB + 16 * KIB, counts
+
+
+def test_a_directory_copied_again_from_the_page_cache_is_not_fetched_again(  # type: ignore[no-untyped-def]
+    make_bucket: Callable[..., Bucket], mount, tmp_path: Path
+) -> None:
+    objects = small_files(300, "d/", seed=6)
+    bucket = make_bucket()
+    fill(bucket, objects)
+    port = free_port()
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "60", "--metrics-addr",
+              f"127.0.0.1:{port}")
+    want = held_by_ais(bucket, list(objects))
+    for copy in ("first", "second"):
+        subprocess.run(["cp", "-r", str(m.path / "d"), str(tmp_path / copy)], check=True,
+                       timeout=300)
+        for key, data in want.items():
+            assert (tmp_path / copy / key[2:]).read_bytes() == data, (copy, key)
+        if copy == "first":
+            first = requests_of(port)
+            assert first["get_batch"] >= 1, first
+    # The kernel still holds every file's pages (the objects did not change): no batch.
+    again = requests_of(port)
+    assert again["get_batch"] == first["get_batch"], (first, again)

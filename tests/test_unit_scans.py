@@ -324,6 +324,27 @@ async def test_only_small_files_are_fetched_and_the_others_do_not_break_the_orde
     assert "d/f05" not in asked and "d/f10" not in asked and "d/f12/sub" not in asked
 
 
+async def test_nothing_is_fetched_while_the_kernel_holds_the_files() -> None:
+    """A directory read again through the same mount: its pages are still cached, so the
+    opens need no bytes; fetching resumes with the first open that does."""
+    fake = files(200)
+    listings = Listings()
+    listings.list(fake, "d/")
+    budget = MemoryBudget(64 * 1024 * KIB)
+    async with scans_of(fake, listings, budget=budget) as scans:
+        for i in range(150):
+            obj = fake.objects[("b", f"d/f{i:04}")]
+            got = await scans.opened("b", f"d/f{i:04}", Stat(obj.size, 0, obj.version),
+                                     need_bytes=i < 3)
+            assert got is None
+            await trio.testing.wait_all_tasks_blocked()
+        sent = fake.calls["get_batch"]
+        assert sent <= 4 and budget.used == 0
+        assert await open_file(scans, fake, "d/f0150") is None  # needs bytes: fetching again
+        assert await open_file(scans, fake, "d/f0151") == fake.content("d/f0151")
+        assert fake.calls["get_batch"] > sent
+
+
 async def test_a_directory_of_big_files_read_in_order_is_looked_through_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
