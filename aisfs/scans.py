@@ -10,10 +10,11 @@ listing, which is readdir's), the files after the last one are requested ahead, 
 reader, within the read-ahead memory budget, and no further ahead than the reader gets through
 in ``LOOKAHEAD`` seconds (the rate of its opens, measured). An open of such a file takes its
 bytes (waiting for them when they are still on their way) and its reader serves every read
-from them. An open
-of a file of the directory that is neither held nor within ``JITTER`` positions of the last one
-ends the scan: what was fetched and not opened is dropped, requests still in flight are
-cancelled, and detection starts again from that open.
+from them. An open of a file of the directory that is neither held nor within ``JITTER``
+positions of the last one ends the scan: what was fetched and not opened is dropped, requests
+still in flight are cancelled, and detection starts again from that open. Bytes not opened
+within ``hold`` seconds of their batch's end are dropped, and fetched again if the reader comes
+back to them.
 
 Which files: regular files of the listing with 0 < size <= ``SMALL_FILE``; the others (empty
 files, big ones, directories) are left to the usual reader and do not break the order. Nothing
@@ -53,7 +54,8 @@ state changes only between awaits.
 
 Invariants:
 - Every entry of a scan's ``held`` was requested by one of its batches and neither taken by an
-  open nor dropped; ``held`` is in listing order (batches are sent in order).
+  open nor dropped; ``held`` is in listing order (batches are sent in order), but for files
+  fetched again after they expired (those are dropped by their own expiry, if not opened).
 - An entry's ``reserved`` bytes are in the budget: its size from the request until it is taken,
   dropped, or its member did not come; 0 after (the taker's reader then holds them).
 - An entry's ``arrived`` is set once its batch delivered it or ended without it (then ``error``
