@@ -243,9 +243,14 @@ class AsyncAis:
                 with contextlib.suppress(trio.RunFinishedError):
                     trio.from_thread.run_sync(send.close, trio_token=token)
 
+        failure: errors.AisFsError | None = None
+
         async def worker() -> None:
+            nonlocal failure
             try:
                 await self._run(read_reply)
+            except errors.AisFsError as exc:
+                failure = exc  # raised out of the nursery it would come wrapped in a group
             finally:
                 send.close()  # the request failed: no more items
 
@@ -257,6 +262,8 @@ class AsyncAis:
                         deliver(item)
         finally:
             stop.set()
+        if failure is not None:
+            raise failure
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run a non-HTTP blocking call (local file I/O of the writer) off the trio thread."""

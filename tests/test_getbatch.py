@@ -168,6 +168,10 @@ async def test_async_get_batch_delivers_in_the_trio_thread(  # type: ignore[no-u
     await ais.get_batch(b.name, list(objects), max_size=1 << 20, deliver=deliver)
     assert got == list(objects.items())
 
+    # A failure of the request itself is the AIS error (not wrapped in an exception group).
+    with pytest.raises(errors.BucketNotFound):
+        await ais.get_batch(b.name + "-none", ["x"], max_size=10, deliver=deliver)
+
     # Cancelled after the first item: nothing is delivered after the cancel.
     seen: list[str] = []
     with trio.CancelScope() as scope:
