@@ -177,6 +177,22 @@ async def test_an_object_of_another_size_than_listed_is_read_the_usual_way() -> 
             assert got is None if i == 30 else got == fake.content(key)
 
 
+async def test_a_failed_batch_leaves_its_files_to_the_usual_reader(
+    in_process_log_rule: None,
+) -> None:
+    fake = files(40)
+    listings = Listings()
+    listings.list(fake, "d/")
+    fake.fail_calls["get_batch"] = errors.Transient("no target", 503, "ais://b")
+    budget = MemoryBudget(64 * 1024 * KIB)
+    async with scans_of(fake, listings, budget=budget) as scans:
+        for i in range(40):
+            assert await open_file(scans, fake, f"d/f{i:04}") is None
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.used == 0
+    assert fake.calls["get_batch"] > 0
+
+
 async def test_an_open_that_shows_other_attributes_than_the_batch_asked_for_is_not_served(
 ) -> None:
     fake = files(20)
