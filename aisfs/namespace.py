@@ -1,9 +1,10 @@
 """The directory tree over AIS: root → buckets → virtual directories → objects.
 
 Name resolution (lookup, getattr, opendir) and the changes made through the mount (mkdir, rmdir,
-unlink, rename, custom metadata), over three parts built here: the metadata cache (``metacache``:
-single names, single-flight, TTL and negative entries), the directory listings (``listings``:
-cached, streamed, fetched ahead for lookups and tree walks) and the directories this mount made
+unlink; rename and custom metadata through ``renames`` and ``custom_metadata``), over parts built
+here: the metadata cache (``metacache``: single names, single-flight, TTL and negative entries),
+the directory listings (``listings``: cached, streamed, fetched ahead for tree walks;
+``lookup_listings``: fetched for names looked up one by one) and the directories this mount made
 or removed (``localdirs``). A name is answered, in this order, by: a directory made here, a file
 being written here (``written``), the cached listing of its parent, the metadata cache, and
 last by the cluster (a HEAD and the first page of a listing at once).
@@ -39,18 +40,20 @@ from collections.abc import Callable
 
 import trio
 
-from . import errors, xattrs
+from . import errors
 from .aisapi import AisApi, Spawn
 from .archive_view import ArchiveView, children, member_stat
 from .archives import ArchiveContents, Member, MemberDir, is_archive
 from .cache import MISSING, Stat, TtlMap
 from .config import MountConfig
+from .custom_metadata import CustomMetadata
 from .inodes import MEMBER_SEP, Inode, InodeTable, Kind
 from .listing import NAME_MAX, Child, Listing, ListingStream, valid_name
-from .listings import Listings, parent_of
+from .listings import Listings
 from .localdirs import LocalDirs
-from .metacache import MetadataCache, stat_of
+from .metacache import MetadataCache
 from .objects import ObjectProps
+from .renames import Renames
 from .written import FilesBeingWritten, NothingWritten, written_under
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ class Namespace:
         # Files open for writing here, with their current attributes (see the invariants).
         self.written: FilesBeingWritten = written if written is not None else NothingWritten()
         self.mount_time_ns = time.time_ns()
+        self.renames = Renames(self)
+        self.custom = CustomMetadata(self)
 
     @property
     def root(self) -> Inode:
@@ -102,7 +107,7 @@ class Namespace:
         inode = self.table.find(bucket, key)
         return self.written.stat_of(inode) if inode is not None else None
 
-    def _pending_under(self, bucket: str, prefix: str) -> bool:
+    def pending_under(self, bucket: str, prefix: str) -> bool:
         return bool(written_under(self.written, self.table, bucket, prefix))
 
     def _pending_children(self, bucket: str, prefix: str) -> list[Child]:
@@ -271,7 +276,7 @@ class Namespace:
 
     async def dir_exists(self, bucket: str, prefix: str) -> bool:
         """Whether any object lives under ``prefix`` (which ends with "/")."""
-        if self.local.is_made(bucket, prefix) or self._pending_under(bucket, prefix):
+        if self.local.is_made(bucket, prefix) or self.pending_under(bucket, prefix):
             return True
         listed = self.dir_listings.listed(bucket, prefix)
         if isinstance(listed, Child) and listed.is_dir:
@@ -395,7 +400,7 @@ class Namespace:
         bucket, prefix = inode.bucket, inode.key
         page = await self.aio.list_objects_page(bucket, prefix, recursive=True, page_size=1)
         if (page.entries or self.local.made_under(bucket, prefix)
-                or self._pending_under(bucket, prefix)):
+                or self.pending_under(bucket, prefix)):
             raise errors.PosixError(errno.ENOTEMPTY, f"{inode} is not empty")
         if parent.kind is Kind.CLUSTER:
             await self.aio.destroy_bucket(bucket)
@@ -427,9 +432,9 @@ class Namespace:
         if self.archives is not None:
             self.archives.forget(inode.bucket, inode.key)
         self.table.unlink_path(inode.bucket, inode.key)
-        self._keep_parent(inode.bucket, inode.key)
+        self.keep_parent(inode.bucket, inode.key)
 
-    def _keep_parent(self, bucket: str, key: str) -> None:
+    def keep_parent(self, bucket: str, key: str) -> None:
         """The parent directory outlives its last object here until rmdir (as on a disk)."""
         parent = key.rstrip("/").rpartition("/")[0]
         if parent:
@@ -438,143 +443,16 @@ class Namespace:
     async def rename(
         self, old_parent: Inode, old_name: str, new_parent: Inode, new_name: str, flags: int
     ) -> None:
-        if flags & 2:  # RENAME_EXCHANGE
-            raise errors.PosixError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
-        if old_parent.kind is Kind.CLUSTER or new_parent.kind is Kind.CLUSTER:
-            raise errors.PosixError(errno.EPERM, "buckets cannot be renamed through the mount")
-        self.refuse_in_archive(old_parent, "rename from")
-        self.refuse_in_archive(new_parent, "rename into")
-        inode, _ = await self.lookup(old_parent, old_name)
-        if old_parent.bucket != new_parent.bucket:
-            # rename-obj works within a bucket; EXDEV makes mv(1) copy and delete instead.
-            raise errors.PosixError(errno.EXDEV, "rename across buckets")
-        try:
-            target, _ = await self.lookup(new_parent, new_name)
-        except errors.NotFound:
-            target = None
-        if target is not None:
-            if flags & 1:  # RENAME_NOREPLACE
-                raise errors.PosixError(errno.EEXIST, f"{target} exists")
-        if inode.kind is Kind.ARCHIVE:
-            await self._rename_archive(inode, new_parent, new_name, target)
-            return
-        if target is not None:
-            if target.is_dir != inode.is_dir:
-                raise errors.PosixError(
-                    errno.EISDIR if target.is_dir else errno.ENOTDIR, f"{target} is in the way"
-                )
-        if inode.is_dir:
-            await self._rename_dir(inode, new_parent, new_name, target)
-        else:
-            await self._rename_file(inode, new_parent, new_parent.key + new_name,
-                                    replaces=target is not None)
-
-    async def _rename_file(self, inode: Inode, new_parent: Inode, new_key: str, *,
-                           replaces: bool) -> None:
-        bucket = inode.bucket
-        if new_key != inode.key:
-            # AIS's rename onto an existing object may merge the target's custom metadata
-            # into the source's (seen when the two live on different targets): the renamed
-            # file's xattrs are put back whole.
-            custom = (await self.aio.head_object(bucket, inode.key)).custom if replaces else None
-            await self.aio.rename_object(bucket, inode.key, new_key)
-            if custom is not None:
-                await self.aio.set_custom(bucket, new_key, custom, replace=True)
-        moved = self.cache.stats.get((bucket, inode.key))
-        self.cache.note_gone(bucket, inode.key)
-        self.dir_listings.set_child(bucket, inode.key, None, remove=True)
-        self.cache.stats.pop((bucket, new_key))
-        if isinstance(moved, Stat):
-            self.cache.note_stat(bucket, new_key, moved)
-            self.dir_listings.set_child(bucket, new_key, moved)
-        else:
-            self.invalidate(bucket, new_key)
-        self._keep_parent(bucket, inode.key)
-        self.table.move(inode, new_parent, new_key)
-
-    async def _rename_archive(
-        self, inode: Inode, new_parent: Inode, new_name: str, target: Inode | None
-    ) -> None:
-        """Rename an archive shown as a directory: the object moves (over another archive, as
-        a file over a file), and so does everything inside it."""
-        new_key = new_parent.key + new_name
-        if not is_archive(new_key):
-            raise errors.PosixError(
-                errno.EINVAL, f"rename {inode!r} to {new_name!r}: not an archive name (it would "
-                "turn from a directory into a file; rename it where archives are files)")
-        if target is not None and target.kind is not Kind.ARCHIVE:
-            raise errors.PosixError(errno.EISDIR if target.is_dir else errno.ENOTDIR,
-                                    f"{target} is in the way")
-        old_key = inode.key
-        assert self.archives is not None
-        self.archives.forget(inode.bucket, old_key)
-        self.archives.forget(inode.bucket, new_key)
-        await self._rename_file(inode, new_parent, new_key, replaces=target is not None)
-        self.table.move_prefix(inode.bucket, old_key + MEMBER_SEP, new_key + MEMBER_SEP,
-                               new_parent, inode)
-
-    async def _rename_dir(
-        self, inode: Inode, new_parent: Inode, new_name: str, target: Inode | None
-    ) -> None:
-        bucket, old_prefix = inode.bucket, inode.key
-        new_prefix = new_parent.key + new_name + "/"
-        if new_prefix.startswith(old_prefix):
-            raise errors.PosixError(errno.EINVAL, "cannot move a directory into itself")
-        if target is not None:
-            # rename(2) replaces only an empty directory: no object, no directory made here
-            # and no file being written under it.
-            page = await self.aio.list_objects_page(bucket, new_prefix, recursive=True,
-                                                    page_size=1)
-            if (page.entries or self.local.made_under(bucket, new_prefix)
-                    or self._pending_under(bucket, new_prefix)):
-                raise errors.PosixError(errno.ENOTEMPTY, f"{target} is not empty")
-        limit = self.config.rename_dir_limit
-        entries = await self.aio.list_all(bucket, old_prefix, recursive=True, limit=limit)
-        keys = [e.name for e in entries if not e.is_dir]
-        if len(keys) > limit:
-            raise errors.PosixError(
-                errno.EXDEV,
-                f"{inode} holds more than {limit} objects (--rename-dir-limit): renaming it "
-                "would move each one; mv copies instead",
-            )
-        # Object by object: AIS has no prefix rename. A failure midway leaves both prefixes
-        # partly filled; the error names the object, and a repeated mv finishes the job.
-        for key in keys:
-            await self.aio.rename_object(bucket, key, new_prefix + key[len(old_prefix):])
-        self.local.rename(bucket, old_prefix, new_prefix)
-        self._keep_parent(bucket, old_prefix)
-        self.invalidate(bucket, old_prefix)
-        self.invalidate(bucket, new_prefix)
-        self.cache.forget_under(bucket, (old_prefix, new_prefix))
-        self.dir_listings.forget_under(bucket, (old_prefix, new_prefix))
-        self.table.move_prefix(bucket, old_prefix, new_prefix, new_parent, inode)
+        """rename(2) (see ``renames``)."""
+        await self.renames.rename(old_parent, old_name, new_parent, new_name, flags)
 
     # ------------------------------------------------------------------ custom metadata
 
     async def object_props(self, inode: Inode) -> ObjectProps:
-        """A fresh HEAD (custom metadata is not cached: xattrs must read what was set)."""
-        props = await self.aio.head_object(inode.bucket, inode.key)
-        self.cache.note_stat(inode.bucket, inode.key, stat_of(props))
-        return props
+        return await self.custom.object_props(inode)
 
     async def set_custom(self, inode: Inode, update: dict[str, bytes]) -> None:
-        """Merge keys into the object's custom metadata, refusing what AIS would drop."""
-        self.refuse_in_archive(inode, "set xattrs of")
-        props = await self.aio.head_object(inode.bucket, inode.key)
-        xattrs.check_size({**props.custom, **update})
-        await self.aio.set_custom(inode.bucket, inode.key, update)
-        self.cache.stats.pop(inode.path)
-        self.cache.mtimes.forget(inode.path)  # aisfs.mtime may have changed, the version not
-        self.dir_listings.forget(inode.bucket, parent_of(inode.key)[0])
+        await self.custom.set_custom(inode, update)
 
     async def remove_custom(self, inode: Inode, key: str) -> bool:
-        """Drop one key (AIS deletes keys only by replacing the whole map)."""
-        self.refuse_in_archive(inode, "remove xattrs of")
-        props = await self.aio.head_object(inode.bucket, inode.key)
-        if key not in props.custom:
-            return False
-        rest = {k: v for k, v in props.custom.items() if k != key}
-        await self.aio.set_custom(inode.bucket, inode.key, rest, replace=True)
-        self.cache.stats.pop(inode.path)
-        self.cache.mtimes.forget(inode.path)
-        return True
+        return await self.custom.remove_custom(inode, key)
