@@ -6,10 +6,8 @@ by concurrent opens) and cached with every entry's attributes once complete, so 
 Other producers fill the same cache: a lookup of a directory fetches the first page of its
 listing (the whole of a small directory's, the start of a big one's for the opendir that
 follows), a tree walk gets many directories' listings from one recursive LIST (``subtree``),
-and names looked up one by one in a directory get it listed in the background. A listing
-vouches for the absence of a name for the negative metadata TTL only; names missing from an
-older one (a directory being filled: every file's name is looked up before it is created) get
-the directory listed again, once for all of them, instead of one HEAD and LIST each.
+and names looked up one by one in a directory get it listed in the background
+(``lookup_listings``, which relies on the cache, streams and watches here).
 
 Changes made through the mount while a producer fetches are not lost: the producer watches the
 directories it lists (a :class:`Watch`) and replays what was changed there onto what it fetched
@@ -33,17 +31,12 @@ Invariants:
   since; the next open of ``d`` takes it (it is popped, so used at most once).
 - A cached ``Listing`` is the directory's truth for the metadata TTL: changes made here update
   it in place (``set_child``), so opens hand out copies of its children.
-- ``background`` maps each directory with a listing for lookups in flight to it (one at a time
-  per directory); ``cold_lookups`` counts lookups in directories with no cached listing, stream
-  or background listing; ``too_big`` holds, for the metadata TTL, directories such a listing
-  found bigger than LOOKUP_LISTING_LIMIT, which are not listed for lookups meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -73,10 +66,6 @@ FIRST_PAGE_SIZE = 1000
 PROBE_NAMES = 8
 # Entries of a listing page made and handed to open directories at a time (~2 ms of work).
 STREAM_PIECE = 1000
-# Lookups of names in one directory without a cached listing before it is listed for them, and
-# the most names such a listing fetches (a bigger directory is looked up name by name).
-COLD_LOOKUPS_BEFORE_LISTING = 3
-LOOKUP_LISTING_LIMIT = 20_000
 
 _Send = trio.MemorySendChannel[ListPage | errors.AisFsError]
 
@@ -123,16 +112,6 @@ class Watch:
                 _put_child(listing, name, child)
 
 
-class _LookupListing:
-    """A listing for lookups in flight: ``answers`` is set once lookups need not wait for it
-    any more (its first page came and more follow; or it ended)."""
-
-    __slots__ = ("answers",)
-
-    def __init__(self) -> None:
-        self.answers = trio.Event()
-
-
 def _put_child(listing: Listing, name: str, child: Child | None) -> None:
     """Replace (or, with None, remove) the entry ``name`` of ``listing``."""
     old = listing.by_name.pop(name, None)
@@ -156,14 +135,9 @@ class Listings:
         ttl, neg = config.metadata_ttl, config.negative_metadata_ttl
         self.listings: TtlMap[Listing] = TtlMap(LISTED_ENTRIES, ttl, neg, timer,
                                                 sizeof=lambda listing: len(listing.children) + 1)
-        self.negative_ttl = neg
         self.streams: dict[tuple[str, str], ListingStream] = {}
         self.first_pages: TtlMap[ListPage] = TtlMap(64, ttl, neg, timer)
         self.watches: list[Watch] = []
-        self.cold_lookups: TtlMap[int] = TtlMap(4096, ttl, neg, timer)
-        # Directories found bigger than LOOKUP_LISTING_LIMIT: looked up name by name.
-        self.too_big: TtlMap[bool] = TtlMap(4096, ttl, neg, timer)
-        self.background: dict[tuple[str, str], _LookupListing] = {}
         self.walks = TreeWalks(self, aio, spawn)
 
     # ------------------------------------------------------------------ the cache
@@ -332,99 +306,6 @@ class Listings:
                 if not watch.lost and (bucket, prefix) not in self.streams:
                     self.cache_listing(bucket, prefix, entries, watch)
         return True
-
-    # ------------------------------------------------------------------ listings for lookups
-
-    def note_cold_lookup(self, bucket: str, prefix: str) -> None:
-        """Names looked up one by one in a directory whose listing is not cached (a data loader
-        opening files by path, a directory being filled): each costs AIS a HEAD and a LIST. From
-        the third one, the directory is listed for lookups (see ``for_lookups``)."""
-        where = (bucket, prefix)
-        if where in self.background or where in self.streams or where in self.too_big:
-            return
-        count = (self.cold_lookups.get(where) or 0) + 1
-        self.cold_lookups.put(where, count)
-        if count >= COLD_LOOKUPS_BEFORE_LISTING:
-            self.cold_lookups.pop(where)
-            self._start_listing_for_lookups(bucket, prefix)
-
-    async def relisted(self, bucket: str, prefix: str, old: Listing) -> Listing | None:
-        """A listing of ``prefix`` that vouches for absent names again, for a name missing from
-        ``old`` (cached, older than the negative TTL): fetched anew, once for all the names
-        looked up meanwhile (a directory being filled looks up every new name before creating
-        it). None when the lookup should ask AIS about its name itself: absent names are never
-        to be believed (no negative TTL), the directory is too big to list again for every
-        negative TTL of lookups, or its new listing takes more than one page (it goes on in the
-        background)."""
-        if not self.list_again(bucket, prefix, old):
-            return None
-        if len(old.children) >= FIRST_PAGE_SIZE or not await self.for_lookups(bucket, prefix):
-            return None
-        listing = self.cached(bucket, prefix)
-        if listing is not None and self.timer() - listing.fetched_at < self.negative_ttl:
-            return listing
-        return None
-
-    def list_again(self, bucket: str, prefix: str, old: Listing) -> bool:
-        """Start listing ``prefix`` anew for lookups of names missing from ``old`` (its cached
-        listing), unless that is under way; whether one is under way now. Done already once
-        ``old`` is half its negative TTL old, so that a directory being filled gets a listing
-        that vouches for absent names before ``old`` stops doing so: its lookups never wait.
-        Never for a directory too big to list for every negative TTL of lookups, nor without a
-        negative TTL (absent names are never believed)."""
-        if self.negative_ttl <= 0 or len(old.children) > LOOKUP_LISTING_LIMIT:
-            return False
-        if (bucket, prefix) not in self.background:
-            self._start_listing_for_lookups(bucket, prefix)
-        return True
-
-    async def for_lookups(self, bucket: str, prefix: str) -> bool:
-        """When ``prefix`` is being listed for lookups: wait until that answers lookups (after
-        its first page: the whole of a small directory's). Whether a listing of ``prefix`` is
-        cached then."""
-        fetch = self.background.get((bucket, prefix))
-        if fetch is None:
-            return False
-        await fetch.answers.wait()
-        return self.cached(bucket, prefix) is not None
-
-    def _start_listing_for_lookups(self, bucket: str, prefix: str) -> None:
-        fetch = _LookupListing()
-        self.background[(bucket, prefix)] = fetch
-        self.spawn(functools.partial(self._list_for_lookups, bucket, prefix, fetch))
-
-    async def _list_for_lookups(self, bucket: str, prefix: str, fetch: _LookupListing) -> None:
-        """List ``prefix`` (up to LOOKUP_LISTING_LIMIT entries) and cache it, with the changes
-        made here meanwhile. Lookups waiting for it go on after its first page when there are
-        more (asking by name meanwhile), else once it is cached."""
-        try:
-            with self.watching(bucket, prefix) as watch:
-                entries: list[ListEntry] = []
-                uuid = token = ""
-                page_size = FIRST_PAGE_SIZE
-                while True:
-                    page = await self.aio.list_objects_page(
-                        bucket, prefix, page_size=page_size, uuid=uuid, continuation_token=token)
-                    entries += page.entries
-                    if len(entries) > LOOKUP_LISTING_LIMIT:
-                        self.too_big.put((bucket, prefix), True)
-                        return
-                    if not page.continuation_token:
-                        break
-                    fetch.answers.set()
-                    uuid, token, page_size = page.uuid, page.continuation_token, 0
-                entries = await self.without_empty_dirs(bucket, entries)
-                newer = self.cached(bucket, prefix)  # e.g. an opendir's, completed meanwhile
-                if (not watch.lost and (bucket, prefix) not in self.streams
-                        and (newer is None or newer.fetched_at < watch.started)):
-                    self.cache_listing(bucket, prefix, entries, watch)
-        except errors.AisFsError as exc:
-            log.info("ais://%s/%s: listing for lookups failed: %s", bucket, prefix, exc)
-        except Exception:
-            log.exception("ais://%s/%s: listing for lookups failed", bucket, prefix)
-        finally:
-            del self.background[(bucket, prefix)]
-            fetch.answers.set()
 
     # ------------------------------------------------------------------ open directories
 

@@ -51,6 +51,7 @@ from .inodes import MEMBER_SEP, Inode, InodeTable, Kind
 from .listing import NAME_MAX, Child, Listing, ListingStream, valid_name
 from .listings import Listings
 from .localdirs import LocalDirs
+from .lookup_listings import LookupListings
 from .metacache import MetadataCache
 from .objects import ObjectProps
 from .renames import Renames
@@ -76,6 +77,7 @@ class Namespace:
         self.cache = MetadataCache(aio, config, timer)
         self.local = LocalDirs()
         self.dir_listings = Listings(aio, config, spawn, self.cache, self.local, timer)
+        self.lookup_listings = LookupListings(self.dir_listings, aio, config, spawn, timer)
         self.archives = ArchiveView(aio, self.object_stat) if config.expand_archives else None
         # Files open for writing here, with their current attributes (see the invariants).
         self.written: FilesBeingWritten = written if written is not None else NothingWritten()
@@ -204,9 +206,9 @@ class Namespace:
             age = self.timer() - listing.fetched_at
             if age < self.config.negative_metadata_ttl:
                 if age >= self.config.negative_metadata_ttl / 2:
-                    self.dir_listings.list_again(bucket, prefix, listing)  # before it is needed
+                    self.lookup_listings.list_again(bucket, prefix, listing)  # before it is needed
                 raise errors.NotFound("not in listing", 404, f"ais://{bucket}/{prefix}{name}")
-            if await self.dir_listings.relisted(bucket, prefix, listing) is not None:
+            if await self.lookup_listings.relisted(bucket, prefix, listing) is not None:
                 # Anew from the top: the name may have been made here while it was listed.
                 return await self._resolve(bucket, prefix, name)
         key = prefix + name
@@ -219,8 +221,8 @@ class Namespace:
                 raise errors.NotFound("cached as missing", 404, f"ais://{bucket}/{key}")
             return False, stat_known
         if listing is None:
-            self.dir_listings.note_cold_lookup(bucket, prefix)
-            if await self.dir_listings.for_lookups(bucket, prefix):
+            self.lookup_listings.note_cold_lookup(bucket, prefix)
+            if await self.lookup_listings.for_lookups(bucket, prefix):
                 return await self._resolve(bucket, prefix, name)  # anew, as above
         return await self._probe(bucket, key)
 

@@ -437,7 +437,7 @@ async def test_lookups_by_name_in_a_big_directory_get_it_listed() -> None:
     # From the third one on, d/ is listed: its first page is not all of it, so the third name
     # was asked by name meanwhile; the rest comes in the background.
     assert ("page", "b", "d/", "False", "1000") in fake.log[-4:]
-    assert ns.listings.get(("b", "d/")) is None and ns.dir_listings.background
+    assert ns.listings.get(("b", "d/")) is None and ns.lookup_listings.background
     gate.set()
     await trio.testing.wait_all_tasks_blocked()
     assert isinstance(ns.listings.get(("b", "d/")), Listing)
@@ -480,10 +480,10 @@ async def test_two_lookups_by_name_do_not_list_and_a_huge_directory_is_not_liste
     ns, _ = make_ns(fake)
     await cold_lookups(ns, ["0001", "0002"])
     assert ns.listings.get(("b", "d/")) is None
-    monkeypatch.setattr("aisfs.listings.LOOKUP_LISTING_LIMIT", 1000)
+    monkeypatch.setattr("aisfs.lookup_listings.LOOKUP_LISTING_LIMIT", 1000)
     await cold_lookups(ns, ["0003"])
     assert ns.listings.get(("b", "d/")) is None  # 1,500 names: more than the limit
-    assert not ns.dir_listings.background
+    assert not ns.lookup_listings.background
     # It is not listed again for the next lookups (a loader opening files by path in a huge
     # directory): each is asked by name, within the metadata TTL.
     fake.log.clear()
@@ -497,7 +497,7 @@ async def test_a_listing_for_lookups_made_during_changes_is_cached_with_them() -
     fake.later_pages_gate = gate = trio.Event()
     ns, _ = make_ns(fake)
     d = await cold_lookups(ns, ["0001", "0002", "0003"])
-    assert set(ns.dir_listings.background) == {("b", "d/")}
+    assert set(ns.lookup_listings.background) == {("b", "d/")}
     # Meanwhile, through the mount: one file written (the listing may or may not have it),
     # one removed, and a file written in another directory.
     ns.note_written("b", "d/new", 5, 1, "7")
@@ -505,7 +505,7 @@ async def test_a_listing_for_lookups_made_during_changes_is_cached_with_them() -
     ns.note_written("b", "elsewhere", 1, 1, "1")
     gate.set()
     await trio.testing.wait_all_tasks_blocked()
-    assert not ns.dir_listings.background  # done
+    assert not ns.lookup_listings.background  # done
     cached = ns.listings.get(("b", "d/"))
     assert isinstance(cached, Listing)
     assert cached.by_name["new"].stat == Stat(5, 1, "7") and "0004" not in cached.by_name
@@ -524,11 +524,11 @@ async def test_a_listing_for_lookups_is_not_cached_when_the_directory_was_droppe
     fake.later_pages_gate = gate = trio.Event()
     ns, _ = make_ns(fake)
     await cold_lookups(ns, ["0001", "0002", "0003"])
-    assert ns.dir_listings.background
+    assert ns.lookup_listings.background
     ns.invalidate("b", "d/0001")  # e.g. found changed by another client meanwhile
     gate.set()
     await trio.testing.wait_all_tasks_blocked()
-    assert not ns.dir_listings.background and not ns.dir_listings.watches
+    assert not ns.lookup_listings.background and not ns.dir_listings.watches
     assert ns.listings.get(("b", "d/")) is None
 
 
@@ -537,7 +537,7 @@ async def test_a_failed_listing_for_lookups_leaves_lookups_going_to_ais() -> Non
     fake.fail_later_pages = errors.Transient("connection reset", 0, "ais://b/d/")
     ns, _ = make_ns(fake)
     d = await cold_lookups(ns, ["0001", "0002", "0003"])
-    assert not ns.dir_listings.background and ns.listings.get(("b", "d/")) is None
+    assert not ns.lookup_listings.background and ns.listings.get(("b", "d/")) is None
     heads = fake.calls["head_object"]
     _, st = await ns.lookup(d, "0004")
     assert st is not None and fake.calls["head_object"] == heads + 1
@@ -624,7 +624,7 @@ async def test_a_bigger_directory_is_listed_again_in_the_background(
 async def test_a_directory_too_big_to_list_for_lookups_is_not_listed_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("aisfs.listings.LOOKUP_LISTING_LIMIT", 4)
+    monkeypatch.setattr("aisfs.lookup_listings.LOOKUP_LISTING_LIMIT", 4)
     fake = FakeAis({f"d/{i}": 1 for i in range(5)})
     ns, d, _ = await filled_dir(fake)
     with pytest.raises(errors.NotFound):
@@ -651,7 +651,7 @@ async def test_a_failed_new_listing_leaves_the_lookup_asking_by_name() -> None:
     _, st = await ns.lookup(d, "new")
     assert st is not None and st.size == 2
     assert fake.calls == Counter({"head_object": 1, "list": 2})  # d/ (failed), then new/
-    assert not ns.dir_listings.background and not ns.dir_listings.watches
+    assert not ns.lookup_listings.background and not ns.dir_listings.watches
 
 
 async def test_a_directory_being_filled_is_listed_again_before_its_listing_goes_stale() -> None:
