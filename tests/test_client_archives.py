@@ -3,14 +3,10 @@ the real local AIS cluster, with shards built here by tarfile, zipfile and lz4."
 
 from __future__ import annotations
 
-import io
 import random
-import tarfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 
-import lz4.frame
 import pytest
 
 from aisfs import errors, getbatch
@@ -20,28 +16,12 @@ from aisfs.config import ClientConfig
 from aisfs.getbatch import MIN_BATCH_RANGE
 from aisfs.routing import Via
 
+from .shards import FORMATS, shard
+
 BIG = bytes((i * 7 + i // 251) % 256 for i in range(3_000_001))
 MEMBERS = {"a.txt": b"hello", "d/b.bin": bytes(range(256)) * 4, "d/e/empty": b"",
            "big.bin": BIG}
-FORMATS = [".tar", ".tgz", ".tar.gz", ".tar.lz4", ".zip"]
 
-
-def shard(ext: str, members: dict[str, bytes]) -> bytes:
-    """An archive of ``members`` in the format its extension names."""
-    buf = io.BytesIO()
-    if ext == ".zip":
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, data in members.items():
-                zf.writestr(name, data)
-        return buf.getvalue()
-    gz = ext in (".tgz", ".tar.gz")
-    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    return lz4.frame.compress(raw) if ext == ".tar.lz4" else raw
 
 
 READ_TIMEOUT = 3.0

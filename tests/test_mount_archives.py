@@ -10,18 +10,16 @@ import random
 import subprocess
 import tarfile
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import lz4.frame
 import pytest
 
 from .service_util import free_port, metric, scrape
+from .shards import FORMATS, shard
 
 KIB = 1024
 MIB = 1024 * KIB
-FORMATS = [".tar", ".tgz", ".tar.gz", ".tar.lz4", ".zip"]
 MEMBERS = {
     "000001.jpg": random.Random(1).randbytes(70 * KIB),
     "000001.cls": b"7\n",
@@ -32,24 +30,6 @@ MEMBERS = {
 # With --read-part-size 1M: a member of several read-ahead parts.
 LARGE = random.Random(3).randbytes(5 * MIB + 4321)
 
-
-def shard(ext: str, members: dict[str, bytes]) -> bytes:
-    """An archive of ``members`` in the format its extension names."""
-    buf = io.BytesIO()
-    if ext == ".zip":
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, data in members.items():
-                zf.writestr(name, data)
-        return buf.getvalue()
-    gz = ext in (".tgz", ".tar.gz")
-    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tf.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    return lz4.frame.compress(raw) if ext == ".tar.lz4" else raw
 
 
 def tree_of(root: Path) -> tuple[set[str], set[str]]:

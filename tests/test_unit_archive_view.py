@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import tarfile
 
 import pytest
 import trio
@@ -16,16 +14,7 @@ from aisfs.cache import Stat
 from aisfs.listing import Child
 
 from .fakeais import FakeAis
-
-
-def tar_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+from .shards import tar_of
 
 
 def view_of(fake: FakeAis) -> ArchiveView:

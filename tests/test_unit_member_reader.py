@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import errno
-import io
 import random
-import tarfile
 
 import pytest
 import trio
@@ -18,21 +16,13 @@ from aisfs.member_reader import MemberReader
 from aisfs.reader import BufferPool
 
 from .fakeais import FakeAis
+from .shards import tar_of
 
 KIB = 1024
 MIB = 1024 * KIB
 SMALL = random.Random(1).randbytes(300 * KIB)
 LARGE = random.Random(2).randbytes(5 * MIB + 12345)
 
-
-def tar_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 class Archive:

@@ -4,8 +4,6 @@ directories, names inside them, read-only rules, rename and rmdir of the archive
 from __future__ import annotations
 
 import errno
-import io
-import tarfile
 
 import pytest
 
@@ -16,17 +14,7 @@ from aisfs.namespace import Namespace
 
 from .fakeais import STORED_NS, FakeAis
 from .namespace_util import FakeTimer, list_dir, make_ns, names
-
-
-def tar_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
+from .shards import tar_of
 
 SHARD = tar_of({"a.jpg": b"aaaa", "d/e/f.txt": b"ff", "d/g": b""})
 
