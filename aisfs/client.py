@@ -27,7 +27,7 @@ import orjson
 from . import errors
 from .archive_calls import ArchiveCalls
 from .config import ClientConfig
-from .httpreply import Reply
+from .httpreply import Download, Reply
 from .objects import (
     LIST_PROPS,
     TIME_FORMAT,
@@ -226,28 +226,32 @@ class AisClient:
         self, bucket: str, key: str, start: int, length: int, into: RecvBuffer | None = None
     ) -> RangeResult:
         """Bytes [start, start+length) of an object; shorter at EOF. 416 means start >= size.
+        A body cut short is received again (``Transport.fetch``), a bounded number of times.
 
         With ``into`` (at least ``length`` bytes) the body lands in that buffer, so a caller can
         reuse buffers instead of faulting in fresh pages for every part.
         """
-        what = f"ais://{bucket}/{key}"
-        with self.transport.download(
-            "GET", self._object_url(bucket, key), what, kind="get_range",
-            params={"provider": "ais"},
-            headers={"Range": f"bytes={start}-{start + length - 1}"},
-        ) as body:
+        def receive(body: Download) -> RangeResult:
             if body.status == 200 and start > 0:
                 # A server that ignored the Range header sent the whole object.
                 data = memoryview(bytearray(body.read_all()[start:start + length]))
             else:
                 buf = into if into is not None else bytearray(length)
                 data = memoryview(buf)[: body.read_into(buf, length)]
-        total = -1
-        content_range = body.headers.get("Content-Range", "")
-        if "/" in content_range:
-            tail = content_range.rsplit("/", 1)[1]
-            total = int(tail) if tail.isdigit() else -1
-        return RangeResult(data, total, body.headers.get("Ais-Version", ""))
+            total = -1
+            content_range = body.headers.get("Content-Range", "")
+            if "/" in content_range:
+                tail = content_range.rsplit("/", 1)[1]
+                total = int(tail) if tail.isdigit() else -1
+            return RangeResult(data, total, body.headers.get("Ais-Version", ""))
+
+        # A body cut short is asked for again, the whole range: the bytes of one answer are
+        # one version of the object, which the caller checks.
+        return self.transport.fetch(
+            self._object_url(bucket, key), f"ais://{bucket}/{key}", receive, kind="get_range",
+            params={"provider": "ais"},
+            headers={"Range": f"bytes={start}-{start + length - 1}"},
+        )
 
     def put_object(
         self, bucket: str, key: str, data: bytes | memoryview,

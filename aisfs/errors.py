@@ -87,6 +87,12 @@ class Transient(AisError):
     errno = errno.EIO
 
 
+class BodyCutShort(Transient):
+    """An answer's body ended before its length, or its connection failed or timed out while it
+    was being received: the request itself was answered, so an idempotent one may be sent
+    again (the transport does, for a GET read into a buffer)."""
+
+
 class StaleObject(AisFsError):
     """The object changed in AIS while a file handle was reading it."""
 

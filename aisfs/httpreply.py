@@ -49,7 +49,7 @@ class Reply:
 class Download:
     """An answer whose body is still to be received; ``close()`` (or the ``with`` block's end)
     gives the connection back to the pool when the body was read to its end. Failures while
-    receiving raise ``Transient``."""
+    receiving (a body that ends before its length among them) raise ``BodyCutShort``."""
 
     def __init__(self, resp: requests.Response, what: str) -> None:
         self._resp = resp
@@ -90,7 +90,8 @@ class Download:
                 http.client.HTTPException, OSError) as exc:
             self._resp.close()
             self._closed = True
-            raise errors.Transient(f"reading body failed: {brief(exc)}", 0, self._what) from None
+            raise errors.BodyCutShort(f"reading body failed: {brief(exc)}", 0,
+                                      self._what) from None
 
     def close(self, *, reuse: bool = True) -> None:
         """Done with the answer; ``reuse=False`` closes its connection even if the body was
@@ -131,7 +132,10 @@ def raise_for(resp: requests.Response, what: str) -> None:
 
 
 def read_body_into(resp: requests.Response, buf: RecvBuffer | memoryview, length: int) -> int:
-    """Read up to ``length`` body bytes straight from the socket into ``buf`` (one copy)."""
+    """Read up to ``length`` body bytes straight from the socket into ``buf`` (one copy); fewer
+    only when the body is shorter. A body that ends before its ``Content-Length`` (the
+    connection closed early) raises ``ConnectionError``: http.client's ``readinto`` returns
+    the short count without an error."""
     view = memoryview(buf)[:length]
     fp = getattr(resp.raw, "_fp", None)  # http.client.HTTPResponse under urllib3
     try:
@@ -142,6 +146,9 @@ def read_body_into(resp: requests.Response, buf: RecvBuffer | memoryview, length
             if not n:
                 break
             got += n
+        if got < length and fp is not None and fp.length:
+            raise ConnectionError(f"connection closed after {got} body bytes, {fp.length} "
+                                  "before the end of the body")
         if got == length and fp is not None and not fp.isclosed():
             # A chunked body still has its terminator unread: reading it ends the body, which
             # hands the connection back to the pool (a known-length body did that already).

@@ -3,7 +3,8 @@ that import ``requests`` and ``urllib3``).
 
 One :class:`Transport` per mount, under the AIS REST API of ``client.py``. Every request has a
 (connect, read) timeout; idempotent requests are retried with capped exponential backoff on
-connection errors, timeouts, 429 and 5xx; requests that carry object data are retried only when
+connection errors, timeouts, 429 and 5xx, and a GET whose body is cut short while it is received
+(:meth:`Transport.fetch`) is sent again; requests that carry object data are retried only when
 the connection could not be established, because a repeated APPEND would duplicate bytes. An
 error answer becomes a typed :mod:`aisfs.errors` exception (``httpreply.raise_for``).
 
@@ -36,7 +37,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import urllib3
@@ -52,6 +53,7 @@ from .routing import Router, Via
 log = logging.getLogger(__name__)
 
 REDIRECTS = httpconn.REDIRECTS
+T = TypeVar("T")
 
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
@@ -136,6 +138,27 @@ class Transport:
         resp = self._exchange(method, url, what, kind, via, True, params, json_body, None,
                               headers, stream=True)
         return Download(resp, what)
+
+    def fetch(
+        self, url: str, what: str, receive: Callable[[Download], T], *, kind: str,
+        via: Via = Via.READ, params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> T:
+        """A GET whose body ``receive`` reads whole (into a buffer) and turns into the result.
+        A body cut short (``BodyCutShort``: the connection closed, reset or timed out while it
+        was received, or it ended before its length) is asked for again, whole, up to
+        ``retries`` times with the usual backoff; the request itself is retried as
+        :meth:`download`'s."""
+        attempt = 0
+        while True:
+            try:
+                with self.download("GET", url, what, kind=kind, via=via, params=params,
+                                   headers=headers) as body:
+                    return receive(body)
+            except errors.BodyCutShort as exc:
+                if attempt >= self.config.retries:
+                    raise
+                attempt = self.backoff(attempt, kind, what, exc.args[0])
 
     # ------------------------------------------------------------------ retries and errors
 

@@ -545,11 +545,14 @@ def test_read_timeout_gives_transient(silent_socket: str) -> None:
 
 class RawBodyServer:
     """Answers every ranged GET on one port with ``body`` (headers and body in one send),
-    optionally stopping after ``cut`` body bytes and then stalling or closing."""
+    optionally stopping after ``cut`` body bytes and then stalling or closing: every answer,
+    or the first ``cuts`` ones."""
 
     def __init__(self, body: bytes, cut: int | None = None, then: str = "stall",
-                 chunked: bool = False) -> None:
+                 chunked: bool = False, cuts: int | None = None) -> None:
         self.body, self.cut, self.then, self.chunked = body, cut, then, chunked
+        self.cuts = cuts
+        self.answered = 0  # object GETs answered, cut or not
         self.accepted = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -574,6 +577,9 @@ class RawBodyServer:
                     return
                 while reader.readline() not in (b"\r\n", b""):
                     pass
+                if b"/v1/objects/" not in line:  # the cluster map: there is none
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    continue
                 n = len(self.body)
                 if self.chunked:
                     pieces = [self.body[i:i + 65536] for i in range(0, n, 65536)]
@@ -585,8 +591,10 @@ class RawBodyServer:
                     continue
                 head = (f"HTTP/1.1 206 Partial Content\r\nContent-Length: {n}\r\n"
                         f"Content-Range: bytes 0-{n - 1}/{n}\r\nAis-Version: 1\r\n\r\n").encode()
-                conn.sendall(head + self.body[: self.cut])
-                if self.cut is not None:
+                self.answered += 1  # (answers on several connections are never concurrent here)
+                cut = self.cut if self.cuts is None or self.answered <= self.cuts else None
+                conn.sendall(head + self.body[:cut])
+                if cut is not None:
                     if self.then == "stall":
                         self.stop.wait(5)
                     return
@@ -599,8 +607,8 @@ class RawBodyServer:
 @pytest.fixture
 def raw_body_server() -> Iterator[Callable[..., RawBodyServer]]:
     with contextlib.ExitStack() as stack:
-        yield lambda body, cut=None, then="stall", chunked=False: stack.enter_context(
-            contextlib.closing(RawBodyServer(body, cut, then, chunked)))
+        yield lambda body, cut=None, then="stall", chunked=False, cuts=None: stack.enter_context(
+            contextlib.closing(RawBodyServer(body, cut, then, chunked, cuts)))
 
 
 @pytest.mark.parametrize("chunked", [False, True])  # chunked: not one receive, the usual read
@@ -628,6 +636,48 @@ def test_ranged_body_cut_short_is_transient(
     with pytest.raises(errors.Transient) as info:
         c.get_range("b", "k", 0, 2 * 1024 * 1024)
     assert time.monotonic() - started < 3.0  # a stalled body times out, never hangs
+    assert "reading body failed" in str(info.value)
+    c.close()
+
+
+@pytest.mark.parametrize("then", ["stall", "close"])
+def test_a_ranged_body_cut_short_is_received_again(
+    raw_body_server: Callable[..., RawBodyServer], then: str
+) -> None:
+    body = os.urandom(2 * 1024 * 1024)
+    server = raw_body_server(body, cut=300_000, then=then, cuts=2)
+    c = fast_client(server.url, retries=2, read_timeout=0.5)
+    c.transport.observer = seen = RecordingObserver()
+    buf = bytearray(len(body))
+    r = c.get_range("b", "k", 0, len(body), into=buf)
+    assert bytes(r.data) == body and r.total_size == len(body) and r.version == "1"
+    assert server.answered == 3  # two cut short, then the whole range again
+    assert seen.retries == ["get_range", "get_range"]
+    c.close()
+
+
+def test_a_ranged_body_cut_short_every_time_is_transient_after_the_retries(
+    raw_body_server: Callable[..., RawBodyServer]
+) -> None:
+    server = raw_body_server(os.urandom(1024 * 1024), cut=100_000, then="close")
+    c = fast_client(server.url, retries=2)
+    with pytest.raises(errors.Transient) as info:
+        c.get_range("b", "k", 0, 1024 * 1024)
+    assert server.answered == 3  # the first try and two more, no more
+    assert "ais://b/k: reading body failed" in str(info.value)
+    c.close()
+
+
+def test_a_body_that_ends_before_its_length_is_never_short_data(
+    raw_body_server: Callable[..., RawBodyServer]
+) -> None:
+    # Asked for more than the object holds, the body is read the usual way (not in one
+    # receive): http.client's readinto ends a body cut short with a short count, no error.
+    body = os.urandom(1024 * 1024)
+    server = raw_body_server(body, cut=100_000, then="close")
+    c = fast_client(server.url, retries=0)
+    with pytest.raises(errors.Transient) as info:
+        c.get_range("b", "k", 0, 2 * len(body))
     assert "reading body failed" in str(info.value)
     c.close()
 

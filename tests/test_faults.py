@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from collections.abc import Iterator
 
@@ -90,20 +91,36 @@ def test_a_stalled_read_is_eio_in_bounded_time_and_the_mount_stays_up(  # type: 
     assert (m.path / "x").read_bytes() == data
 
 
-@pytest.mark.expect_log(r"WARNING aisfs\.fs: read\(.*ais://[^ ]+/y: reading body failed")
-def test_a_body_cut_short_is_never_served(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_cut_short_is_received_again(make_bucket, through, fault) -> None:  # type: ignore[no-untyped-def]
     data = os.urandom(2 * MIB + 3)
     bucket = make_bucket({"y": data})
-    m = through(bucket)
-    cut = fault.fail("GET", "/v1/objects/", "cut", times=1)
-    try:
-        got = (m.path / "y").read_bytes()
-    except OSError as exc:
-        assert exc.errno == errno.EIO  # refused, as it may be: what matters is no wrong byte
-    else:
-        assert got == data
-    assert cut.hits == 1
-    assert (m.path / "y").read_bytes() == data
+    m = through(bucket, "--log-level", "debug")
+    os.stat(m.path / "y")
+    cut = fault.fail("GET", "/v1/objects/", "cut", times=2)
+    assert (m.path / "y").read_bytes() == data  # and nothing logged at WARNING (the log rule)
+    assert cut.hits == 2
+    assert re.search(r"DEBUG aisfs\.transport: get_range ais://[^ ]+/y: reading body failed: .*; "
+                     r"retry 1", m.log())
+
+
+@pytest.mark.expect_log(
+    r"WARNING aisfs\.fs: read\(\d+, \d+, \d+\): ais://[^ ]+/z: reading body failed")
+def test_a_body_cut_short_every_time_is_eio_after_the_retries(  # type: ignore[no-untyped-def]
+    make_bucket, through, fault
+) -> None:
+    data = os.urandom(100 * 1024)  # one GET for each FUSE read
+    bucket = make_bucket({"z": data})
+    m = through(bucket, "--retries", "2")
+    os.stat(m.path / "z")
+    cut = fault.fail("GET", "/v1/objects/", "cut", times=100)
+    with pytest.raises(OSError) as info:
+        (m.path / "z").read_bytes()
+    assert info.value.errno == errno.EIO
+    assert cut.hits % 3 == 0 and cut.hits >= 3  # each GET: the first try and two more
+    warnings = [line for line in m.log().splitlines() if " WARNING " in line]
+    assert len(warnings) == cut.hits // 3, warnings  # one line for each failed read
+    fault.clear()
+    assert (m.path / "z").read_bytes() == data
 
 
 @pytest.mark.expect_log(r"WARNING aisfs\.\w+: ais://[^ ]+/doomed\.bin: write failed",
