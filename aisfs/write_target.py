@@ -2,7 +2,7 @@
 handle's latched error.
 
 Errors are latched: after a failed append, flush or upload every later call on the handle raises
-the same error (see ``writer.py``).
+the same error (see ``writer.py``), logged once, at WARNING, when it is latched.
 
 Concurrency: trio thread only. The handle's operations (under its lock) and its streaming upload's
 APPEND task touch these fields; the APPEND task only latches an error.
@@ -10,6 +10,7 @@ APPEND task touch these fields; the APPEND task only latches an error.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -52,16 +53,29 @@ class WriteTarget:
         if self.error is not None:
             raise self.error
 
-    def latch(self, exc: BaseException) -> None:
-        """Remember the first error (an unexpected one as EIO, logged with its traceback); a
-        cancellation or other BaseException is not latched."""
+    def latch(self, exc: BaseException) -> BaseException:
+        """Remember the handle's first error and return what the failing call raises: every
+        later call on the handle fails with the same error. It is logged here, once, at WARNING
+        with the object and the reason; the calls that fail with it log it at DEBUG only (its
+        ``log_level``). An unexpected exception becomes EIO (logged with its traceback), an
+        OSError (the spill file's) a ``PosixError`` with its errno. A cancellation or other
+        BaseException is not latched, nor an error after the first: they are returned as
+        they are."""
         if self.error is not None or not isinstance(exc, Exception):
-            return
-        if not isinstance(exc, errors.AisFsError | OSError):
+            return exc
+        error: errors.AisFsError
+        if isinstance(exc, errors.AisFsError):
+            error = exc
+        elif isinstance(exc, OSError):
+            error = errors.PosixError(exc.errno or errno.EIO, f"{self.what}: {exc}")
+        else:
             log.error("%s: unexpected error while writing", self.what, exc_info=exc)
-            exc = errors.AisError(f"unexpected {type(exc).__name__}", 0, self.what)
-        log.warning("%s: write failed, failing this file handle from now on: %s", self.what, exc)
-        self.error = exc
+            error = errors.AisError(f"unexpected {type(exc).__name__}", 0, self.what)
+        log.warning("%s: write failed, failing this file handle from now on: %s", self.what,
+                    error)
+        error.log_level = logging.DEBUG
+        self.error = error
+        return error
 
     async def object_exists(self, key: str) -> bool:
         try:

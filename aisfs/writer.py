@@ -133,9 +133,8 @@ class ObjectWriter:
             self.target.check()
             try:
                 await self._write_locked(off, data)
-            except BaseException as exc:
-                self.target.latch(exc)
-                raise
+            except Exception as exc:  # noqa: BLE001 - the handle's error from now on
+                raise self.target.latch(exc) from None
             self.dirty = True
             self.modified_ns = time.time_ns()
             return len(data)
@@ -159,9 +158,8 @@ class ObjectWriter:
             self.target.check()
             try:
                 await self._truncate_locked(size)
-            except BaseException as exc:
-                self.target.latch(exc)
-                raise
+            except Exception as exc:  # noqa: BLE001 - the handle's error from now on
+                raise self.target.latch(exc) from None
 
     async def _truncate_locked(self, size: int) -> None:
         untouched = self._stream is None and self._staged is None
@@ -200,9 +198,8 @@ class ObjectWriter:
                 return None
             try:
                 result = await self._upload()
-            except BaseException as exc:
-                self.target.latch(exc)
-                raise
+            except Exception as exc:  # noqa: BLE001 - the handle's error from now on
+                raise self.target.latch(exc) from None
             self.dirty = False
             self.target.exists = True
             return result

@@ -8,6 +8,7 @@ failures that latch.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 from collections.abc import AsyncIterator, Callable
@@ -382,6 +383,33 @@ async def test_a_failed_upload_is_latched_and_nothing_is_stored(rig) -> None:  #
         w.close()
 
 
+async def test_a_latched_error_is_logged_once(  # type: ignore[no-untyped-def]
+    rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One WARNING names the object and the reason; every call that fails with the error (the
+    # first one too) leaves it to the FUSE adapter to log at its level: DEBUG.
+    async with rig() as r:
+        w = r.writer(exists=False)
+        await w.write(0, b"data")
+        r.ais.fail_calls["put_object"] = errors.Transient("timed out", 0, "ais://b/k")
+        for _ in range(3):
+            with pytest.raises(errors.Transient) as info:
+                await w.flush()
+            assert info.value.log_level == logging.DEBUG
+        with pytest.raises(errors.Transient):
+            await w.write(4, b"more")
+        warnings = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+        assert warnings == ["ais://b/k: write failed, failing this file handle from now on: "
+                            "ais://b/k: timed out"]
+        w.close()
+        # An OSError (the spill file's) is latched with its errno.
+        w = r.writer(exists=False)
+        error = w.target.latch(OSError(errno.ENOSPC, "No space left on device"))
+        assert isinstance(error, errors.PosixError) and errors.to_errno(error) == errno.ENOSPC
+        assert error.log_level == logging.DEBUG and w.target.error is error
+        w.close()
+
+
 async def test_an_unexpected_error_is_latched_as_an_ais_error(rig) -> None:  # type: ignore[no-untyped-def]
     async with rig({"k": pattern(8 * KIB)}) as r:
         w = r.writer(exists=True, size=8 * KIB)
@@ -390,11 +418,11 @@ async def test_an_unexpected_error_is_latched_as_an_ais_error(rig) -> None:  # t
             raise RuntimeError("bug")
 
         r.ais.get_range = broken  # type: ignore[assignment, method-assign]
-        with pytest.raises(RuntimeError):
+        with pytest.raises(errors.AisError) as first:  # EIO; the traceback is in the log
             await w.write(0, b"x")
         with pytest.raises(errors.AisError) as info:
             await w.write(0, b"x")
-        assert "unexpected RuntimeError" in str(info.value)
+        assert "unexpected RuntimeError" in str(info.value) and info.value is first.value
         w.close()
         assert r.spill.used == 0  # the spill file of the failed switch was closed
 
