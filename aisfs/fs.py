@@ -77,10 +77,15 @@ def handler(fn: F) -> F:
 _DATA_PARAMS = frozenset({"buf", "value"})
 
 
+# pyfuse3's argument objects whose repr is an address only: left out of log lines.
+_OPAQUE_ARGS = (pyfuse3.RequestContext, pyfuse3.ReaddirToken, pyfuse3.EntryAttributes,
+                pyfuse3.SetattrFields)
+
+
 def _brief(args: Sequence[Any], data_args: frozenset[int] = frozenset()) -> str:
     shown = [f"<{len(a)} bytes>" if i in data_args or (
                  isinstance(a, bytes | memoryview) and len(a) >= 256) else repr(a)
-             for i, a in enumerate(args) if not isinstance(a, pyfuse3.RequestContext)]
+             for i, a in enumerate(args) if not isinstance(a, _OPAQUE_ARGS)]
     return "(" + ", ".join(shown[:3]) + ")"
 
 
