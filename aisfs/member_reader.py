@@ -19,7 +19,6 @@ Concurrency: trio thread only, as :class:`ObjectReader`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 from . import errors
@@ -29,8 +28,6 @@ from .config import MountConfig
 from .getbatch import MIN_BATCH_RANGE
 from .objects import RecvBuffer
 from .reader import BufferPool, ObjectReader
-
-log = logging.getLogger(__name__)
 
 
 class MemberReader(ObjectReader):
@@ -65,7 +62,7 @@ class MemberReader(ObjectReader):
             data = await self._fetch_member(start, length, buf)
         except errors.NotFound:
             if await self.archive_version() != self.version:
-                self._stale("the member is gone")
+                raise self._stale("the member is gone") from None
             # Listed, yet not found by its listed name: AIS lists names cleaned ("./a" as "a")
             # but looks members up by their names as stored.
             raise errors.AisError(
@@ -73,7 +70,7 @@ class MemberReader(ObjectReader):
                 "with .. in its path?)", 404, self.what) from None
         version = await self.archive_version()
         if self.version and version != self.version:
-            self._stale(f"archive version {self.version} -> {version}")
+            raise self._stale(f"archive version {self.version} -> {version}")
         return data
 
     async def _fetch_member(self, start: int, length: int, buf: RecvBuffer) -> memoryview:
@@ -84,7 +81,7 @@ class MemberReader(ObjectReader):
             else:
                 data = await self.aio.get_member(self.bucket, self.key, self.member, buf)
             if len(data) != self.size:
-                self._stale(f"{len(data)} bytes, listed with {self.size}")
+                raise self._stale(f"{len(data)} bytes, listed with {self.size}")
         elif length >= MIN_BATCH_RANGE or self.size < MIN_BATCH_RANGE:
             data = await self.aio.get_member_range(
                 self.bucket, self.key, self.member, start, length, buf)
@@ -97,7 +94,6 @@ class MemberReader(ObjectReader):
             data = view
         return data
 
-    def _stale(self, why: str) -> None:
-        log.warning("%s: the archive changed while the member was open (%s); failing reads with "
-                    "ESTALE: reopen the file to read the new version", self.what, why)
-        raise errors.StaleObject(f"{self.what}: the archive changed while open")
+    def _stale(self, detail: str) -> errors.StaleObject:
+        return self._report_stale(f"{self.what}: the archive changed while the member was open",
+                                  detail)

@@ -9,7 +9,8 @@ stays under ``read_ahead_budget`` however many files are open; the bytes a read 
 always fetched, budget or not.
 
 Every response is checked against the version and size the file was opened with: an object
-replaced in AIS while open raises :class:`errors.StaleObject` (ESTALE) instead of mixing versions.
+replaced in AIS while open raises :class:`errors.StaleObject` (ESTALE) instead of mixing versions,
+logged at WARNING once per handle (the reads that fail with it after that, at DEBUG).
 
 Concurrency: trio thread only. Fetches run as tasks in the mount's nursery; state changes happen
 between awaits, so concurrent reads of one handle see a consistent chunk list.
@@ -92,6 +93,7 @@ class ObjectReader:
         self._chunks: list[_Chunk] = []  # sorted by start, non-overlapping
         self._starts: list[int] = []
         self.requests = 0  # ranged GETs sent (for tests and metrics)
+        self._stale_reported = False  # a read failed with ESTALE: logged at WARNING already
 
     @property
     def what(self) -> str:
@@ -235,7 +237,7 @@ class ObjectReader:
                     chunk.data = data
                     chunk.buf = buf  # not on cancel: the abandoned thread may still use it
             except errors.RangeNotSatisfiable:
-                chunk.error = errors.StaleObject(f"{self.what} shrank while open")
+                chunk.error = self._stale(f"size {self.size} -> less than {chunk.end}")
             except Exception as exc:  # noqa: BLE001 - delivered to the read that needs it
                 chunk.error = exc
         chunk.done.set()
@@ -251,12 +253,25 @@ class ObjectReader:
         if (self.version and version and version != self.version) or (
             total >= 0 and total != self.size
         ) or got != length:
-            log.warning(
-                "%s changed while open (version %s -> %s, size %d -> %d); failing reads "
-                "with ESTALE: reopen the file to read the new version",
-                self.what, self.version, version, self.size, total,
-            )
-            raise errors.StaleObject(f"{self.what} changed while open")
+            raise self._stale(f"version {self.version} -> {version}, size {self.size} -> "
+                              f"{total}, {got} of {length} bytes")
+
+    def _stale(self, detail: str) -> errors.StaleObject:
+        """The error of a read that found the object no longer the one opened (``detail``:
+        what differs)."""
+        return self._report_stale(f"{self.what} changed while open", detail)
+
+    def _report_stale(self, change: str, detail: str) -> errors.StaleObject:
+        """Log ``change`` once for this handle at WARNING (the next ones at DEBUG) and return
+        the error for the read, which the FUSE adapter logs at DEBUG: every read of the handle
+        fails with it from now on, one warning says why."""
+        level = logging.DEBUG if self._stale_reported else logging.WARNING
+        self._stale_reported = True
+        log.log(level, "%s (%s); failing reads with ESTALE: reopen the file to read the new "
+                "version", change, detail)
+        error = errors.StaleObject(change)
+        error.log_level = logging.DEBUG
+        return error
 
     def _remove(self, chunk: _Chunk) -> None:
         i = self._chunks.index(chunk)

@@ -617,8 +617,10 @@ async def test_keep_cache_only_for_same_version(opsf, make_bucket) -> None:  # t
         await ops.forget([(v.st_ino, 1)])
 
 
-@pytest.mark.expect_log(r"WARNING aisfs\.\w+: .*ais://[^ ]+/s changed while open")
-async def test_object_replaced_while_open_is_estale(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.expect_log(r"WARNING aisfs\.reader: ais://[^ ]+/s changed while open \(version ")
+async def test_object_replaced_while_open_is_estale(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, caplog
+) -> None:
     old = os.urandom(4 * MIB)
     bucket = make_bucket({"s": old})
     async with opsf(f"ais://{bucket.name}") as ops:
@@ -626,9 +628,13 @@ async def test_object_replaced_while_open_is_estale(opsf, make_bucket) -> None: 
         fi = await ops.open(s.st_ino, os.O_RDONLY, CTX)
         assert bytes(await ops.read(fi.fh, 0, 4096)) == old[:4096]
         bucket.object("s").get_writer().put_content(os.urandom(4 * MIB))
-        with pytest.raises(pyfuse3.FUSEError) as info:
-            await ops.read(fi.fh, 3 * MIB, 4096)  # not fetched yet: a new GET sees version 2
-        assert info.value.errno == errno.ESTALE
+        for off in (3 * MIB, 2 * MIB, 3 * MIB):  # not fetched yet: a new GET sees version 2
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await ops.read(fi.fh, off, 4096)
+            assert info.value.errno == errno.ESTALE
+        # One warning for the handle, whatever the number of reads that fail.
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "/s changed while open" in warnings[0], warnings
         await ops.release(fi.fh)
         assert ops.files.read_budget.used == 0
 
