@@ -30,6 +30,7 @@ from .httpreply import Download
 from .member_stream import MemberScanner
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 from .observer import Observer
+from .trioreads import TrioReads
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -94,10 +95,13 @@ class MemberStream:
 
 
 class AsyncAis:
-    def __init__(self, client: AisClient, observer: Observer | None = None) -> None:
+    def __init__(self, client: AisClient, observer: Observer | None = None,
+                 inline: TrioReads | None = None) -> None:
         self.client = client
         self.observer = observer
         self.limiter = trio.CapacityLimiter(client.config.max_connections)
+        # Small ranges read by the trio thread itself, when it can (see trioreads.py).
+        self.inline = inline
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
@@ -147,7 +151,11 @@ class AsyncAis:
     async def get_range(
         self, bucket: str, key: str, start: int, length: int, into: RecvBuffer | None = None
     ) -> RangeResult:
-        result = await self._run(self.client.get_range, bucket, key, start, length, into)
+        result = None
+        if self.inline is not None:
+            result = await self.inline.get_range(bucket, key, start, length, into)
+        if result is None:
+            result = await self._run(self.client.get_range, bucket, key, start, length, into)
         if self.observer is not None:
             self.observer.read_bytes(len(result.data))
         return result

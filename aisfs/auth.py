@@ -146,6 +146,17 @@ class TokenSource:
                 self._refresh()
             return self._token
 
+    def without_io(self) -> tuple[bool, str | None]:
+        """(True, the token :meth:`__call__` would give) when giving it needs no look at the
+        token file (its check is not due); (False, None) otherwise. For callers that must not
+        block: the trio thread."""
+        if self.spec.kind != "file":
+            return True, self._token
+        with self._lock:
+            if self._clock() >= self._next_check:
+                return False, None
+            return True, self._token
+
     def _refresh(self) -> None:
         assert self.spec.path is not None
         path = self.spec.path

@@ -98,7 +98,7 @@ class AisClient:
         self._s3 = config.endpoint.rstrip("/") + "/s3"  # AIS's S3 API: only to list parts
         # Archives' members and Get-Batch: their own module, the same transport and URLs.
         self.archives = ArchiveCalls(self.transport, self._base, self._bucket_url,
-                                     self._object_url)
+                                     self.object_url)
         self.list_archive = self.archives.list_archive
         self.get_member = self.archives.get_member
         self.get_member_range = self.archives.get_member_range
@@ -111,7 +111,7 @@ class AisClient:
     def _bucket_url(self, bucket: str = "") -> str:
         return f"{self._base}/buckets/{bucket}" if bucket else f"{self._base}/buckets"
 
-    def _object_url(self, bucket: str, key: str) -> str:
+    def object_url(self, bucket: str, key: str) -> str:
         return f"{self._base}/objects/{bucket}/{_quote_key(key)}"
 
     # ------------------------------------------------------------------ cluster and buckets
@@ -202,7 +202,7 @@ class AisClient:
     # ------------------------------------------------------------------ objects
 
     def head_object(self, bucket: str, key: str) -> ObjectProps:
-        url = self._object_url(bucket, key)
+        url = self.object_url(bucket, key)
         # A lookup: the target that answers serves the GETs that usually follow (open, then
         # read), straight, one round trip to the proxy less for the first byte.
         reply = self.transport.call(
@@ -248,7 +248,7 @@ class AisClient:
         # A body cut short is asked for again, the whole range: the bytes of one answer are
         # one version of the object, which the caller checks.
         return self.transport.fetch(
-            self._object_url(bucket, key), f"ais://{bucket}/{key}", receive, kind="get_range",
+            self.object_url(bucket, key), f"ais://{bucket}/{key}", receive, kind="get_range",
             params={"provider": "ais"},
             headers={"Range": f"bytes={start}-{start + length - 1}"},
         )
@@ -259,7 +259,7 @@ class AisClient:
     ) -> ObjectProps:
         headers = _custom_headers(custom)
         reply = self.transport.call(
-            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="put_object",
+            "PUT", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="put_object",
             via=Via.WRITE, params={"provider": "ais"}, data=data, headers=headers,
         )
         return ObjectProps(key, len(data), version=reply.headers.get("Ais-Version", ""))
@@ -270,7 +270,7 @@ class AisClient:
         """PUT the first ``size`` bytes of an open file (read with pread: the fd's offset is
         not used, so a retry sends the same bytes again)."""
         reply = self.transport.call(
-            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="put_object",
+            "PUT", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="put_object",
             via=Via.WRITE, params={"provider": "ais"}, data=lambda: _FdBody(fd, size),
             headers={**_custom_headers(custom), "Content-Length": str(size)},
         )
@@ -279,7 +279,7 @@ class AisClient:
     def append(self, bucket: str, key: str, handle: str, data: Body) -> str:
         """Append bytes to the object's pending append session; returns the new handle."""
         reply = self.transport.call(
-            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="append",
+            "PUT", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="append",
             via=Via.SESSION, idempotent=False, data=data,
             params={"provider": "ais", "append_type": "append", "append_handle": handle},
         )
@@ -291,7 +291,7 @@ class AisClient:
     def flush(self, bucket: str, key: str, handle: str) -> None:
         """Make the appended bytes the object's content (atomic replace)."""
         self.transport.call(
-            "PUT", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="flush",
+            "PUT", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="flush",
             via=Via.SESSION_END, idempotent=False, data=b"",
             params={"provider": "ais", "append_type": "flush", "append_handle": handle},
         )
@@ -305,7 +305,7 @@ class AisClient:
         """A new multipart upload of ``key``; returns its ID. (A retried start may leave an
         unused upload behind: invisible, and without parts.)"""
         reply = self.transport.call(
-            "POST", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="start_upload",
+            "POST", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="start_upload",
             params={"provider": "ais"}, json_body={"action": "mpt-upload"},
         )
         upload_id = reply.body.decode("utf-8", "replace").strip().strip('"')
@@ -320,7 +320,7 @@ class AisClient:
         parts before it is sent again, up to ``retries`` times: AIS v1.5.0 loses a part that
         arrives twice (the second copy is written over the first's file, which is then removed
         as the replaced one), so a part that arrived is never sent again."""
-        url, what = self._object_url(bucket, key), f"ais://{bucket}/{key}"
+        url, what = self.object_url(bucket, key), f"ais://{bucket}/{key}"
         params = {"provider": "ais", "uploadId": upload_id, "partNumber": str(number)}
         attempt = 0
         while True:
@@ -350,7 +350,7 @@ class AisClient:
         """Make parts 1..``parts`` (``size`` bytes in all) the object's content, atomically.
         Retried after a failure; a retry that finds the upload gone after an attempt whose
         answer was lost checks that the object has ``size`` bytes (it completed then)."""
-        url, what = self._object_url(bucket, key), f"ais://{bucket}/{key}"
+        url, what = self.object_url(bucket, key), f"ais://{bucket}/{key}"
         body = {"action": "mpt-complete",
                 "value": [{"part-number": n} for n in range(1, parts + 1)]}
         attempt = 0
@@ -376,20 +376,20 @@ class AisClient:
     def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
         """Drop an upload and its parts (NotFound when it is gone already)."""
         self.transport.call(
-            "DELETE", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="abort_upload",
+            "DELETE", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="abort_upload",
             via=Via.SESSION_END, params={"provider": "ais", "uploadId": upload_id},
             json_body={"action": "mpt-abort"},
         )
 
     def delete_object(self, bucket: str, key: str) -> None:
         self.transport.call(
-            "DELETE", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="delete_object",
+            "DELETE", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="delete_object",
             params={"provider": "ais"},
         )
 
     def rename_object(self, bucket: str, key: str, new_key: str) -> None:
         self.transport.call(
-            "POST", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="rename_object",
+            "POST", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="rename_object",
             idempotent=False, params={"provider": "ais"},
             json_body={"action": "rename-obj", "name": new_key},
         )
@@ -403,7 +403,7 @@ class AisClient:
             params["set-new-custom"] = "true"
         value = {k: v.decode("utf-8", "surrogateescape") for k, v in custom.items()}
         self.transport.call(
-            "PATCH", self._object_url(bucket, key), f"ais://{bucket}/{key}", kind="set_custom",
+            "PATCH", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="set_custom",
             params=params, json_body={"action": "", "name": "", "value": value},
         )
 

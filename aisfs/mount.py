@@ -55,6 +55,8 @@ from .openfiles import OpenFiles
 from .reader import BufferPool
 from .scans import DirectoryScans
 from .spill import SpillArea
+from .trioconn import TrioConnections
+from .trioreads import TrioReads
 from .umount import is_mounted
 
 log = logging.getLogger(__name__)
@@ -255,7 +257,9 @@ def serve(
     if service.metrics_addr is not None:
         metrics = Metrics(str(config.source), config.client.endpoint, __version__)
         client.transport.observer = metrics
-    aio = AsyncAis(client, metrics)
+    cfg = config.client
+    inline_conns = TrioConnections(cfg.connect_timeout, cfg.read_timeout, cfg.max_connections)
+    aio = AsyncAis(client, metrics, TrioReads(client, inline_conns, metrics))
     spawn_box: list[Callable[..., None]] = []
 
     def spawn(fn: Callable[..., object]) -> None:
@@ -296,6 +300,7 @@ def serve(
         stopper.notify_stopping()
         pyfuse3.close(unmount=True)
         client.close()
+        inline_conns.close()
         if metrics is not None:
             metrics.stop()
         log.info("unmounted %s (%s)", config.mountpoint, "clean" if clean else "after an error")

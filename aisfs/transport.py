@@ -398,9 +398,7 @@ class Transport:
 
     def _http(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         origin = url[:url.find("/", url.find("//") + 2)]  # scheme://host:port
-        proxies = self._proxies.get(origin)
-        if proxies is None:  # HTTP(S)_PROXY / NO_PROXY, as requests would apply them
-            proxies = self._proxies[origin] = requests.utils.get_environ_proxies(origin)
+        proxies = self._proxies_of(origin)
         data = kwargs.get("data")
         if not proxies and (data is None or isinstance(data, bytes | bytearray | memoryview)):
             return self._lean.request(method, url, origin, **kwargs)
@@ -408,6 +406,28 @@ class Transport:
             method, url, timeout=self._timeout, verify=self._verify, cert=self._cert,
             proxies=proxies, **kwargs
         )
+
+    def plain_http(self, origin: str) -> bool:
+        """Whether requests to ``origin`` (``scheme://host:port``) go over plain HTTP with no
+        proxy from the environment: what ``trioconn`` can carry."""
+        return origin.startswith("http://") and not self._proxies_of(origin)
+
+    def headers_without_io(self) -> dict[str, str] | None:
+        """The headers :meth:`_headers` adds to every request (the token), when getting them
+        needs no I/O; None when it would (a token file whose periodic check is due)."""
+        without_io = getattr(self._token, "without_io", None)  # auth.TokenSource's
+        if without_io is None:  # a plain callable: the token was given, not read from a file
+            return self._headers()
+        ready, token = without_io()
+        if not ready:
+            return None
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _proxies_of(self, origin: str) -> dict[str, str]:
+        proxies = self._proxies.get(origin)
+        if proxies is None:  # HTTP(S)_PROXY / NO_PROXY, as requests would apply them
+            proxies = self._proxies[origin] = requests.utils.get_environ_proxies(origin)
+        return proxies
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})
