@@ -65,10 +65,12 @@ class TrioConnections:
         self._idle: dict[tuple[str, int], list[trio.socket.SocketType]] = {}
 
     def close(self) -> None:
+        """Close the idle connections; also after ``trio.run`` returned (at unmount)."""
         idle, self._idle = self._idle, {}
         for socks in idle.values():
             for sock in socks:
-                sock.close()
+                # (trio's close() needs a running trio; the plain socket's does not)
+                socket.socket(fileno=sock.detach()).close()
 
     async def get(self, host: str, port: int, target: str, headers: str,
                   into: memoryview | None) -> Answer:

@@ -269,7 +269,7 @@ def test_get_after_head_goes_straight_to_the_target(  # type: ignore[no-untyped-
     assert hosts == ["HEAD proxy", "GET target"]  # the HEAD's redirect was followed by requests
     # A remembered target that no longer has the object (moved by a rebalance, say) is not the
     # last word: the proxy is asked where it is now.
-    url = client._object_url(b.name, "obj")
+    url = client.object_url(b.name, "obj")
     reads = client.transport.router.reads
     reads[url] = reads[url].replace("/obj?", "/obj-elsewhere?")
     hosts.clear()
@@ -346,7 +346,7 @@ def test_append_session_goes_straight_to_its_target(  # type: ignore[no-untyped-
 
     hosts.clear()
     h = client.append(b.name, "t", "", b"a")
-    url = client._object_url(b.name, "t")
+    url = client.object_url(b.name, "t")
     sessions = client.transport.router.sessions
     sessions[url] = sessions[url].split("?")[0]  # marker lost
     h = client.append(b.name, "t", h, b"b")

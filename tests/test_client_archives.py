@@ -166,7 +166,7 @@ def test_members_after_the_first_go_straight_to_the_target(ais_endpoint: str,
     # cluster: median per member 11.5 -> 5.4 ms). Routed directly, members go to the archive's
     # computed target from the first.
     client = AisClient(ClientConfig(endpoint=ais_endpoint, retries=1, via_proxy=True))
-    url = client._object_url(shards, "s.tgz")
+    url = client.object_url(shards, "s.tgz")
     assert client.transport.router.target(Via.READ, url) is None
     assert bytes(client.get_member(shards, "s.tgz", "a.txt")) == MEMBERS["a.txt"]
     target = client.transport.router.target(Via.READ, url)
