@@ -27,10 +27,10 @@ from .archives import ArchiveContents, contents_from_listing
 from .client import AisClient
 from .getbatch import BatchItem, TarFormatError
 from .httpreply import Download
+from .inline import InlineRequests
 from .member_stream import MemberScanner
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 from .observer import Observer
-from .trioreads import TrioReads
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -96,11 +96,11 @@ class MemberStream:
 
 class AsyncAis:
     def __init__(self, client: AisClient, observer: Observer | None = None,
-                 inline: TrioReads | None = None) -> None:
+                 inline: InlineRequests | None = None) -> None:
         self.client = client
         self.observer = observer
         self.limiter = trio.CapacityLimiter(client.config.max_connections)
-        # Small ranges read by the trio thread itself, when it can (see trioreads.py).
+        # Small GETs and PUTs made by the trio thread itself, when it can (see inline.py).
         self.inline = inline
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -164,6 +164,10 @@ class AsyncAis:
         self, bucket: str, key: str, data: bytes | memoryview,
         custom: dict[str, bytes] | None = None,
     ) -> ObjectProps:
+        if self.inline is not None:
+            props = await self.inline.put_object(bucket, key, data, custom)
+            if props is not None:
+                return props
         return await self._run(self.client.put_object, bucket, key, data, custom)
 
     async def put_file(

@@ -257,7 +257,7 @@ class AisClient:
         self, bucket: str, key: str, data: bytes | memoryview,
         custom: dict[str, bytes] | None = None,
     ) -> ObjectProps:
-        headers = _custom_headers(custom)
+        headers = custom_headers(custom)
         reply = self.transport.call(
             "PUT", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="put_object",
             via=Via.WRITE, params={"provider": "ais"}, data=data, headers=headers,
@@ -272,7 +272,7 @@ class AisClient:
         reply = self.transport.call(
             "PUT", self.object_url(bucket, key), f"ais://{bucket}/{key}", kind="put_object",
             via=Via.WRITE, params={"provider": "ais"}, data=lambda: _FdBody(fd, size),
-            headers={**_custom_headers(custom), "Content-Length": str(size)},
+            headers={**custom_headers(custom), "Content-Length": str(size)},
         )
         return ObjectProps(key, size, version=reply.headers.get("Ais-Version", ""))
 
@@ -408,7 +408,7 @@ class AisClient:
         )
 
 
-def _custom_headers(custom: dict[str, bytes] | None) -> dict[str, str]:
+def custom_headers(custom: dict[str, bytes] | None) -> dict[str, str]:
     """One ``Ais-Custom-Md: k=v`` header: AIS reads one key per header line, and requests
     cannot repeat a header, so only a single key can ride on a PUT (more go by PATCH)."""
     if not custom:

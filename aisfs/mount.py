@@ -47,6 +47,7 @@ from .config import ConfigError, MountConfig
 from .daemon import Readiness, ServiceSettings, sd_notify
 from .fs import KernelAttrs, Operations
 from .handles import OpenWriters
+from .inline import InlineRequests
 from .logsetup import cycle_level
 from .metrics import Metrics, Snapshot
 from .namespace import Namespace
@@ -56,7 +57,6 @@ from .reader import BufferPool
 from .scans import DirectoryScans
 from .spill import SpillArea
 from .trioconn import TrioConnections
-from .trioreads import TrioReads
 from .umount import is_mounted
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def serve(
         client.transport.observer = metrics
     cfg = config.client
     inline_conns = TrioConnections(cfg.connect_timeout, cfg.read_timeout, cfg.max_connections)
-    aio = AsyncAis(client, metrics, TrioReads(client, inline_conns, metrics))
+    aio = AsyncAis(client, metrics, InlineRequests(client, inline_conns, metrics))
     spawn_box: list[Callable[..., None]] = []
 
     def spawn(fn: Callable[..., object]) -> None:

@@ -9,14 +9,16 @@ the GIL, and a read waited for the GIL up to a switch interval at each step. Her
 its answer are sent and received by the trio thread itself between its other tasks, and the body
 lands straight in the caller's buffer.
 
-Scope, deliberately narrow: plain HTTP to a host given as ``host:port``, requests without a body,
-answers with a ``Content-Length`` (AIS's object GETs and HEADs). An exchange is one attempt:
+Scope, deliberately narrow: plain HTTP to a host given as ``host:port``, a GET or a PUT of a body
+already in memory, answers with a ``Content-Length`` (AIS's object GETs and PUTs; not HEAD, whose
+answer has a length but no body). Both are idempotent, which the one resend below relies on. An
+exchange is one attempt:
 anything else (a connection refused or reset, a timeout, a chunked or oversized answer) raises
 :class:`ExchangeFailed` with the connection closed, and the caller sends the request again on the
 threaded transport, which owns the retry policy, TLS, proxies and the error mapping. A kept-alive
 connection the server closed while idle is noticed before reuse (it is readable) or, when the
-close crosses the request, by an answer that ends before its first byte: the request (idempotent)
-goes once more on a new connection.
+close crosses the request, by an answer that ends before its first byte: the request goes once
+more on a new connection.
 
 Concurrency: trio thread only. A connection belongs to one task from :meth:`take` to its return
 to the idle list; a task cancelled in the middle of an exchange closes its connection.
@@ -72,11 +74,17 @@ class TrioConnections:
                 # (trio's close() needs a running trio; the plain socket's does not)
                 socket.socket(fileno=sock.detach()).close()
 
-    async def get(self, host: str, port: int, target: str, headers: str,
-                  into: memoryview | None) -> Answer:
-        """``GET target`` (path and query) with ``headers`` (complete ``Name: value\\r\\n``
-        lines); a 2xx body lands in ``into`` when it fits there."""
-        request = (f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}\r\n").encode()
+    async def request(self, method: str, host: str, port: int, target: str, headers: str,
+                      body: bytes | memoryview | None, into: memoryview | None) -> Answer:
+        """``method target`` (path and query) with ``headers`` (complete ``Name: value\\r\\n``
+        lines, Latin-1) and ``body``; a 2xx answer's body lands in ``into`` when it fits there."""
+        if body is not None:
+            headers += f"Content-Length: {len(body)}\r\n"
+        request = (f"{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}\r\n"
+                   ).encode("latin-1")
+        if body:
+            # (one send: a small body leaves with the headers, as httpconn sends it)
+            request += body
         origin = (host, port)
         for first in (True, False):
             sock, reused = await self._take(origin)
@@ -136,8 +144,9 @@ async def _exchange(sock: trio.socket.SocketType, request: bytes, into: memoryvi
     """One request and its whole answer; returns the answer and whether the connection may
     serve another request."""
     sent = 0
+    out = memoryview(request)
     while sent < len(request):
-        sent += await sock.send(request[sent:])
+        sent += await sock.send(out[sent:])
     head = bytearray(HEAD_MAX)
     got = 0
     end = -1

@@ -116,7 +116,7 @@ def test_a_body_cut_short_every_time_is_eio_after_the_retries(  # type: ignore[n
     with pytest.raises(OSError) as info:
         (m.path / "z").read_bytes()
     assert info.value.errno == errno.EIO
-    # Each read: one try on the trio thread (trioreads), then the transport's try and two more.
+    # Each read: one try on the trio thread (inline), then the transport's try and two more.
     assert cut.hits % 4 == 0 and cut.hits >= 4
     warnings = [line for line in m.log().splitlines() if " WARNING " in line]
     assert len(warnings) == cut.hits // 4, warnings  # one line for each failed read

@@ -10,7 +10,7 @@ import aisfs
 PACKAGE = Path(aisfs.__file__).parent
 # The modules that are or build the HTTP side: the mount and the CLI (and its __main__) build a
 # client, aio runs it.
-HTTP_SIDE = {"transport", "httpreply", "httpconn", "trioconn", "trioreads", "client",
+HTTP_SIDE = {"transport", "httpreply", "httpconn", "trioconn", "inline", "client",
              "archive_calls", "aio", "mount", "cli", "__main__"}
 
 

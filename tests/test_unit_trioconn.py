@@ -87,7 +87,8 @@ def server(script: list[tuple[object, ...]]) -> Iterator[ScriptedServer]:
 def get(conns: TrioConnections, port: int, into: memoryview | None,
         target: str = "/v1/objects/b/o?provider=ais") -> object:
     async def run() -> object:
-        return await conns.get("127.0.0.1", port, target, "Range: bytes=0-9\r\n", into)
+        return await conns.request("GET", "127.0.0.1", port, target, "Range: bytes=0-9\r\n",
+                                   None, into)
     return trio.run(run)
 
 
@@ -202,7 +203,8 @@ def test_a_cancelled_exchange_closes_its_connection() -> None:
 
         async def run() -> None:
             with trio.move_on_after(0.2):
-                await c.get("127.0.0.1", srv.port, "/x", "", memoryview(bytearray(10)))
+                await c.request("GET", "127.0.0.1", srv.port, "/x", "", None,
+                                memoryview(bytearray(10)))
 
         trio.run(run)
         assert not c._idle.get(("127.0.0.1", srv.port))

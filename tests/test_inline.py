@@ -1,4 +1,4 @@
-"""aisfs/trioreads.py against the real cluster: small ranges read by the trio thread, straight
+"""aisfs/inline.py against the real cluster: small ranges read by the trio thread, straight
 from the object's target, give exactly what the threaded client gives; every case it must not
 answer (no usable target, a 404 or 416, a target gone, a token file due for its check) is handed
 back as None, quickly, for the threaded path."""
@@ -18,10 +18,10 @@ import trio
 from aisfs.auth import TokenSource, TokenSpec
 from aisfs.client import AisClient
 from aisfs.config import ClientConfig
-from aisfs.objects import RangeResult
+from aisfs.inline import INLINE_MAX, InlineRequests
+from aisfs.objects import ObjectProps, RangeResult
 from aisfs.routing import Via
 from aisfs.trioconn import TrioConnections
-from aisfs.trioreads import INLINE_MAX, TrioReads
 
 
 @pytest.fixture
@@ -31,11 +31,11 @@ def client(ais_endpoint: str) -> Iterator[AisClient]:
     c.close()
 
 
-def reads_of(client: AisClient) -> TrioReads:
-    return TrioReads(client, TrioConnections(2.0, 5.0, 4))
+def reads_of(client: AisClient) -> InlineRequests:
+    return InlineRequests(client, TrioConnections(2.0, 5.0, 4))
 
 
-def inline(reads: TrioReads, bucket: str, key: str, start: int, length: int
+def inline(reads: InlineRequests, bucket: str, key: str, start: int, length: int
            ) -> RangeResult | None:
     async def run() -> RangeResult | None:
         return await reads.get_range(bucket, key, start, length, bytearray(length))
@@ -129,3 +129,28 @@ def test_tls_and_environment_proxies_stay_on_the_threaded_path(
     assert not c2.transport.plain_http("http://10.1.2.3:8081")
     c.close()
     c2.close()
+
+
+def put(reads: InlineRequests, bucket: str, key: str, data: bytes,
+        custom: dict[str, bytes] | None = None) -> ObjectProps | None:
+    async def run() -> ObjectProps | None:
+        return await reads.put_object(bucket, key, data, custom)
+    return trio.run(run)
+
+
+def test_small_puts_go_straight_to_the_target(client: AisClient, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    b = make_bucket({"seed": b"s"})
+    client.head_object(b.name, "seed")
+    reads = reads_of(client)
+    data = {f"w/ü {n}": os.urandom(n) for n in (0, 1, 4096, 200_000)}
+    for key, content in data.items():
+        props = put(reads, b.name, key, content, {"aisfs-mtime": b"1234"})
+        assert props is not None and props.size == len(content) and props.version, key
+    for key, content in data.items():
+        obj = b.object(key)
+        assert obj.get_reader().read_all() == content
+        assert client.head_object(b.name, key).custom == {"aisfs-mtime": b"1234"}
+    # What HTTP cannot carry, and what is too big, go the threaded way.
+    assert put(reads, b.name, "bad", b"x", {"k": b"a\r\nb"}) is None
+    assert put(reads, b.name, "big", b"x" * (INLINE_MAX + 1)) is None
+    reads.conns.close()
