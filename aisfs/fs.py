@@ -89,14 +89,54 @@ def _brief(args: Sequence[Any], data_args: frozenset[int] = frozenset()) -> str:
     return "(" + ", ".join(shown[:3]) + ")"
 
 
+_Store = tuple[int, memoryview, Callable[[bool], None]]
+
+
+def _store_all(batch: list[_Store]) -> list[bool]:
+    """In a helper thread: each file's bytes into the kernel's page cache."""
+    stored = []
+    for ino, data, _ in batch:
+        try:
+            pyfuse3.notify_store(pyfuse3.InodeT(ino), 0, data)  # type: ignore[arg-type]  # any buffer
+            stored.append(True)
+        except OSError as exc:  # the kernel forgot the inode meanwhile, or has no support
+            log.debug("notify_store(%d): %s", ino, exc)
+            stored.append(False)
+    return stored
+
+
 class KernelAttrs:
-    """Drops the kernel's cached attributes of an inode, or a name, from a worker thread:
-    inside a handler the notification can deadlock (docs/architecture.md, "Threads and the
-    concurrency rules")."""
+    """Drops the kernel's cached attributes of an inode, or a name, and stores file contents
+    in its page cache, from a worker thread: inside a handler the notification can deadlock
+    (docs/architecture.md, "Threads and the concurrency rules"). Stores queued while one job
+    runs go together in the next: one thread hand-off for many files."""
 
     def __init__(self, aio: AisApi, spawn: Spawn) -> None:
         self.aio = aio
         self.spawn = spawn
+        self._stores: list[_Store] = []  # waiting for the next job
+        self._storing = False  # a task is storing (it takes what is queued before it ends)
+
+    def store(self, ino: int, data: memoryview, done: Callable[[bool], None]) -> None:
+        """Put ``data`` in the kernel's page cache as the content of ``ino`` from offset 0;
+        ``done(stored)`` is called on the trio thread after (never blocks, never raises)."""
+        self._stores.append((ino, data, done))
+        if not self._storing:
+            self._storing = True
+            self.spawn(self._store_queued)
+
+    async def _store_queued(self) -> None:
+        try:
+            while self._stores:
+                batch, self._stores = self._stores, []
+                stored = [False] * len(batch)
+                try:
+                    stored = await self.aio.run_blocking(functools.partial(_store_all, batch))
+                finally:
+                    for (_, _, done), ok in zip(batch, stored, strict=True):
+                        done(ok)
+        finally:
+            self._storing = False
 
     def forget_attrs(self, ino: int) -> None:
         async def invalidate() -> None:

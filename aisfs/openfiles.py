@@ -22,7 +22,9 @@ and namespace. The rules kept here:
 - Directory scans (``scans``): every open of a file for reading alone is reported to them, and
   starts from the bytes a batch fetched for it when there are some; every change made to an
   object here (upload, truncate, unlink, rename) is reported too, so that none of its fetched
-  bytes is served after it.
+  bytes is served after it. A batch's file that the kernel knows and nothing here has open or
+  is writing goes into the kernel's page cache as it arrives, and is pinned once stored: its
+  open keeps those pages and needs no READ.
 
 Concurrency: trio thread only, in the FUSE handlers' tasks; every ``await`` may let other
 handlers run, so handles and pins are changed only with no ``await`` between the check and the
@@ -36,6 +38,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from . import errors
@@ -71,6 +74,11 @@ class KernelCache(Protocol):
         never raises)."""
         ...
 
+    def store(self, ino: int, data: memoryview, done: Callable[[bool], None]) -> None:
+        """Put ``data`` in the page cache of ``ino`` soon; ``done(stored)`` after (never
+        blocks, never raises)."""
+        ...
+
 
 class OpenFiles:
     """Invariants: ``_handles`` maps every open fh (never reused) to its handle; every file
@@ -97,6 +105,7 @@ class OpenFiles:
         self.pool = pool
         self.spill = spill
         self.scans = scans
+        scans.arrived = self._store_pages
         self._members = MemberOpens(config, aio, spawn, ns, read_budget=read_budget, pool=pool,
                                     archive_streams=archive_streams)
         self._handles: dict[int, DirHandle | FileHandle] = {}
@@ -268,6 +277,25 @@ class OpenFiles:
         fh = self._new_fh(handle)
         self._pins[node.ino] = pin
         return fh, keep
+
+    def _store_pages(self, bucket: str, key: str, size: int, version: str,
+                     data: memoryview) -> None:
+        """A directory scan fetched ``key`` whole: put its bytes in the kernel's page cache now,
+        so that its open keeps them (the pin) and no READ comes for it. Only for a file the
+        kernel knows, that nothing here has open or is writing, of a known version."""
+        node = self.table.find(bucket, key)
+        pin = (version, size)
+        if (node is None or node.opens or not version or self._pins.get(node.ino) == pin
+                or self.written_stat(node) is not None):
+            return
+
+        def done(stored: bool) -> None:
+            # Pinned only if nothing opened, changed or forgot the file meanwhile.
+            if stored and node.opens == 0 and self.table.find(bucket, key) is node and (
+                    self.written_stat(node) is None):
+                self._pins[node.ino] = pin
+
+        self.kernel.store(node.ino, data, done)
 
     async def _open_member(self, node: Inode, flags: int) -> tuple[int, bool]:
         """Open a file inside an archive: read-only, read out of the archive by AIS."""

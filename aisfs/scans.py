@@ -8,9 +8,11 @@ row were each of the file listed after the one before (the order of the director
 listing, which is readdir's), the files after the last one are requested ahead, up to
 ``config.scan_batch_bytes`` and ``BATCH_FILES`` per Get-Batch, ``DEPTH`` requests ahead of the
 reader, within the read-ahead memory budget, and no further ahead than the reader gets through
-in ``LOOKAHEAD`` seconds (the rate of its opens, measured). An open of such a file takes its
-bytes (waiting for them when they are still on their way) and its reader serves every read
-from them. An open of a file of the directory that is neither held nor within ``JITTER``
+in ``LOOKAHEAD`` seconds (the rate of its opens, measured). As each file's bytes arrive they
+are offered to ``arrived`` (the open-files layer puts them in the kernel's page cache, so that
+the open keeps those pages and the reader's READ never comes: one FUSE round trip less per
+file); an open of such a file whose bytes are not in the kernel yet takes them (waiting for
+them when they are still on their way) and its reader serves every read from them. An open of a file of the directory that is neither held nor within ``JITTER``
 positions of the last one ends the scan: what was fetched and not opened is dropped, requests
 still in flight are cancelled, and detection starts again from that open. Bytes not opened
 within ``hold`` seconds of their batch's end are dropped, and fetched again if the reader comes
@@ -69,6 +71,7 @@ import bisect
 import functools
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -219,6 +222,9 @@ class DirectoryScans:
         self.hold = hold
         self._scans: OrderedDict[tuple[str, str], _Scan] = OrderedDict()
         self._changes = 0  # changes made through the mount (see _hand_over)
+        # Told of each file's bytes as they arrive, before any open (the open-files layer puts
+        # them in the kernel's page cache: the open then needs no READ).
+        self.arrived: Callable[[str, str, int, str, memoryview], None] | None = None
         self.batches_sent = 0
         self.files_served = 0
 
@@ -239,7 +245,12 @@ class DirectoryScans:
         entry = scan.held.pop(name, None)
         if entry is not None:
             self._unhold(scan, entry)
-            self._follow(scan, entry.pos, hit=True, need_bytes=need_bytes)
+            # Bytes that went to the kernel's page cache as they arrived (``arrived``) were
+            # this scan's doing, not an earlier read's: the open is served, fetching goes on.
+            stored = not need_bytes and entry.data is not None and self.arrived is not None
+            if stored:
+                self.files_served += 1
+            self._follow(scan, entry.pos, hit=True, need_bytes=need_bytes or stored)
             return await self._hand_over(entry, stat, need_bytes)
         pos = position(scan.children, name)
         if pos is not None:
@@ -411,6 +422,9 @@ class DirectoryScans:
             entry = entries[item.index]
             if item.data is not None and entry.reserved:
                 entry.data = item.data
+                if self.arrived is not None:
+                    self.arrived(scan.bucket, scan.prefix + entry.name, entry.size,
+                                 entry.version, item.data)
             elif item.error is not None:
                 entry.error = item.error
                 self._release(entry)
