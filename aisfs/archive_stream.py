@@ -92,6 +92,10 @@ class ArchiveStreams:
         self._runs: collections.OrderedDict[tuple[str, str], tuple[int, int]] = (
             collections.OrderedDict())
         self.started = 0  # streams started (for tests and metrics)
+        # Told of each member held as it arrives (the open-files layer puts it in the kernel's
+        # page cache, then calls ``stored``; the member's open then needs no READ and reports
+        # itself with ``opened``).
+        self.arrived: Callable[[str, ArchiveContents, str, bytearray], None] | None = None
 
     async def take(self, bucket: str, tree: ArchiveContents, member: Member) -> bytearray | None:
         """The member's bytes from an archive-order stream, or None: fetch it on your own."""
@@ -126,6 +130,27 @@ class ArchiveStreams:
                 stream.wanted[index] -= 1
                 if not stream.wanted[index]:
                     del stream.wanted[index]
+
+    def stored(self, bucket: str, tree: ArchiveContents, path: str) -> None:
+        """The held member ``path`` is in the kernel's page cache now: it is not held here."""
+        stream = self._streams.get((bucket, tree.key))
+        if stream is not None and stream.tree is tree:
+            data = stream.held.pop(path, None)
+            if data is not None:
+                stream.held_bytes -= len(data)
+                self.budget.release(len(data))
+                stream.wake_producer()
+
+    def opened(self, bucket: str, tree: ArchiveContents, member: Member) -> None:
+        """``member`` was opened with its pages in the kernel (no fetch will come): the readers
+        got this far, as :meth:`take` would have told."""
+        stream = self._streams.get((bucket, tree.key))
+        index = tree.order.get(member.path)
+        if stream is not None and stream.tree is tree and index is not None:
+            stream.taken = max(stream.taken, index)
+            stream.last_take = self.timer()
+            self._drop_passed(stream)
+            stream.wake_producer()
 
     def stop_all(self) -> None:
         for key, stream in list(self._streams.items()):
@@ -197,7 +222,7 @@ class ArchiveStreams:
                     if not items:
                         break
                     for item in items:
-                        self._hold(stream, *item)
+                        self._hold(bucket, stream, *item)
                 # Read to the end: what is held stays takeable until taken or idle.
                 stream.ended = True
                 stream.wake_takers()
@@ -211,7 +236,8 @@ class ArchiveStreams:
                 source.close()
             self._stop(key, stream)
 
-    def _hold(self, stream: _Stream, path: str, data: bytearray | None, size: int) -> None:
+    def _hold(self, bucket: str, stream: _Stream, path: str, data: bytearray | None,
+              size: int) -> None:
         index = stream.tree.order.get(path)
         if index is None:
             return  # not a member the mount shows
@@ -220,4 +246,6 @@ class ArchiveStreams:
                 and self.budget.try_reserve(size)):
             stream.held[path] = data
             stream.held_bytes += size
+            if self.arrived is not None:
+                self.arrived(bucket, stream.tree, path, data)
         stream.wake_takers()

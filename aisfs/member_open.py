@@ -44,8 +44,11 @@ class MemberOpens:
         self.pool = pool
         self.archive_streams = archive_streams  # with --archives expand
 
-    async def reader(self, node: Inode, flags: int) -> tuple[MemberReader, tuple[str, int]]:
-        """The reader of the member ``node`` opened with ``flags``, and its page-cache pin."""
+    async def reader(self, node: Inode, flags: int, kept: tuple[str, int] | None
+                     ) -> tuple[MemberReader, tuple[str, int]]:
+        """The reader of the member ``node`` opened with ``flags``, and its page-cache pin
+        (``kept``: the pin of the pages the kernel holds, if any; when it is this one, no read
+        will come, and the archive-order stream hears of the open)."""
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self.ns.refuse_in_archive(node, "open for writing")
         tree, member = await self.ns.member(node)
@@ -63,4 +66,7 @@ class MemberOpens:
             self.read_budget, self.spawn, self.pool, archive_version,
             from_stream if streams is not None else None,
         )
-        return reader, (tree.version, member.size)
+        pin = (tree.version, member.size)
+        if streams is not None and kept == pin:
+            streams.opened(bucket, tree, member)
+        return reader, pin

@@ -11,8 +11,9 @@ and namespace. The rules kept here:
   attributes it got while the file was being written (only those given out after the last write
   through a write-only handle: such a write makes the kernel drop them itself), and the
   uploading handle's reader follows the new object.
-- Version pinning: the kernel keeps a file's pages across opens only when the object has the
-  (version, size) it had at the previous open; any change made here drops the pin.
+- Version pinning (``kernelpages``): the kernel keeps a file's pages across opens only when the
+  object has the (version, size) it had at the previous open, or whose bytes were put in its
+  page cache ahead of the open; any change made here drops the pin.
 - Bytes being written under a name are uploaded before the name is renamed; an unlinked file's
   writers upload nothing.
 - An unlinked file stays readable through the handles open on it (POSIX's nlink 0): its bytes
@@ -22,9 +23,9 @@ and namespace. The rules kept here:
 - Directory scans (``scans``): every open of a file for reading alone is reported to them, and
   starts from the bytes a batch fetched for it when there are some; every change made to an
   object here (upload, truncate, unlink, rename) is reported too, so that none of its fetched
-  bytes is served after it. A batch's file that the kernel knows and nothing here has open or
-  is writing goes into the kernel's page cache as it arrives, and is pinned once stored: its
-  open keeps those pages and needs no READ.
+  bytes is served after it. A batch's file, or a member an archive-order stream read, goes
+  into the kernel's page cache as it arrives (``kernelpages``): its open keeps those pages and
+  needs no READ.
 
 Concurrency: trio thread only, in the FUSE handlers' tasks; every ``await`` may let other
 handlers run, so handles and pins are changed only with no ``await`` between the check and the
@@ -38,18 +39,18 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Protocol
 
 from . import errors
 from .aisapi import AisApi, Spawn
 from .archive_stream import ArchiveStreams
+from .archives import ArchiveContents
 from .attrchanges import AttrChanges
 from .budget import MemoryBudget
 from .cache import Stat
 from .config import MountConfig
 from .handles import DirHandle, FileHandle, OpenWriters
-from .inodes import Inode, Kind
+from .inodes import MEMBER_SEP, Inode, Kind
+from .kernelpages import KernelCache, KernelPages
 from .listing import ListingStream
 from .member_open import MemberOpens
 from .namespace import Namespace
@@ -62,30 +63,12 @@ from .writer import ObjectWriter
 
 log = logging.getLogger(__name__)
 
-class KernelCache(Protocol):
-    """The kernel's caches, as the FUSE adapter reaches them."""
-
-    def forget_attrs(self, ino: int) -> None:
-        """Drop the cached attributes of ``ino`` soon (never blocks, never raises)."""
-        ...
-
-    def forget_entry(self, parent_ino: int, name: str) -> None:
-        """Drop the cached entry ``name`` of directory ``parent_ino`` soon (never blocks,
-        never raises)."""
-        ...
-
-    def store(self, ino: int, data: memoryview, done: Callable[[bool], None]) -> None:
-        """Put ``data`` in the page cache of ``ino`` soon; ``done(stored)`` after (never
-        blocks, never raises)."""
-        ...
-
-
 class OpenFiles:
     """Invariants: ``_handles`` maps every open fh (never reused) to its handle; every file
     handle with a writer is in ``writers`` until released; an inode's ``opens`` counts its
-    handles here. ``_pins`` holds, per inode, the (version, size) whose pages the kernel may
-    still have cached from the last open; a missing pin means: the kernel's pages are not to
-    be trusted."""
+    handles here. ``pages`` pins, per inode, the (version, size) whose pages the kernel may
+    still have cached (from the last open, or put there ahead of it); a missing pin means: the
+    kernel's pages are not to be trusted."""
 
     def __init__(
         self, config: MountConfig, aio: AisApi, spawn: Spawn, ns: Namespace,
@@ -108,9 +91,11 @@ class OpenFiles:
         scans.arrived = self._store_pages
         self._members = MemberOpens(config, aio, spawn, ns, read_budget=read_budget, pool=pool,
                                     archive_streams=archive_streams)
+        if archive_streams is not None:
+            archive_streams.arrived = self._store_member_pages
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_fh = 1
-        self._pins: dict[int, tuple[str, int]] = {}
+        self.pages = KernelPages(self.table, kernel, self.written_stat)
         # Files created here that AIS may not hold yet (no upload of theirs succeeded): the
         # kernel knows their names from the create, whatever became of the upload.
         self._created: set[int] = set()
@@ -145,19 +130,19 @@ class OpenFiles:
     def _drop_if_unused(self, node: Inode) -> None:
         self.table.drop_if_unused(node)
         if node.ino not in self.table.by_ino:
-            self._pins.pop(node.ino, None)  # the kernel's pages of it are gone
+            self.pages.unpin(node.ino)  # the kernel's pages of it are gone
             self._created.discard(node.ino)
         if node.opens == 0:
             self._unlinked.discard(node.ino)
 
     def _unpin(self, ino: int) -> None:
-        self._pins.pop(ino, None)
+        self.pages.unpin(ino)
 
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped ``count`` references to ``ino`` (never raises)."""
         self.table.forget(ino, count)
         if ino not in self.table.by_ino:
-            self._pins.pop(ino, None)
+            self.pages.unpin(ino)
 
     # ------------------------------------------------------------------ directories
 
@@ -259,12 +244,12 @@ class OpenFiles:
         pin = (st.version, st.size)
         fetched = None
         if not writing and written is None:
-            cached = bool(st.version) and self._pins.get(node.ino) == pin
+            cached = self.pages.keeps(node.ino, pin)
             fetched = await self.scans.opened(node.bucket, node.key, st, need_bytes=not cached)
             if fetched is not None and self.written_stat(node) is not None:
                 self.scans.give_back(fetched)  # a writer of it appeared meanwhile
                 fetched = None
-        keep = not writing and bool(st.version) and self._pins.get(node.ino) == pin
+        keep = not writing and self.pages.keeps(node.ino, pin)
         handle = FileHandle(node)
         if writing:
             handle.writer = self._writer(node, exists=exists, size=st.size,
@@ -275,36 +260,31 @@ class OpenFiles:
             if fetched is not None:
                 handle.reader.hold(fetched)
         fh = self._new_fh(handle)
-        self._pins[node.ino] = pin
+        self.pages.pin(node.ino, pin)
         return fh, keep
 
     def _store_pages(self, bucket: str, key: str, size: int, version: str,
                      data: memoryview) -> None:
-        """A directory scan fetched ``key`` whole: put its bytes in the kernel's page cache now,
-        so that its open keeps them (the pin) and no READ comes for it. Only for a file the
-        kernel knows, that nothing here has open or is writing, of a known version."""
-        node = self.table.find(bucket, key)
-        pin = (version, size)
-        if (node is None or node.opens or not version or self._pins.get(node.ino) == pin
-                or self.written_stat(node) is not None):
-            return
+        """A directory scan fetched ``key`` whole: into the kernel's page cache (``_store``)."""
+        self.pages.store(bucket, key, (version, size), data)
 
-        def done(stored: bool) -> None:
-            # Pinned only if nothing opened, changed or forgot the file meanwhile.
-            if stored and node.opens == 0 and self.table.find(bucket, key) is node and (
-                    self.written_stat(node) is None):
-                self._pins[node.ino] = pin
-
-        self.kernel.store(node.ino, data, done)
+    def _store_member_pages(self, bucket: str, tree: ArchiveContents, path: str,
+                            data: bytearray) -> None:
+        """An archive-order stream read the member ``path``: into the kernel's page cache; once
+        there, the stream holds it no more."""
+        streams = self._members.archive_streams
+        assert streams is not None
+        self.pages.store(bucket, tree.key + MEMBER_SEP + path, (tree.version, len(data)),
+                         memoryview(data), lambda: streams.stored(bucket, tree, path))
 
     async def _open_member(self, node: Inode, flags: int) -> tuple[int, bool]:
         """Open a file inside an archive: read-only, read out of the archive by AIS."""
-        reader, pin = await self._members.reader(node, flags)
+        reader, pin = await self._members.reader(node, flags, self.pages.get(node.ino))
         handle = FileHandle(node)
         handle.reader = reader
         fh = self._new_fh(handle)
-        keep = bool(pin[0]) and self._pins.get(node.ino) == pin
-        self._pins[node.ino] = pin
+        keep = self.pages.keeps(node.ino, pin)
+        self.pages.pin(node.ino, pin)
         return fh, keep
 
     async def create(self, parent: Inode, name: str, flags: int) -> tuple[int, Inode, Stat]:
@@ -326,7 +306,7 @@ class OpenFiles:
         if not flags & os.O_WRONLY:
             handle.reader = self._reader(node, Stat(0, time.time_ns()))
         fh = self._new_fh(handle)
-        self._pins.pop(node.ino, None)
+        self.pages.unpin(node.ino)
         st = self.writers.stat_of(node)
         assert st is not None  # a created file's writer is dirty: it makes an (empty) object
         return fh, node, st
@@ -388,7 +368,7 @@ class OpenFiles:
             return await handle.reader.read(off, size)
         except errors.StaleObject:
             self.ns.invalidate(handle.inode.bucket, handle.inode.key)
-            self._pins.pop(handle.inode.ino, None)
+            self.pages.unpin(handle.inode.ino)
             raise
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
@@ -432,7 +412,7 @@ class OpenFiles:
             self._created.discard(node.ino)
             self.ns.note_written(node.bucket, node.key, done.size, done.mtime_ns, done.version)
             self.scans.changed(node.bucket, node.key)
-            self._pins.pop(node.ino, None)
+            self.pages.unpin(node.ino)
             if self.writers.take_given(node):
                 self.kernel.forget_attrs(node.ino)
             if handle.reader is not None:
@@ -464,7 +444,7 @@ class OpenFiles:
                 self._unlinked.discard(node.ino)
             raise
         self.scans.changed(parent.bucket, parent.key + name)
-        self._pins.pop(inode.ino, None)
+        self.pages.unpin(inode.ino)
 
     async def rename(
         self, old_parent: Inode, old_name: str, new_parent: Inode, new_name: str, flags: int

@@ -12,8 +12,9 @@ in ``LOOKAHEAD`` seconds (the rate of its opens, measured). As each file's bytes
 are offered to ``arrived`` (the open-files layer puts them in the kernel's page cache, so that
 the open keeps those pages and the reader's READ never comes: one FUSE round trip less per
 file); an open of such a file whose bytes are not in the kernel yet takes them (waiting for
-them when they are still on their way) and its reader serves every read from them. An open of a file of the directory that is neither held nor within ``JITTER``
-positions of the last one ends the scan: what was fetched and not opened is dropped, requests
+them when they are still on their way) and its reader serves every read from them. An open of
+a file of the directory that is neither held nor within ``JITTER`` positions of the last one
+ends the scan: what was fetched and not opened is dropped, requests
 still in flight are cancelled, and detection starts again from that open. Bytes not opened
 within ``hold`` seconds of their batch's end are dropped, and fetched again if the reader comes
 back to them.

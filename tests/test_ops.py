@@ -743,4 +743,4 @@ async def test_forgotten_inodes_take_their_page_cache_pins_along(opsf, make_buck
             await ops.release(fi.fh)
             await ops.forget([(p.st_ino, 1)])
             assert p.st_ino not in ops.table.by_ino
-        assert ops.files._pins == {}
+        assert ops.files.pages._pins == {}
