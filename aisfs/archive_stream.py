@@ -8,6 +8,9 @@ the member after the one before), the archive is read once from its start, membe
 until taken (or passed by ``SLACK`` members), at most ``WINDOW`` members ahead of the furthest
 one taken and ``HOLD_BYTES`` in all, within the read-ahead budget; a fetch of a member the
 stream holds takes its bytes, and a fetch of one the stream is about to reach waits for it.
+Each member held is offered to ``arrived`` (the open-files layer puts it in the kernel's page
+cache and then calls :meth:`ArchiveStreams.stored`, which lets it go from here); its open then
+needs no fetch and reports the readers' progress instead (:meth:`ArchiveStreams.opened`).
 Anything else (a member the stream passed without holding it, one far ahead, a format not
 streamed, another version of the archive) is fetched on its own, as is everything once the
 stream ends. A stream nobody takes from for ``IDLE_SECONDS`` stops, and one whose archive is
@@ -51,9 +54,10 @@ _RUNS_KEPT = 1024  # archives whose last fetched member is remembered
 
 
 class _Stream:
-    """One archive being read in order. Invariants: ``held`` holds members read and not yet
-    taken, ``held_bytes`` their size (reserved in the budget); ``position`` is the highest
-    listing index read, ``taken`` the highest taken; ``ended`` once nothing more will come."""
+    """One archive being read in order. Invariants: ``held`` holds members read and neither
+    taken nor stored in the kernel's page cache, ``held_bytes`` their size (reserved in the
+    budget); ``position`` is the highest listing index read, ``taken`` the highest taken (or
+    opened with its pages in the kernel); ``ended`` once nothing more will come."""
 
     def __init__(self, tree: ArchiveContents, first: int, now: float) -> None:
         self.tree = tree
