@@ -211,3 +211,45 @@ def test_a_directory_copied_again_from_the_page_cache_is_not_fetched_again(  # t
     # The kernel still holds every file's pages (the objects did not change): no batch.
     again = requests_of(port)
     assert again["get_batch"] == first["get_batch"], (first, again)
+
+
+def test_files_changed_through_the_mount_after_their_batch_came_read_as_changed(  # type: ignore[no-untyped-def]
+    make_bucket: Callable[..., Bucket], mount
+) -> None:
+    """A batch's files are in the kernel's page cache before their open; a file rewritten,
+    truncated or deleted through the mount after that is read as it is now, never from those
+    pages (the mount unpins what it changed, and the kernel drops the pages a write-only handle
+    writes over)."""
+    rng = random.Random(3)
+    keys = [f"d/f{i:04}" for i in range(120)]
+    old = {k: rng.randbytes(8 * KIB) for k in keys}
+    bucket = make_bucket()
+    fill(bucket, old)
+    port = free_port()
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "60", "--scan-batch", "64K",
+              "--metrics-addr", f"127.0.0.1:{port}")
+    assert sorted(os.listdir(m.path / "d")) == [k[2:] for k in keys]
+    for key in keys[:10]:
+        assert (m.path / key).read_bytes() == old[key]
+    time.sleep(1)  # the batches ahead arrive and go into the page cache
+    # The same size, written in place through a write-only handle (which bypasses the page
+    # cache): the size does not tell the kernel's pages from the new content.
+    rewritten = rng.randbytes(8 * KIB)
+    fd = os.open(m.path / "d/f0015", os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, rewritten, 0) == len(rewritten)
+    finally:
+        os.close(fd)
+    os.truncate(m.path / "d/f0017", 100)
+    os.unlink(m.path / "d/f0019")
+    for key in keys[10:40]:
+        path = m.path / key
+        if key == "d/f0015":
+            assert path.read_bytes() == rewritten
+        elif key == "d/f0017":
+            assert path.read_bytes() == old[key][:100]
+        elif key == "d/f0019":
+            assert not path.exists()
+        else:
+            assert path.read_bytes() == old[key], key
+    assert requests_of(port)["fuse_reads"] < 30  # the others came from the page cache
