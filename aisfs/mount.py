@@ -45,9 +45,10 @@ from .cache import TtlMap
 from .client import AisClient
 from .config import ConfigError, MountConfig
 from .daemon import Readiness, ServiceSettings, sd_notify
-from .fs import KernelAttrs, Operations
+from .fs import Operations
 from .handles import OpenWriters
 from .inline import InlineRequests
+from .kernelnotify import KernelAttrs
 from .logsetup import cycle_level
 from .metrics import Metrics, Snapshot
 from .namespace import Namespace
