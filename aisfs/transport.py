@@ -24,7 +24,8 @@ response type, exceptions, timeouts and retries here.
 Concurrency: methods are called from trio worker threads (see ``aio.py``), several at once. The
 shared ``requests.Session`` holds no per-request state (cookies are refused) and its connection
 pool is sized to the worker-thread limit; the router has its own lock. Nothing here touches trio
-or the inode/metadata tables.
+or the inode/metadata tables. ``plain_http`` and ``headers_without_io`` are also called on the
+trio thread (``inline.py``): they read the environment and the token source, never a file.
 """
 
 from __future__ import annotations
