@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aistore.sdk.bucket import Bucket
@@ -90,6 +91,23 @@ def test_a_directory_copied_in_listing_order_is_served_by_get_batch(  # type: ig
     assert counts["fuse_reads"] < 200, counts
 
 
+def scanning(make_bucket: Callable[..., Bucket], mount: Any, n: int, rng: random.Random
+             ) -> tuple[Bucket, Any, int, list[str], dict[str, bytes]]:
+    """``n`` files of 8 KiB in d/, a mount fetching 8 a batch (64 KiB), and the first 10 read in
+    listing order: a scan is running. Returns (bucket, mount, metrics port, keys, contents)."""
+    keys = [f"d/f{i:04}" for i in range(n)]
+    old = {k: rng.randbytes(8 * KIB) for k in keys}
+    bucket = make_bucket()
+    fill(bucket, old)
+    port = free_port()
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "60", "--scan-batch", "64K",
+              "--metrics-addr", f"127.0.0.1:{port}")
+    assert sorted(os.listdir(m.path / "d")) == [k[2:] for k in keys]
+    for key in keys[:10]:
+        assert (m.path / key).read_bytes() == old[key]
+    return bucket, m, port, keys, old
+
+
 @pytest.mark.expect_log("changed while open")
 def test_objects_deleted_or_replaced_in_the_middle_of_a_scan(  # type: ignore[no-untyped-def]
     make_bucket: Callable[..., Bucket], mount
@@ -105,17 +123,7 @@ def test_objects_deleted_or_replaced_in_the_middle_of_a_scan(  # type: ignore[no
     may show its bytes from then, for at most the metadata TTL (a Get-Batch reply carries no
     version to check)."""
     rng = random.Random(2)
-    keys = [f"d/f{i:04}" for i in range(200)]
-    old = {k: rng.randbytes(8 * KIB) for k in keys}
-    bucket = make_bucket()
-    fill(bucket, old)
-    port = free_port()
-    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "60", "--scan-batch", "64K",
-              "--metrics-addr", f"127.0.0.1:{port}")
-    names = sorted(os.listdir(m.path / "d"))
-    assert names == [k[2:] for k in keys]
-    for key in keys[:10]:
-        assert (m.path / key).read_bytes() == old[key]
+    bucket, m, port, keys, old = scanning(make_bucket, mount, 200, rng)
     time.sleep(1)  # the 4 batches arrive (AIS sends each one's tail ~100 ms late)
     new = {"d/f0020": rng.randbytes(8 * KIB), "d/f0100": rng.randbytes(8 * KIB),
            "d/f0101": rng.randbytes(3 * KIB)}
@@ -221,16 +229,7 @@ def test_files_changed_through_the_mount_after_their_batch_came_read_as_changed(
     pages (the mount unpins what it changed, and the kernel drops the pages a write-only handle
     writes over)."""
     rng = random.Random(3)
-    keys = [f"d/f{i:04}" for i in range(120)]
-    old = {k: rng.randbytes(8 * KIB) for k in keys}
-    bucket = make_bucket()
-    fill(bucket, old)
-    port = free_port()
-    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "60", "--scan-batch", "64K",
-              "--metrics-addr", f"127.0.0.1:{port}")
-    assert sorted(os.listdir(m.path / "d")) == [k[2:] for k in keys]
-    for key in keys[:10]:
-        assert (m.path / key).read_bytes() == old[key]
+    _, m, port, keys, old = scanning(make_bucket, mount, 120, rng)
     time.sleep(1)  # the batches ahead arrive and go into the page cache
     # The same size, written in place through a write-only handle (which bypasses the page
     # cache): the size does not tell the kernel's pages from the new content.
