@@ -43,9 +43,20 @@ What an open gets from a batch (the guarantees):
   Replaced by one of another size: the usual reader, which fails with ESTALE as always.
 - A change made through this mount (upload, truncate, unlink, rename: :meth:`changed`) drops
   what is held of that name.
-- A missing object (deleted since the listing; AIS's ``__404__`` member): that open fails with
-  ENOENT (``NotFound``); a member the batch did not deliver (AIS ends a reply after too many
-  missing objects, a broken stream, a changed size): the usual reader.
+- A member the batch did not deliver (AIS ends a reply after too many missing objects, a broken
+  stream, a changed size) or reported missing (AIS's ``__404__`` member): the usual reader, whose
+  GET is the answer (an object deleted since the listing fails the open's first read with
+  ENOENT). A Get-Batch's "missing" is not final: AIS v1.5.0 reports an object missing when the
+  target that the cluster map now names for it does not hold it yet, while a GET is served (that
+  target fetches the object from the one that holds it). After a target rejoins, the objects
+  written while it was away are in that state until the rebalance has moved them (seconds on
+  the local cluster; a listing and a HEAD do not show them meanwhile either).
+- An open waits for its bytes while the batch makes progress: a batch that delivered nothing
+  for ``STALLED`` seconds is given up (cancelled, the scan stopped, one INFO line) and its files
+  are read the usual way. AIS v1.5.0's designated target waits ``get_batch.max_wait`` (20 s) for
+  each object of a target that has not started sending its part, then fetches it itself: a
+  target that had just rejoined and refused its part ("not ready yet") held a 28-file batch for
+  100 s, one file per 20 s.
 
 Memory: every byte a batch asks for is reserved in the read-ahead budget before it is sent (a
 batch that does not fit is not sent) and released when dropped, or, once an open took it, when
@@ -61,8 +72,10 @@ Invariants:
   fetched again after they expired (those are dropped by their own expiry, if not opened).
 - An entry's ``reserved`` bytes are in the budget: its size from the request until it is taken,
   dropped, or its member did not come; 0 after (the taker's reader then holds them).
-- An entry's ``arrived`` is set once its batch delivered it or ended without it (then ``error``
-  is set); every entry's is set when its batch task ends, so no open waits for good.
+- An entry's ``arrived`` is set once its batch delivered it or ended without it (then ``data``
+  is None); every entry's is set when its batch task ends, so no open waits for good.
+- A batch's ``moved_at`` is when it was sent or last delivered a member; an open waits for an
+  entry at most until ``STALLED`` seconds after it.
 - ``pending`` holds a scan's batches that still have entries in ``held``, at most ``DEPTH``.
 """
 
@@ -81,7 +94,7 @@ from . import errors
 from .aisapi import AisApi, Spawn
 from .budget import MemoryBudget
 from .cache import Stat
-from .getbatch import BatchItem, NotFetched
+from .getbatch import BatchItem
 from .listing import Child, Listing
 from .listings import parent_of
 
@@ -115,6 +128,10 @@ NEAR = 8
 MAX_SCANS = 64
 # Opens in a row whose file's pages the kernel still holds, after which nothing is fetched.
 CACHED_OPENS = 2
+# Seconds a batch may go without delivering a member before the opens waiting for it give it up:
+# far above AIS's usual gaps (it sends a reply's short members every ~100 ms), far below its own
+# wait for a target that does not send its part (``get_batch.max_wait``, 20 s per object).
+STALLED = 5.0
 
 
 class ListingSource(Protocol):
@@ -149,17 +166,17 @@ def next_file(children: list[Child], pos: int) -> int | None:
 
 
 class _Batch:
-    __slots__ = ("entries", "scope", "left")
+    __slots__ = ("entries", "scope", "left", "moved_at")
 
     def __init__(self) -> None:
         self.entries: list[_Entry] = []
         self.scope = trio.CancelScope()
         self.left = 0  # entries still held
+        self.moved_at = trio.current_time()  # sent, or last delivered a member
 
 
 class _Entry:
-    __slots__ = ("name", "pos", "size", "version", "batch", "reserved", "data", "error",
-                 "arrived")
+    __slots__ = ("name", "pos", "size", "version", "batch", "reserved", "data", "arrived")
 
     def __init__(self, name: str, pos: int, stat: Stat, batch: _Batch) -> None:
         self.name = name
@@ -169,7 +186,6 @@ class _Entry:
         self.batch = batch
         self.reserved = stat.size
         self.data: memoryview | None = None
-        self.error: errors.AisError | None = None
         self.arrived = trio.Event()
 
 
@@ -234,9 +250,10 @@ class DirectoryScans:
     async def opened(self, bucket: str, key: str, stat: Stat, *,
                      need_bytes: bool = True) -> memoryview | None:
         """A file opened for reading, with the attributes the open shows: its whole content when
-        a batch fetched it for this open (the caller's reader takes over its budget), else None.
-        Raises NotFound when the batch found the object missing. ``need_bytes`` False: the
-        kernel still holds the file's pages; the open only counts for the order."""
+        a batch fetched it for this open (the caller's reader takes over its budget), else None
+        (the usual reader: also when the batch reported the object missing or stalled).
+        ``need_bytes`` False: the kernel still holds the file's pages; the open only counts for
+        the order."""
         if not self.batch_bytes:
             return None
         prefix, name = parent_of(key)
@@ -252,7 +269,7 @@ class DirectoryScans:
             if stored:
                 self.files_served += 1
             self._follow(scan, entry.pos, hit=True, need_bytes=need_bytes or stored)
-            return await self._hand_over(entry, stat, need_bytes)
+            return await self._hand_over(scan, entry, stat, need_bytes)
         pos = position(scan.children, name)
         if pos is not None:
             self._follow(scan, pos, hit=False, need_bytes=need_bytes)
@@ -407,6 +424,26 @@ class DirectoryScans:
                     e.reserved == 0 for e in batch.entries):
                 batch.scope.cancel()
 
+    async def _arrival(self, scan: _Scan, entry: _Entry) -> bool:
+        """Wait for ``entry``; False when its batch stalled (see ``STALLED``): the batch is
+        given up and the scan stopped, so that its files and the next ones are read the usual
+        way (the order, if the reader keeps it, starts a scan again)."""
+        batch = entry.batch
+        while not entry.arrived.is_set():
+            left = batch.moved_at + STALLED - trio.current_time()
+            if left <= 0:
+                if not batch.scope.cancel_called:
+                    log.info("ais://%s/%s: Get-Batch delivered nothing for %.0f s; reading "
+                             "its files one by one", scan.bucket, scan.prefix + entry.name,
+                             STALLED)
+                    batch.scope.cancel()  # its task marks what did not come
+                    if scan.running:
+                        self._stop(scan)
+                return False
+            with trio.move_on_after(left):
+                await entry.arrived.wait()
+        return True
+
     def _release(self, entry: _Entry) -> None:
         entry.data = None
         if entry.reserved:
@@ -420,18 +457,19 @@ class DirectoryScans:
         entries = batch.entries
 
         def deliver(item: BatchItem) -> None:
+            batch.moved_at = trio.current_time()
             entry = entries[item.index]
             if item.data is not None and entry.reserved:
                 entry.data = item.data
                 if self.arrived is not None:
                     self.arrived(scan.bucket, scan.prefix + entry.name, entry.size,
                                  entry.version, item.data)
-            elif item.error is not None:
-                entry.error = item.error
+            elif item.error is not None:  # missing, or not fetched: the usual reader
                 self._release(entry)
             entry.arrived.set()
 
         what = f"ais://{scan.bucket}/{scan.prefix}"
+        batch.moved_at = trio.current_time()
         try:
             with batch.scope:
                 await self.aio.get_batch(
@@ -445,9 +483,7 @@ class DirectoryScans:
             log.exception("%s: Get-Batch of %d files failed", what, len(entries))
         finally:
             for entry in entries:
-                if not entry.arrived.is_set():
-                    entry.error = NotFetched("the batch ended before this object", 0,
-                                             f"ais://{scan.bucket}/{scan.prefix}{entry.name}")
+                if not entry.arrived.is_set():  # the batch ended before it: the usual reader
                     self._release(entry)
                     entry.arrived.set()
         if batch.left:
@@ -460,19 +496,17 @@ class DirectoryScans:
                     # The reader paused: the next batch fetches this file again.
                     scan.ahead = min(scan.ahead, entry.pos)
 
-    async def _hand_over(self, entry: _Entry, stat: Stat, need_bytes: bool
+    async def _hand_over(self, scan: _Scan, entry: _Entry, stat: Stat, need_bytes: bool
                          ) -> memoryview | None:
         """The bytes of a taken entry, for an open with attributes ``stat``."""
         changes = self._changes
         try:
             if not need_bytes or (entry.size, entry.version) != (stat.size, stat.version):
                 return None
-            if not entry.arrived.is_set():
-                await entry.arrived.wait()
+            if not await self._arrival(scan, entry):
+                return None
             if changes != self._changes:
                 return None  # something changed through the mount meanwhile: maybe this file
-            if isinstance(entry.error, errors.NotFound):
-                raise entry.error
             if entry.data is None or not entry.reserved:
                 return None
             data = entry.data

@@ -168,6 +168,14 @@ class FakeAis:
         self.archive_gate: trio.Event | None = None  # holds archive listings
         self.stream_delay = 0.0  # seconds before each member of a member stream
         self.streamed = 0  # members read by member streams
+        # ---- knobs: Get-Batch
+        # Names a batch reports missing though they exist (AIS v1.5.0 does so for an object its
+        # map's target does not hold yet, e.g. after a target rejoined, while a GET serves it).
+        self.batch_says_missing: set[str] = set()
+        # A batch delivers this many members, then nothing until cancelled (AIS v1.5.0 waits
+        # 20 s per object of a target that did not start sending its part).
+        self.batch_stalls_after: int | None = None
+        self.batch_member_delay = 0.0  # seconds before each member of a batch
         # ---- knobs: any call
         self.fail_calls: dict[str, errors.AisFsError] = {}  # method name -> raised every call
 
@@ -546,8 +554,14 @@ class FakeAis:
         if bucket not in self.buckets:
             raise errors.BucketNotFound("no such bucket", 404, f"ais://{bucket}")
         for i, name in enumerate(names):
+            if i == self.batch_stalls_after:
+                await trio.sleep_forever()
+            if self.batch_member_delay:
+                await trio.sleep(self.batch_member_delay)
             what = f"ais://{bucket}/{name}"
             try:
+                if name in self.batch_says_missing:
+                    raise KeyError(name)
                 data = self.content(name, bucket)
             except (KeyError, errors.NotFound):
                 item = BatchItem(i, name, error=errors.NotFound("no such object", 404, what))

@@ -3,6 +3,7 @@ what an open gets from them, and that every byte they reserve goes back to the b
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -146,7 +147,8 @@ async def test_opens_near_the_last_one_keep_a_scan_going() -> None:
     assert len(served) == len(order) - 3
 
 
-async def test_a_missing_object_fails_its_own_open_only() -> None:
+async def test_a_deleted_object_is_left_to_the_usual_reader_and_the_rest_are_served() -> None:
+    """Its GET is the answer (ENOENT at the first read): a batch's "missing" is not final."""
     fake = files(40)
     listings = Listings()
     listings.list(fake, "d/")
@@ -155,11 +157,87 @@ async def test_a_missing_object_fails_its_own_open_only() -> None:
         for i in range(40):
             key = f"d/f{i:04}"
             if i == 20:
-                with pytest.raises(errors.NotFound):
-                    await scans.opened("b", key, Stat(gone.size, 0, gone.version))
+                assert await scans.opened("b", key, Stat(gone.size, 0, gone.version)) is None
                 continue
             got = await open_file(scans, fake, key)
             assert got is None if i < 3 else got == fake.content(key)
+
+
+async def test_an_object_a_batch_reports_missing_is_read_the_usual_way() -> None:
+    """AIS v1.5.0's Get-Batch reports an object missing while the target its cluster map names
+    does not hold it yet (after a target rejoined, until the rebalance moved it back), and a
+    GET serves it meanwhile: its open must not fail."""
+    fake = files(40)
+    listings = Listings()
+    listings.list(fake, "d/")
+    fake.batch_says_missing = {"d/f0020", "d/f0021"}
+    budget = MemoryBudget(64 * 1024 * KIB)
+    async with scans_of(fake, listings, budget=budget) as scans:
+        for i in range(40):
+            key = f"d/f{i:04}"
+            got = await open_file(scans, fake, key)
+            if i < 3 or key in fake.batch_says_missing:
+                assert got is None, key
+            else:
+                assert got == fake.content(key), key
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.used == 0
+
+
+async def test_an_open_gives_up_a_batch_that_delivers_nothing_for_a_while(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every batch delivers its first member, then nothing (AIS v1.5.0: a target that had just
+    rejoined did not send its part, and the designated target waited 20 s per object of it).
+    An open waits ``STALLED`` seconds at most and gets the usual reader; the scan stops, so the
+    next opens do not wait for its other batches."""
+    fake = files(40)
+    listings = Listings()
+    listings.list(fake, "d/")
+    fake.batch_stalls_after = 1
+    budget = MemoryBudget(64 * 1024 * KIB)
+    caplog.set_level(logging.INFO, logger="aisfs.scans")
+    got = {}
+    waited = {}
+    async with scans_of(fake, listings, budget=budget) as scans:
+        with trio.fail_after(100):
+            for i in range(12):
+                started = trio.current_time()
+                got[i] = await open_file(scans, fake, f"d/f{i:04}")
+                waited[i] = trio.current_time() - started
+    assert budget.used == 0
+    # f0000-f0002 start the scan; its batches are of two files: f0003 comes, f0004 does not.
+    assert got[3] == fake.content("d/f0003")
+    assert got[4] is None and abs(waited[4] - scans_module.STALLED) < 0.5
+    # Stopped: f0005-f0007 are opened the usual way at once and start a scan again, whose
+    # first batch serves f0008 and stalls on f0009.
+    assert all(got[i] is None and waited[i] < 0.1 for i in (5, 6, 7))
+    assert got[8] == fake.content("d/f0008")
+    assert got[9] is None and abs(waited[9] - scans_module.STALLED) < 0.5
+    assert all(got[i] is None and waited[i] < 0.1 for i in (10, 11))
+    gave_up = [r.getMessage() for r in caplog.records if "delivered nothing" in r.getMessage()]
+    assert gave_up == [
+        f"ais://b/d/f{i:04}: Get-Batch delivered nothing for 5 s; reading its files one by one"
+        for i in (4, 9)], gave_up
+
+
+async def test_a_batch_that_keeps_delivering_slowly_is_waited_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Members ``0.7 * STALLED`` apart: an open of a batch's second member waits longer than
+    ``STALLED`` in all, and gets its bytes."""
+    fake = files(20)
+    listings = Listings()
+    listings.list(fake, "d/")
+    fake.batch_member_delay = 0.7 * scans_module.STALLED
+    async with scans_of(fake, listings, hold=60.0) as scans:
+        for i in range(3):
+            await open_file(scans, fake, f"d/f{i:04}")
+        started = trio.current_time()
+        with trio.fail_after(100):
+            got = await open_file(scans, fake, "d/f0004")  # the first batch: f0003, f0004
+        assert trio.current_time() - started > scans_module.STALLED
+    assert got == fake.content("d/f0004")
 
 
 async def test_an_object_of_another_size_than_listed_is_read_the_usual_way() -> None:
