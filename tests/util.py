@@ -46,12 +46,22 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def free_port_block(start: int) -> int:
-    """A base port with base..base+2, +1000, +2000 free (scripts/ais-local's layout)."""
-    for base in range(start, 40000, 83):
+def free_port_block(start: int, end: int = 40000) -> int:
+    """A base port with base..base+2, +1000, +2000 free (scripts/ais-local's layout), all of
+    them below ``end``."""
+    for base in range(start, end - 2002, 83):
         if all(_port_free(base + d + o) for d in (0, 1000, 2000) for o in (0, 1, 2)):
             return base
-    raise RuntimeError("no free port block for a local AIS cluster")
+    raise RuntimeError(f"no free port block for a local AIS cluster in {start}-{end}")
+
+
+def ephemeral_ports_start() -> int:
+    """The lowest port the kernel gives to outgoing connections (``ip_local_port_range``)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def unique(prefix: str = "t") -> str:
