@@ -1,7 +1,9 @@
 """An archive's members in archive order, read out of the archive's stored bytes (one streamed
-GET of the whole object) instead of one request per member: the framing of ``.tar``, and of
-``.tgz``/``.tar.gz`` through zlib. Other formats are not streamed (their members are fetched one
-by one).
+GET of the whole object) instead of one request per member: the framing of ``.tar``, of
+``.tgz``/``.tar.gz`` through zlib and of ``.tar.lz4`` through the ``lz4`` package's frame
+decoder (a C binding: an LZ4 decoder in Python would cost more than the requests it saves).
+``.zip`` is not streamed (its members are fetched one by one: a zip's sizes are in its central
+directory, at the end).
 
 Member names are cleaned as AIS cleans them in its listings (``path.Join(archive, name)``:
 ``./a`` is ``a``; a name that climbs out of the archive is dropped), so a streamed member is
@@ -16,9 +18,12 @@ from __future__ import annotations
 import posixpath
 import zlib
 
+import lz4.frame
+
+from . import errors
 from .getbatch import Readable, TarReader
 
-STREAMED_FORMATS = (".tar", ".tgz", ".tar.gz")
+STREAMED_FORMATS = (".tar", ".tgz", ".tar.gz", ".tar.lz4")
 _CHUNK = 256 * 1024
 
 
@@ -50,7 +55,7 @@ class Gunzip:
             if not self._tail:
                 n = self._raw.readinto(memoryview(self._chunk))
                 if not n:
-                    return 0  # ended before the gzip end: the TAR reader reports the short read
+                    raise errors.Transient("the archive ended inside its gzip stream")
                 self._tail = bytes(self._chunk[:n])
             try:
                 out = self._z.decompress(self._tail, len(buf))
@@ -63,13 +68,43 @@ class Gunzip:
         return 0
 
 
+class Unlz4:
+    """The decompressed bytes of an LZ4 frame, as a ``Readable`` (bounded memory, as
+    :class:`Gunzip`)."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._raw = raw
+        self._lz4 = lz4.frame.LZ4FrameDecompressor()
+        self._chunk = bytearray(_CHUNK)
+
+    def readinto(self, buf: memoryview, /) -> int:
+        while not self._lz4.eof:
+            data = b""
+            if self._lz4.needs_input:
+                n = self._raw.readinto(memoryview(self._chunk))
+                if not n:
+                    raise errors.Transient("the archive ended inside its LZ4 frame")
+                data = bytes(self._chunk[:n])
+            try:
+                out = self._lz4.decompress(data, max_length=len(buf))
+            except RuntimeError as exc:  # (what the binding raises for a bad frame)
+                raise ValueError(f"not LZ4 data: {exc}") from None
+            if out:
+                buf[:len(out)] = out
+                return len(out)
+        return 0
+
+
 class MemberScanner:
     """The members of one archive, one at a time, in archive order."""
 
     def __init__(self, archive: str, raw: Readable) -> None:
         self.archive = archive
-        gz = archive.endswith((".tgz", ".tar.gz"))
-        self._tar = TarReader(Gunzip(raw) if gz else raw)
+        if archive.endswith((".tgz", ".tar.gz")):
+            raw = Gunzip(raw)
+        elif archive.endswith(".tar.lz4"):
+            raw = Unlz4(raw)
+        self._tar = TarReader(raw)
 
     def next(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
         """(listed path, bytes, size) of the next member, None at the end; the bytes are None

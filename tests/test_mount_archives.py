@@ -221,7 +221,7 @@ def test_both_views_at_once(shards, mount) -> None:  # type: ignore[no-untyped-d
 
 
 
-@pytest.mark.parametrize("ext", [".tar", ".tgz"])
+@pytest.mark.parametrize("ext", [".tar", ".tgz", ".tar.lz4"])
 def test_cp_r_in_archive_order_streams_the_archive(  # type: ignore[no-untyped-def]
     make_bucket, mount, tmp_path: Path, ext: str,
 ) -> None:

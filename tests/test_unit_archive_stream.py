@@ -8,6 +8,7 @@ import io
 import random
 import tarfile
 
+import lz4.frame
 import pytest
 import trio
 
@@ -15,7 +16,7 @@ from aisfs import errors, getbatch
 from aisfs.archive_stream import IDLE_SECONDS, ArchiveStreams
 from aisfs.archives import ArchiveContents, Member
 from aisfs.budget import MemoryBudget
-from aisfs.member_stream import Gunzip, MemberScanner, member_path
+from aisfs.member_stream import Gunzip, MemberScanner, Unlz4, member_path
 
 from .fakeais import FakeAis
 
@@ -62,10 +63,12 @@ def test_member_path_as_ais_lists_it(name: str, path: str | None) -> None:
     assert member_path("dir/s.tar", name) == path
 
 
-@pytest.mark.parametrize("key", ["s.tar", "s.tgz", "s.tar.gz"])
+@pytest.mark.parametrize("key", ["s.tar", "s.tgz", "s.tar.gz", "s.tar.lz4"])
 def test_scanner_reads_members_in_archive_order(key: str) -> None:
     members = [("./dot", b"d"), *MEMBERS[:5], ("big", b"x" * 5000)]
-    data = tar_of(members, gz=key != "s.tar")
+    data = tar_of(members, gz=key in ("s.tgz", "s.tar.gz"))
+    if key.endswith(".lz4"):
+        data = lz4.frame.compress(data)
     scanner = MemberScanner(key, BytesReadable(data, 777))
     got = []
     while (item := scanner.next(max_size=4096)) is not None:
@@ -79,14 +82,21 @@ def test_scanner_errors() -> None:
         MemberScanner("s.tar", BytesReadable(b"not a tar" * 100)).next(100)
     with pytest.raises(ValueError):
         MemberScanner("s.tgz", BytesReadable(b"not gzip" * 100)).next(100)
+    with pytest.raises(ValueError):
+        MemberScanner("s.tar.lz4", BytesReadable(b"not lz4" * 100)).next(100)
+    with pytest.raises(errors.Transient):  # a frame cut short: the TAR inside ends early
+        MemberScanner("s.tar.lz4", BytesReadable(
+            lz4.frame.compress(tar_of(MEMBERS[:3]))[:300])).next(100_000)
     truncated = tar_of(MEMBERS[:3])[:1500]
     with pytest.raises(errors.Transient):
         MemberScanner("s.tar", BytesReadable(truncated)).next(100_000)
 
 
-def test_gunzip_in_small_pieces() -> None:
+@pytest.mark.parametrize("unpack", [Gunzip, Unlz4])
+def test_decompression_in_small_pieces(unpack: type[Gunzip | Unlz4]) -> None:
     raw = random.Random(7).randbytes(300_000)
-    stream = Gunzip(BytesReadable(gzip.compress(raw), 100))
+    packed = gzip.compress(raw) if unpack is Gunzip else lz4.frame.compress(raw)
+    stream = unpack(BytesReadable(packed, 100))
     out = bytearray()
     buf = bytearray(4096)
     while n := stream.readinto(memoryview(buf)):
