@@ -62,6 +62,8 @@ Memory: every byte a batch asks for is reserved in the read-ahead budget before 
 batch that does not fit is not sent) and released when dropped, or, once an open took it, when
 that handle's reader lets it go.
 
+The scans' state (a directory's order, its batches and their files) is in ``scan_state``.
+
 Concurrency: trio thread only. The FUSE handlers call :meth:`opened` and :meth:`changed`; each
 batch is a task of its own (``spawn``) that fills its entries as the reply arrives. A scan's
 state changes only between awaits.
@@ -81,7 +83,6 @@ Invariants:
 
 from __future__ import annotations
 
-import bisect
 import functools
 import logging
 from collections import OrderedDict
@@ -97,6 +98,7 @@ from .cache import Stat
 from .getbatch import BatchItem
 from .listing import Child, Listing
 from .listings import parent_of
+from .scan_state import MIN_AHEAD, Batch, Entry, Scan, is_file, next_file, position
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +110,11 @@ SMALL_FILE = 1 * MIB
 BATCH_FILES = 1024
 # Batches requested ahead of the reader: each one's late tail is hidden behind the others.
 DEPTH = 4
-# Seconds of reading fetched ahead (the reader's rate of opens times this), at least
-# ``MIN_AHEAD`` files: several times AIS's latency to a batch's last file, and far below the
-# metadata TTL that fetched bytes may wait (a deeper look-ahead outruns a slow reader: its bytes
-# expire unread).
-LOOKAHEAD = 1.0
-MIN_AHEAD = 8
-# How often the rate of opens is measured (seconds).
-RATE_WINDOW = 0.5
 # Opens in a row of the directory's next file before files are fetched ahead.
 START_AFTER = 3
 # A running scan goes on through opens this many listing positions around the last one (several
 # readers of one directory, or a reader that skips a file).
 JITTER = 16
-# Entries looked at around where a name sorts (listings are in name order but for a few names:
-# an object ``a`` comes after ``a-b``, directories made here come first).
-NEAR = 8
 # Directories whose order is followed at once.
 MAX_SCANS = 64
 # Opens in a row whose file's pages the kernel still holds, after which nothing is fetched.
@@ -140,92 +131,6 @@ class ListingSource(Protocol):
     def cached(self, bucket: str, prefix: str) -> Listing | None: ...
 
 
-def _sort_key(child: Child) -> str:
-    return child.name + "/" if child.is_dir else child.name
-
-
-def _is_file(child: Child) -> bool:
-    return not child.is_dir and child.stat is not None
-
-
-def position(children: list[Child], name: str) -> int | None:
-    """Where the file ``name`` is in a listing's order, or None."""
-    at = bisect.bisect_left(children, name, key=_sort_key)
-    for i in range(max(0, at - NEAR), min(len(children), at + NEAR + 1)):
-        if children[i].name == name and _is_file(children[i]):
-            return i
-    return None
-
-
-def next_file(children: list[Child], pos: int) -> int | None:
-    """The position of the first file after ``pos``."""
-    for i in range(pos + 1, len(children)):
-        if _is_file(children[i]):
-            return i
-    return None
-
-
-class _Batch:
-    __slots__ = ("entries", "scope", "left", "moved_at")
-
-    def __init__(self) -> None:
-        self.entries: list[_Entry] = []
-        self.scope = trio.CancelScope()
-        self.left = 0  # entries still held
-        self.moved_at = trio.current_time()  # sent, or last delivered a member
-
-
-class _Entry:
-    __slots__ = ("name", "pos", "size", "version", "batch", "reserved", "data", "arrived")
-
-    def __init__(self, name: str, pos: int, stat: Stat, batch: _Batch) -> None:
-        self.name = name
-        self.pos = pos
-        self.size = stat.size
-        self.version = stat.version
-        self.batch = batch
-        self.reserved = stat.size
-        self.data: memoryview | None = None
-        self.arrived = trio.Event()
-
-
-class _Scan:
-    """One directory's order and what is fetched ahead in it."""
-
-    __slots__ = ("bucket", "prefix", "listing", "children", "last", "streak", "running",
-                 "ahead", "held", "pending", "rate", "since", "opens", "cached")
-
-    def __init__(self, bucket: str, prefix: str, listing: Listing) -> None:
-        self.bucket = bucket
-        self.prefix = prefix
-        self.listing = listing  # the cached listing the order is read from
-        self.children = listing.children  # that order; a copy of its own while running
-        self.last = -1  # position of the latest open
-        self.streak = 0  # opens in a row, each of the file after the one before
-        self.running = False
-        self.ahead = 0  # where the next batch starts picking files
-        self.held: OrderedDict[str, _Entry] = OrderedDict()
-        self.pending: list[_Batch] = []
-        self.rate = 0.0  # opens per second, as last measured
-        self.since = 0.0  # when the opens counted in ``opens`` began
-        self.opens = 0
-        self.cached = 0  # opens in a row that found their file in the kernel's page cache
-
-    def count_open(self, now: float) -> None:
-        """One more open in order; the rate is measured over ``RATE_WINDOW`` (until one has
-        passed, over the opens so far)."""
-        self.opens += 1
-        elapsed = now - self.since
-        if elapsed >= RATE_WINDOW or (not self.rate and elapsed > 0):
-            self.rate = self.opens / elapsed
-        if elapsed >= RATE_WINDOW:
-            self.since, self.opens = now, 0
-
-    def ahead_wanted(self) -> int:
-        """How many files to have fetched or on their way ahead of the reader."""
-        return max(MIN_AHEAD, int(self.rate * LOOKAHEAD))
-
-
 class DirectoryScans:
     def __init__(self, aio: AisApi, spawn: Spawn, listings: ListingSource,
                  budget: MemoryBudget, *, batch_bytes: int, hold: float) -> None:
@@ -237,7 +142,7 @@ class DirectoryScans:
         self.budget = budget
         self.batch_bytes = batch_bytes
         self.hold = hold
-        self._scans: OrderedDict[tuple[str, str], _Scan] = OrderedDict()
+        self._scans: OrderedDict[tuple[str, str], Scan] = OrderedDict()
         self._changes = 0  # changes made through the mount (see _hand_over)
         # Told of each file's bytes as they arrive, before any open (the open-files layer puts
         # them in the kernel's page cache: the open then needs no READ).
@@ -303,7 +208,7 @@ class DirectoryScans:
 
     # ------------------------------------------------------------------ following the order
 
-    def _scan_of(self, bucket: str, prefix: str) -> _Scan | None:
+    def _scan_of(self, bucket: str, prefix: str) -> Scan | None:
         where = (bucket, prefix)
         scan = self._scans.get(where)
         listing = self.listings.cached(bucket, prefix)
@@ -314,12 +219,12 @@ class DirectoryScans:
             return None
         if scan is not None:
             self._stop(scan)  # detecting in a listing that is no longer the cached one
-        scan = self._scans[where] = _Scan(bucket, prefix, listing)
+        scan = self._scans[where] = Scan(bucket, prefix, listing)
         while len(self._scans) > MAX_SCANS:
             self._stop(self._scans.popitem(last=False)[1])
         return scan
 
-    def _follow(self, scan: _Scan, pos: int, *, hit: bool, need_bytes: bool) -> None:
+    def _follow(self, scan: Scan, pos: int, *, hit: bool, need_bytes: bool) -> None:
         """An open at ``pos`` of the scan's order (``need_bytes`` False: the kernel holds the
         file's pages)."""
         now = trio.current_time()
@@ -349,7 +254,7 @@ class DirectoryScans:
             scan.ahead = pos + 1
             self._top_up(scan)
 
-    def _top_up(self, scan: _Scan) -> None:
+    def _top_up(self, scan: Scan) -> None:
         """Keep what the reader gets through in ``LOOKAHEAD`` fetched ahead, in up to ``DEPTH``
         batches, within the budget."""
         scan.ahead = max(scan.ahead, scan.last + 1)
@@ -364,7 +269,7 @@ class DirectoryScans:
             children = scan.children
             while pos < len(children) and len(picked) < per_batch:
                 child = children[pos]
-                if _is_file(child) and child.name not in scan.held:
+                if is_file(child) and child.name not in scan.held:
                     assert child.stat is not None
                     size = child.stat.size
                     if 0 < size <= SMALL_FILE:
@@ -379,10 +284,10 @@ class DirectoryScans:
             if not self.budget.try_reserve(total):
                 return
             scan.ahead = pos
-            batch = _Batch()
+            batch = Batch()
             for at, child in picked:
                 assert child.stat is not None
-                entry = _Entry(child.name, at, child.stat, batch)
+                entry = Entry(child.name, at, child.stat, batch)
                 batch.entries.append(entry)
                 scan.held[child.name] = entry
             batch.left = len(batch.entries)
@@ -390,7 +295,7 @@ class DirectoryScans:
             self.batches_sent += 1
             self.spawn(functools.partial(self._fetch, scan, batch))
 
-    def _drop_behind(self, scan: _Scan) -> None:
+    def _drop_behind(self, scan: Scan) -> None:
         """Entries the reader went past (by more than ``JITTER``) will not be opened in order."""
         while scan.held:
             name, entry = next(iter(scan.held.items()))
@@ -400,7 +305,7 @@ class DirectoryScans:
             self._unhold(scan, entry)
             self._release(entry)
 
-    def _stop(self, scan: _Scan) -> None:
+    def _stop(self, scan: Scan) -> None:
         """Order broken (or the scan forgotten): drop what is held, cancel what is in flight."""
         for entry in scan.held.values():
             self._release(entry)
@@ -413,7 +318,7 @@ class DirectoryScans:
         scan.streak = 0
         scan.children = scan.listing.children
 
-    def _unhold(self, scan: _Scan, entry: _Entry) -> None:
+    def _unhold(self, scan: Scan, entry: Entry) -> None:
         """``entry`` left ``held``: its batch is no longer pending once none of its entries is
         held; one still in flight then is not wanted any more."""
         batch = entry.batch
@@ -424,7 +329,7 @@ class DirectoryScans:
                     e.reserved == 0 for e in batch.entries):
                 batch.scope.cancel()
 
-    async def _arrival(self, scan: _Scan, entry: _Entry) -> bool:
+    async def _arrival(self, scan: Scan, entry: Entry) -> bool:
         """Wait for ``entry``; False when its batch stalled (see ``STALLED``): the batch is
         given up and the scan stopped, so that its files and the next ones are read the usual
         way (the order, if the reader keeps it, starts a scan again)."""
@@ -444,7 +349,7 @@ class DirectoryScans:
                 await entry.arrived.wait()
         return True
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: Entry) -> None:
         entry.data = None
         if entry.reserved:
             self.budget.release(entry.reserved)
@@ -452,7 +357,7 @@ class DirectoryScans:
 
     # ------------------------------------------------------------------ batches
 
-    async def _fetch(self, scan: _Scan, batch: _Batch) -> None:
+    async def _fetch(self, scan: Scan, batch: Batch) -> None:
         """Send one batch, fill its entries as they come; drop the ones not taken in time."""
         entries = batch.entries
 
@@ -496,7 +401,7 @@ class DirectoryScans:
                     # The reader paused: the next batch fetches this file again.
                     scan.ahead = min(scan.ahead, entry.pos)
 
-    async def _hand_over(self, scan: _Scan, entry: _Entry, stat: Stat, need_bytes: bool
+    async def _hand_over(self, scan: Scan, entry: Entry, stat: Stat, need_bytes: bool
                          ) -> memoryview | None:
         """The bytes of a taken entry, for an open with attributes ``stat``."""
         changes = self._changes

@@ -13,12 +13,13 @@ import pytest
 import trio
 import trio.testing
 
-from aisfs import errors
+from aisfs import errors, scan_state
 from aisfs import scans as scans_module
 from aisfs.budget import MemoryBudget
 from aisfs.cache import Stat
 from aisfs.listing import Child, Listing
-from aisfs.scans import DirectoryScans, next_file, position
+from aisfs.scan_state import next_file, position
+from aisfs.scans import DirectoryScans
 
 from .fakeais import FakeAis
 
@@ -448,14 +449,15 @@ async def test_a_directory_of_big_files_read_in_order_is_looked_through_once(
     listings = Listings()
     listings.by_dir[("b", "d/")] = Listing(children, {c.name: c for c in children})
     looked = 0
-    is_file = scans_module._is_file
+    is_file = scan_state.is_file
 
     def counting(child: Child) -> bool:
         nonlocal looked
         looked += 1
         return is_file(child)
 
-    monkeypatch.setattr(scans_module, "_is_file", counting)
+    monkeypatch.setattr(scans_module, "is_file", counting)  # where the scan picks files
+    monkeypatch.setattr(scan_state, "is_file", counting)  # where the order is followed
     fake = FakeAis()
     async with scans_of(fake, listings) as scans:
         for i in range(n):
