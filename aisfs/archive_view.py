@@ -2,7 +2,9 @@
 them, and the answers to lookups and listings inside them.
 
 Each archive's member tree (:class:`archives.ArchiveContents`) comes from one archive listing
-and is kept for the version of the archive it was listed at: every use first asks the archive's
+and is kept for the version of the archive it was listed at (its time the one the mount shows for
+that version of the archive, ``metacache.ShownMtimes``, so that its members' times hold whenever
+the tree is listed again): every use first asks the archive's
 current attributes (``archive_stat``: the mount's metadata cache, so at most ``metadata_ttl``
 old), and a new version (or size) of the archive drops the tree and lists it again. Trees are
 kept in LRU order up to ``TREE_MEMBERS`` members in all; one bigger than that is listed again
@@ -25,6 +27,7 @@ from .aisapi import AisApi
 from .archives import ArchiveContents, Member, MemberDir
 from .cache import Stat, TtlMap
 from .listing import Child
+from .metacache import ShownMtimes
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +38,19 @@ _WARNED_MAX = 4096
 
 
 def member_stat(contents: ArchiveContents, member: Member) -> Stat:
-    """A member's attributes: its size, and the archive's time and version (AIS lists members
-    with neither)."""
+    """A member's attributes: its size, and the archive's time (as shown for this version of
+    it: stable) and version (AIS lists members with neither)."""
     return Stat(member.size, contents.mtime_ns, contents.version)
 
 
 class ArchiveView:
     def __init__(
         self, aio: AisApi, archive_stat: Callable[[str, str], Awaitable[Stat]],
+        mtimes: ShownMtimes,
     ) -> None:
         self.aio = aio
         self.archive_stat = archive_stat
+        self.mtimes = mtimes
         self.trees: TtlMap[ArchiveContents] = TtlMap(
             TREE_MEMBERS, math.inf, 0, sizeof=lambda contents: contents.members + 1)
         self._warned: dict[tuple[str, str, str], None] = {}
@@ -62,6 +67,8 @@ class ArchiveView:
 
         async def fetch() -> ArchiveContents:
             contents = await self.aio.list_archive(bucket, key)
+            contents.mtime_ns = self.mtimes.stable((bucket, key), contents.version,
+                                                   contents.size, contents.mtime_ns)
             if not contents.readable:
                 self._warn_unreadable(bucket, contents)
             self.trees.put((bucket, key), contents)

@@ -26,7 +26,7 @@ import pyfuse3
 
 from .cache import Stat
 from .config import MountConfig
-from .inodes import Inode
+from .inodes import Inode, Kind
 from .namespace import Namespace
 
 BLOCK_SIZE = 1024 * 1024  # st_blksize: cp and Python size their buffers from it
@@ -73,8 +73,11 @@ class EntryAttrs:
             attr.st_nlink = 1
             attr.st_size = st.size
             attr.st_blocks = (st.size + 511) // 512
-            mtime = (self._mtimes.stable(inode.path, st.version, st.size, st.mtime_ns)
-                     or self.ns.mount_time_ns)
+            if inode.kind is Kind.MEMBER:  # the archive's shown time (archive_view): stable
+                mtime = st.mtime_ns or self.ns.mount_time_ns
+            else:
+                mtime = (self._mtimes.stable(inode.path, st.version, st.size, st.mtime_ns)
+                         or self.ns.mount_time_ns)
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
 
     def negative(self) -> pyfuse3.EntryAttributes:

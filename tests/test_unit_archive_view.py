@@ -12,6 +12,7 @@ from aisfs.archive_view import ArchiveView, children
 from aisfs.archives import MemberDir
 from aisfs.cache import Stat
 from aisfs.listing import Child
+from aisfs.metacache import ShownMtimes
 
 from .fakeais import FakeAis
 from .shards import tar_of
@@ -22,7 +23,7 @@ def view_of(fake: FakeAis) -> ArchiveView:
         props = await fake.head_object(bucket, key)
         return Stat(props.size, props.mtime_ns, props.version)
 
-    return ArchiveView(fake, archive_stat)
+    return ArchiveView(fake, archive_stat, ShownMtimes())
 
 
 async def test_tree_is_listed_once_per_version() -> None:
@@ -91,3 +92,20 @@ async def test_children_carry_the_archive_time_and_version() -> None:
     d = tree.find("d")
     assert isinstance(d, MemberDir)
     assert children(tree, d) == [Child("b", False, Stat(2, 5, "7"))]
+
+
+async def test_a_tree_listed_again_keeps_the_time_shown_for_its_version() -> None:
+    """AIS lists an archive it did not get from aisfs with its access time, which reads move: a
+    tree listed again for the same version (after it left the LRU) must not move its members'
+    times (``tar c`` would say "file changed as we read it")."""
+    fake = FakeAis()
+    fake.store("s.tar", tar_of({"m": b"1"}), version="3", atime_ns=5)
+    view = view_of(fake)
+    first = await view.tree("b", "s.tar")
+    fake.objects[("b", "s.tar")].atime_ns = 99  # read since: the listing's time moved
+    view.trees.pop(("b", "s.tar"))  # (as the LRU drops it)
+    again = await view.tree("b", "s.tar")
+    assert again is not first and fake.calls["list_archive"] == 2
+    assert again.mtime_ns == first.mtime_ns == 5
+    fake.store("s.tar", tar_of({"m": b"2"}), version="4", atime_ns=99)  # a new version
+    assert (await view.tree("b", "s.tar")).mtime_ns == 99
