@@ -39,6 +39,7 @@ from .objects import (
     RecvBuffer,
     list_entries,
     mtime_from_custom,
+    range_total,
 )
 from .routing import Via
 from .transport import Transport
@@ -238,12 +239,8 @@ class AisClient:
             else:
                 buf = into if into is not None else bytearray(length)
                 data = memoryview(buf)[: body.read_into(buf, length)]
-            total = -1
-            content_range = body.headers.get("Content-Range", "")
-            if "/" in content_range:
-                tail = content_range.rsplit("/", 1)[1]
-                total = int(tail) if tail.isdigit() else -1
-            return RangeResult(data, total, body.headers.get("Ais-Version", ""))
+            return RangeResult(data, range_total(body.headers.get("Content-Range", "")),
+                               body.headers.get("Ais-Version", ""))
 
         # A body cut short is asked for again, the whole range: the bytes of one answer are
         # one version of the object, which the caller checks.

@@ -26,7 +26,7 @@ import time
 import urllib.parse
 
 from .client import AisClient, custom_headers
-from .objects import ObjectProps, RangeResult, RecvBuffer
+from .objects import ObjectProps, RangeResult, RecvBuffer, range_total
 from .observer import Observer
 from .routing import Via
 from .trioconn import Answer, ExchangeFailed, TrioConnections
@@ -58,12 +58,8 @@ class InlineRequests:
                                   memoryview(buf))
         if answer is None or answer.body is not None or (answer.status == 200 and start > 0):
             return None  # (200 for a range from the middle: the target ignored the Range)
-        total = -1
-        content_range = answer.headers.get("content-range", "")
-        if "/" in content_range:
-            tail = content_range.rsplit("/", 1)[1]
-            total = int(tail) if tail.isdigit() else -1
-        return RangeResult(memoryview(buf)[:answer.length], total,
+        return RangeResult(memoryview(buf)[:answer.length],
+                           range_total(answer.headers.get("content-range", "")),
                            answer.headers.get("ais-version", ""))
 
     async def put_object(self, bucket: str, key: str, data: bytes | memoryview,

@@ -80,6 +80,13 @@ class RangeResult:
     version: str
 
 
+def range_total(content_range: str) -> int:
+    """The object's size a ``Content-Range`` header (``bytes a-b/total``) gives; -1 when it
+    gives none."""
+    tail = content_range.rpartition("/")[2] if "/" in content_range else ""
+    return int(tail) if tail.isdigit() else -1
+
+
 def mtime_from_custom(custom: dict[str, bytes]) -> int:
     raw = custom.get(MTIME_KEY)
     if raw and raw.isdigit():
