@@ -229,7 +229,7 @@ def test_files_changed_through_the_mount_after_their_batch_came_read_as_changed(
     pages (the mount unpins what it changed, and the kernel drops the pages a write-only handle
     writes over)."""
     rng = random.Random(3)
-    _, m, port, keys, old = scanning(make_bucket, mount, 120, rng)
+    bucket, m, port, keys, old = scanning(make_bucket, mount, 120, rng)
     time.sleep(1)  # the batches ahead arrive and go into the page cache
     # The same size, written in place through a write-only handle (which bypasses the page
     # cache): the size does not tell the kernel's pages from the new content.
@@ -252,3 +252,7 @@ def test_files_changed_through_the_mount_after_their_batch_came_read_as_changed(
         else:
             assert path.read_bytes() == old[key], key
     assert requests_of(port)["fuse_reads"] < 30  # the others came from the page cache
+    # What AIS holds, through the SDK: the changes were made there, not only shown.
+    assert held_by_ais(bucket, ["d/f0015", "d/f0017"]) == {
+        "d/f0015": rewritten, "d/f0017": old["d/f0017"][:100]}
+    assert "d/f0019" not in {e.name for e in bucket.list_all_objects(prefix="d/")}
