@@ -1,0 +1,87 @@
+"""aisfs/request_wait.py: pyfuse3's wait for the next request returns at once when one is queued
+and is trio's own wait otherwise."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pyfuse3
+import pytest
+import trio
+
+from aisfs import request_wait
+
+
+@pytest.fixture
+def trio_waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The fds trio's own wait_readable was asked to wait for."""
+    waited: list[int] = []
+    real = trio.lowlevel.wait_readable
+
+    async def counting(fd: int) -> None:
+        waited.append(fd)
+        await real(fd)
+
+    monkeypatch.setattr(trio.lowlevel, "wait_readable", counting)
+    return waited
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setattr(pyfuse3, "trio", trio)  # (restored after the test)
+    request_wait.install()
+    return pyfuse3.trio  # type: ignore[attr-defined]
+
+
+async def test_a_queued_request_is_taken_without_trio(
+    installed: object, trio_waits: list[int], pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    b.send(b"request")
+    for _ in range(3):  # (the poll object is made once per fd, then reused)
+        await installed.lowlevel.wait_readable(a.fileno())  # type: ignore[attr-defined]
+    assert trio_waits == []
+
+
+async def test_no_request_yet_waits_with_trio_until_one_comes(
+    installed: object, trio_waits: list[int], pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    woke = trio.Event()
+
+    async def waiter() -> None:
+        await installed.lowlevel.wait_readable(a.fileno())  # type: ignore[attr-defined]
+        woke.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(0.05)
+        assert not woke.is_set()
+        assert trio_waits == [a.fileno()]
+        b.send(b"request")
+        with trio.fail_after(5):
+            await woke.wait()
+
+
+async def test_a_device_in_another_state_is_left_to_trio(
+    installed: object, trio_waits: list[int], pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    b.close()  # readable, and hung up: trio's wait decides
+    with trio.fail_after(5):
+        await installed.lowlevel.wait_readable(a.fileno())  # type: ignore[attr-defined]
+    assert trio_waits == [a.fileno()]
+
+
+def test_everything_else_is_trio(installed: object) -> None:
+    assert installed.Lock is trio.Lock  # type: ignore[attr-defined]
+    assert installed.ClosedResourceError is trio.ClosedResourceError  # type: ignore[attr-defined]
+    assert installed.lowlevel.current_task is trio.lowlevel.current_task  # type: ignore[attr-defined]
