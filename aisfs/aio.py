@@ -227,8 +227,8 @@ class AsyncAis:
                                into)
 
     async def open_member_stream(self, bucket: str, key: str) -> MemberStream:
-        """The members of the archive ``key`` (``.tar``, ``.tgz``, ``.tar.gz``) in archive
-        order, from one streamed GET of the whole object."""
+        """The members of the archive ``key`` (a format ``member_stream.streamable`` names) in
+        archive order, from one streamed GET of the whole object."""
         body = await self._run(self.client.open_archive, bucket, key)
         return MemberStream(self, body, MemberScanner(key, body))
 

@@ -162,8 +162,8 @@ class AisApi(Protocol):
         ...
 
     async def open_member_stream(self, bucket: str, key: str) -> MemberStream:
-        """The members of the archive ``key`` (``.tar``, ``.tgz``, ``.tar.gz``: see
-        ``member_stream.streamable``) in archive order, from one read of its stored bytes."""
+        """The members of the archive ``key`` (a format ``member_stream.streamable`` names) in
+        archive order, from one read of its stored bytes."""
         ...
 
     async def get_batch(

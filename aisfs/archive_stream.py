@@ -4,17 +4,20 @@ the whole archive instead of one request each.
 
 When whole-member fetches of one archive come in name order (``SEQUENTIAL_RUN`` in a row, each
 the member after the one before), the archive is read once from its start, member by member
-(``AisApi.open_member_stream``: ``.tar``, ``.tgz``, ``.tar.gz``). The members it reads are held
-until taken (or passed by ``SLACK`` members), at most ``WINDOW`` members ahead of the furthest
-one taken and ``HOLD_BYTES`` in all, within the read-ahead budget; a fetch of a member the
-stream holds takes its bytes, and a fetch of one the stream is about to reach waits for it.
+(``AisApi.open_member_stream``: ``.tar``, ``.tgz``, ``.tar.gz``, ``.tar.lz4``, ``.zip``). The
+members it reads are held until taken (or passed by ``SLACK`` members), at most ``WINDOW``
+members ahead of the furthest one taken and ``HOLD_BYTES`` in all, within the read-ahead budget;
+a fetch of a member the stream holds takes its bytes, and a fetch of one the stream is about to
+reach waits for it.
 Each member held is offered to ``arrived`` (the open-files layer puts it in the kernel's page
 cache and then calls :meth:`ArchiveStreams.stored`, which lets it go from here); its open then
 needs no fetch and reports the readers' progress instead (:meth:`ArchiveStreams.opened`).
 Anything else (a member the stream passed without holding it, one far ahead, a format not
 streamed, another version of the archive) is fetched on its own, as is everything once the
-stream ends. A stream nobody takes from for ``IDLE_SECONDS`` stops, and one whose archive is
-not the version listed never starts.
+stream ends. A stream can end before the archive does (a zip member it cannot read: see
+``zip_members``); the members after its end are fetched on their own, and no new stream of that
+version of the archive starts for them (it would end at the same place). A stream nobody takes
+from for ``IDLE_SECONDS`` stops, and one whose archive is not the version listed never starts.
 
 Name order stands for archive order: the tools that write shards write them in key order. A
 shard written in another order only loses this fast path.
@@ -95,6 +98,10 @@ class ArchiveStreams:
         # (bucket, archive) -> (listing index of the last member fetched, run length so far)
         self._runs: collections.OrderedDict[tuple[str, str], tuple[int, int]] = (
             collections.OrderedDict())
+        # (bucket, archive) -> (the version's tree, listing index of the last member read) of
+        # streams that read to their end: no stream of that version starts for a member after.
+        self._ends: collections.OrderedDict[tuple[str, str], tuple[ArchiveContents, int]] = (
+            collections.OrderedDict())
         self.started = 0  # streams started (for tests and metrics)
         # Told of each member held as it arrives (the open-files layer puts it in the kernel's
         # page cache, then calls ``stored``; the member's open then needs no READ and reports
@@ -112,7 +119,8 @@ class ArchiveStreams:
             self._stop(key, stream)  # another version of the archive
             stream = None
         if stream is None:
-            if not self._in_order(key, index) or not streamable(tree.key):
+            if (not self._in_order(key, index) or not streamable(tree.key)
+                    or self._past_end(key, tree, index)):
                 return None
             stream = self._start(bucket, tree, index)
         while True:
@@ -170,6 +178,16 @@ class ArchiveStreams:
             self._runs.popitem(last=False)
         return run >= SEQUENTIAL_RUN
 
+    def _past_end(self, key: tuple[str, str], tree: ArchiveContents, index: int) -> bool:
+        end = self._ends.get(key)
+        return end is not None and end[0] is tree and index > end[1]
+
+    def _ended(self, key: tuple[str, str], stream: _Stream) -> None:
+        self._ends.pop(key, None)
+        self._ends[key] = (stream.tree, stream.position)
+        if len(self._ends) > _RUNS_KEPT:
+            self._ends.popitem(last=False)
+
     def _start(self, bucket: str, tree: ArchiveContents, first: int) -> _Stream:
         stream = _Stream(tree, first, self.timer())
         key = (bucket, tree.key)
@@ -215,7 +233,9 @@ class ArchiveStreams:
                     log.debug("%s: version %s, listed %s: not streamed", what, source.version,
                               stream.tree.version)
                     return
-                while not self._idle(stream):
+                while True:
+                    if self._idle(stream):
+                        return  # nobody takes from it
                     if self._full(stream):
                         if any(i > stream.position for i in stream.wanted):
                             return  # what is waited for is not where name order says
@@ -227,7 +247,9 @@ class ArchiveStreams:
                         break
                     for item in items:
                         self._hold(bucket, stream, *item)
-                # Read to the end: what is held stays takeable until taken or idle.
+                # Read to the end (or as far as the stream can read): what is held stays
+                # takeable until taken or idle.
+                self._ended(key, stream)
                 stream.ended = True
                 stream.wake_takers()
                 while stream.held and not self._idle(stream):

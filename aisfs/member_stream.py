@@ -1,9 +1,9 @@
 """An archive's members in archive order, read out of the archive's stored bytes (one streamed
 GET of the whole object) instead of one request per member: the framing of ``.tar``, of
-``.tgz``/``.tar.gz`` through zlib and of ``.tar.lz4`` through the ``lz4`` package's frame
-decoder (a C binding: an LZ4 decoder in Python would cost more than the requests it saves).
-``.zip`` is not streamed (its members are fetched one by one: a zip's sizes are in its central
-directory, at the end).
+``.tgz``/``.tar.gz`` through zlib, of ``.tar.lz4`` through the ``lz4`` package's frame
+decoder (a C binding: an LZ4 decoder in Python would cost more than the requests it saves),
+and of ``.zip`` through its local file headers (``zip_members``: the members a zip stream
+cannot read end it early, and those from there on are fetched one by one).
 
 Member names are cleaned as AIS cleans them in its listings (``path.Join(archive, name)``:
 ``./a`` is ``a``; a name that climbs out of the archive is dropped), so a streamed member is
@@ -15,15 +15,20 @@ request that reads it); it keeps no global state.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import zlib
+from typing import Protocol
 
 import lz4.frame
 
 from . import errors
 from .getbatch import Readable, TarReader
+from .zip_members import ZipReader
 
-STREAMED_FORMATS = (".tar", ".tgz", ".tar.gz", ".tar.lz4")
+log = logging.getLogger(__name__)
+
+STREAMED_FORMATS = (".tar", ".tgz", ".tar.gz", ".tar.lz4", ".zip")
 _CHUNK = 256 * 1024
 
 
@@ -95,33 +100,71 @@ class Unlz4:
         return 0
 
 
+class _Members(Protocol):
+    """One archive format's members, one at a time: the next one's (name as stored, size or None
+    when only its data's end tells) or None at the end, then its data read or skipped."""
+
+    def next_header(self) -> tuple[str, int | None] | None: ...
+
+    def read_data(self, max_size: int) -> tuple[bytearray | None, int]: ...
+
+    def skip(self) -> None: ...
+
+
+class _TarMembers:
+    """A TAR's regular members (``getbatch.TarReader``) as :class:`_Members`."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._tar = TarReader(raw)
+        self._size = 0
+
+    def next_header(self) -> tuple[str, int | None] | None:
+        header = self._tar.next_header()
+        if header is not None:
+            self._size = header[1]
+        return header
+
+    def read_data(self, max_size: int) -> tuple[bytearray | None, int]:
+        if self._size > max_size:
+            self._tar.skip(self._size)
+            return None, self._size
+        data = bytearray(self._size)
+        self._tar.read_data(memoryview(data))
+        return data, self._size
+
+    def skip(self) -> None:
+        self._tar.skip(self._size)
+
+
 class MemberScanner:
     """The members of one archive, one at a time, in archive order."""
 
     def __init__(self, archive: str, raw: Readable) -> None:
         self.archive = archive
+        self._zip: ZipReader | None = None
+        self._members: _Members
+        if archive.endswith(".zip"):
+            self._members = self._zip = ZipReader(raw)
+            return
         if archive.endswith((".tgz", ".tar.gz")):
             raw = Gunzip(raw)
         elif archive.endswith(".tar.lz4"):
             raw = Unlz4(raw)
-        self._tar = TarReader(raw)
+        self._members = _TarMembers(raw)
 
     def next(self, max_size: int) -> tuple[str, bytearray | None, int] | None:
         """(listed path, bytes, size) of the next member, None at the end; the bytes are None
         for a member over ``max_size`` (skipped). Raises ``getbatch.TarFormatError`` or
         ``ValueError`` for what is not such an archive, ``Transient`` for an early end."""
         while True:
-            header = self._tar.next_header()
+            header = self._members.next_header()
             if header is None:
+                if self._zip is not None and self._zip.stopped is not None:
+                    log.debug("%s: read in order up to %s", self.archive, self._zip.stopped)
                 return None
-            name, size = header
-            path = member_path(self.archive, name)
+            path = member_path(self.archive, header[0])
             if path is None:
-                self._tar.skip(size)
+                self._members.skip()
                 continue
-            if size > max_size:
-                self._tar.skip(size)
-                return path, None, size
-            data = bytearray(size)
-            self._tar.read_data(memoryview(data))
+            data, size = self._members.read_data(max_size)
             return path, data, size

@@ -168,6 +168,9 @@ class FakeAis:
         self.archive_gate: trio.Event | None = None  # holds archive listings
         self.stream_delay = 0.0  # seconds before each member of a member stream
         self.streamed = 0  # members read by member streams
+        # A member stream ends cleanly after this many members, as one of a zip ends at a member
+        # it cannot read (None: at the archive's end).
+        self.stream_ends_after: int | None = None
         # ---- knobs: Get-Batch
         # Names a batch reports missing though they exist (AIS v1.5.0 does so for an object its
         # map's target does not hold yet, e.g. after a target rejoined, while a GET serves it).
@@ -601,7 +604,8 @@ class FakeMemberStream:
         while read < max_bytes and len(items) < max_members:
             if self.fake.stream_delay:
                 await trio.sleep(self.fake.stream_delay)
-            if self.closed or self.pos >= len(self.members):
+            if (self.closed or self.pos >= len(self.members)
+                    or self.pos == self.fake.stream_ends_after):
                 break
             name, data = self.members[self.pos]
             self.pos += 1

@@ -1,12 +1,15 @@
-"""aisfs/member_stream.py (an archive's members from its stored bytes) and aisfs/archive_stream.py
-(archive-order read-ahead across members), on real tar/tgz bytes and the in-memory AIS."""
+"""aisfs/member_stream.py and aisfs/zip_members.py (an archive's members from its stored bytes)
+and aisfs/archive_stream.py (archive-order read-ahead across members), on real tar, tgz, lz4 and
+zip bytes and the in-memory AIS."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import random
+import struct
 import tarfile
+import zipfile
 
 import lz4.frame
 import pytest
@@ -19,6 +22,7 @@ from aisfs.budget import MemoryBudget
 from aisfs.member_stream import Gunzip, MemberScanner, Unlz4, member_path
 
 from .fakeais import FakeAis
+from .shards import zip_of
 
 KIB = 1024
 
@@ -92,6 +96,140 @@ def test_scanner_errors() -> None:
         MemberScanner("s.tar", BytesReadable(truncated)).next(100_000)
 
 
+def scan_all(key: str, data: bytes, max_size: int = 1 << 30, step: int = 777,
+             ) -> list[tuple[str, bytes | None, int]]:
+    scanner = MemberScanner(key, BytesReadable(data, step))
+    got = []
+    while (item := scanner.next(max_size)) is not None:
+        got.append((item[0], bytes(item[1]) if item[1] is not None else None, item[2]))
+    assert scanner.next(max_size) is None  # the end stays the end
+    return got
+
+
+# In archive order: cleaned and dropped names, nested paths, empty members, directory entries
+# (not members), a member over the scan's limit of 4096 bytes.
+ZIP_MEMBERS = [
+    ("./dot", b"d"), ("empty", b""), ("top/", b""), ("top/mid/", b""),
+    ("top/mid/leaf.txt", b"leaf"), ("../out", b"climbs out"), *MEMBERS[:5],
+    ("big", b"x" * 5000), ("a/empty", b""), ("zz/last.bin", random.Random(9).randbytes(2000)),
+]
+ZIP_EXPECTED = [("dot", b"d", 1), ("empty", b"", 0), ("top/mid/leaf.txt", b"leaf", 4),
+                *[(n, d, len(d)) for n, d in MEMBERS[:5]], ("big", None, 5000),
+                ("a/empty", b"", 0), ("zz/last.bin", ZIP_MEMBERS[-1][1], 2000)]
+
+
+# (method, written to a file that can seek): sizes in the local headers, or in data descriptors
+# after deflated data (stored members with data descriptors end a stream: tested below).
+ZIP_KINDS = [(zipfile.ZIP_STORED, True), (zipfile.ZIP_DEFLATED, True),
+             (zipfile.ZIP_DEFLATED, False)]
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+@pytest.mark.parametrize(("method", "seekable"), ZIP_KINDS)
+def test_zip_members_in_archive_order(method: int, seekable: bool, zip64: bool) -> None:
+    """32-bit or ZIP64 sizes; members handed over in small reads too."""
+    data = zip_of(ZIP_MEMBERS, method=method, seekable=seekable, zip64=zip64)
+    assert scan_all("d/s.zip", data, max_size=4096) == ZIP_EXPECTED
+    assert scan_all("d/s.zip", data, max_size=4096, step=1) == ZIP_EXPECTED
+
+
+@pytest.mark.parametrize(("method", "seekable"), ZIP_KINDS)
+def test_zip_members_bigger_than_the_buffers(method: int, seekable: bool) -> None:
+    """Members of several read chunks and several inflated pieces, kept and passed."""
+    rng = random.Random(5)
+    big = [(f"{i}", rng.randbytes(300 * KIB) + bytes(1500 * KIB)) for i in range(3)]
+    data = zip_of(big, method=method, seekable=seekable)
+    assert scan_all("s.zip", data) == [(n, d, len(d)) for n, d in big]
+    assert scan_all("s.zip", data, max_size=1000) == [(n, None, len(d)) for n, d in big]
+
+
+def set_flags(data: bytes, name: str, flags: int) -> bytes:
+    """``data`` with the general-purpose flags of the local header of ``name`` or'ed."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        at = zf.getinfo(name).header_offset
+    old, = struct.unpack_from("<H", data, at + 6)
+    return data[:at + 6] + struct.pack("<H", old | flags) + data[at + 8:]
+
+
+@pytest.mark.parametrize("case", ["stored with a data descriptor", "bzip2", "encrypted"])
+def test_zip_stream_ends_cleanly_at_a_member_it_cannot_read(case: str) -> None:
+    """What comes before is read; then the end, not an error: the caller fetches the rest
+    another way."""
+    members = [("a", b"a" * 300), ("b", b"bb"), ("c", b"c" * 1000), ("d", b"d")]
+    if case == "stored with a data descriptor":
+        data = zip_of(members, seekable=False, stored=frozenset({"c"}))
+    elif case == "bzip2":
+        mixed = io.BytesIO()
+        with zipfile.ZipFile(mixed, "w") as zf:
+            for name, content in members:
+                zf.writestr(name, content,
+                            zipfile.ZIP_BZIP2 if name == "c" else zipfile.ZIP_DEFLATED)
+        data = mixed.getvalue()
+    else:
+        data = set_flags(zip_of(members), "c", 0x1)
+    scanner = MemberScanner("s.zip", BytesReadable(data))
+    assert [scanner.next(1 << 20) for _ in range(2)] == [
+        ("a", bytearray(b"a" * 300), 300), ("b", bytearray(b"bb"), 2)]
+    assert scanner.next(1 << 20) is None
+    assert scanner.next(1 << 20) is None
+
+
+def central_directory_at(data: bytes) -> int:
+    return data.index(b"PK\x01\x02")
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+@pytest.mark.parametrize("seekable", [True, False])
+def test_a_zip_cut_short_is_an_early_end(seekable: bool, zip64: bool) -> None:
+    """Cut anywhere before its central directory: the members before the cut, then
+    ``Transient`` (never an end, never other bytes)."""
+    data = zip_of(ZIP_MEMBERS, seekable=seekable, zip64=zip64)
+    whole = scan_all("s.zip", data, max_size=4096)
+    for cut in range(0, central_directory_at(data), 7):
+        scanner = MemberScanner("s.zip", BytesReadable(data[:cut]))
+        got = []
+        with pytest.raises(errors.Transient):
+            while (item := scanner.next(4096)) is not None:
+                got.append((item[0], bytes(item[1]) if item[1] is not None else None, item[2]))
+        assert got == whole[:len(got)], cut
+
+
+def flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x55]) + data[at + 1:]
+
+
+def test_zip_corruption_is_a_format_error() -> None:
+    members = [("a", b"a" * 300), ("b", random.Random(4).randbytes(500))]
+    stored = zip_of(members, method=zipfile.ZIP_STORED)
+    deflated = zip_of(members)
+    piped = zip_of(members, seekable=False)
+    descriptor = piped.index(b"PK\x07\x08")
+    second = stored.index(b"PK\x03\x04", 4)
+    for bad in [
+        b"not a zip" * 100,
+        flip(stored, stored.index(b"a" * 300) + 10),  # stored data: CRC-32 mismatch
+        flip(deflated, deflated.index(b"PK\x03\x04", 4) - 3),  # deflate data
+        flip(piped, descriptor + 5),  # a data descriptor's CRC-32
+        flip(piped, descriptor + 9),  # a data descriptor's size
+        stored[:second] + b"XY" + stored[second + 2:],  # a record's signature
+    ]:
+        with pytest.raises(ValueError):
+            scan_all("s.zip", bad)
+
+
+def test_a_single_part_zip_marked_as_split() -> None:
+    data = zip_of(MEMBERS[:3])
+    for marker in (b"PK\x07\x08", b"PK00"):
+        assert scan_all("s.zip", marker + data) == [(n, d, len(d)) for n, d in MEMBERS[:3]]
+
+
+def test_a_zip_without_members() -> None:
+    empty = io.BytesIO()
+    zipfile.ZipFile(empty, "w").close()
+    assert scan_all("s.zip", empty.getvalue()) == []
+    assert scan_all("s.zip", zip_of([("d/", b"")])) == []  # a directory entry only
+
+
 @pytest.mark.parametrize("unpack", [Gunzip, Unlz4])
 def test_decompression_in_small_pieces(unpack: type[Gunzip | Unlz4]) -> None:
     raw = random.Random(7).randbytes(300_000)
@@ -154,18 +292,52 @@ async def test_random_order_does_not_stream(nursery: trio.Nursery) -> None:
     assert streams.started == 0
 
 
-async def test_zip_is_not_streamed(nursery: trio.Nursery) -> None:
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in MEMBERS:
-            zf.writestr(name, data)
+async def test_zip_is_streamed(nursery: trio.Nursery) -> None:
     shard = Shard()
-    shard.fake.store("s.zip", buf.getvalue())
+    shard.fake.store("s.zip", zip_of(MEMBERS))
     tree = await shard.fake.list_archive("b", "s.zip")
     streams = shard.streams(nursery)
-    assert not any([await shard.read(streams, tree, name) for name, _ in MEMBERS])
+    served = [await shard.read(streams, tree, name) for name, _ in MEMBERS]
+    assert served[:2] == [False, False] and all(served[2:])
+    assert shard.fake.calls["open_member_stream"] == 1
+
+
+async def test_a_stream_that_ends_early_is_not_started_again(
+        nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+    """A stream that ends before the archive (a zip member it cannot read): the members after
+    its end are fetched one by one, without a new stream for each run of them (it would read
+    up to the same place again)."""
+    shard = Shard()
+    shard.fake.stream_ends_after = 10
+    tree = await shard.tree()
+    streams = shard.streams(nursery)
+    served = [await shard.read(streams, tree, name) for name, _ in MEMBERS[:10]]
+    assert served == [False] * 2 + [True] * 8
+    await trio.sleep(IDLE_SECONDS * 3)
+    assert not streams._streams  # the ended stream let go of what the reader passed
+    assert not any([await shard.read(streams, tree, name) for name, _ in MEMBERS[10:]])
+    assert streams.started == 1 and shard.fake.calls["open_member_stream"] == 1
+    # Another version of the archive is streamed again.
+    shard.fake.store("s.tar", tar_of(MEMBERS))
+    tree = await shard.tree()
+    served = [await shard.read(streams, tree, name) for name, _ in MEMBERS[:5]]
+    assert served == [False] * 2 + [True] * 3 and streams.started == 2
+
+
+async def test_a_stream_let_go_idle_is_no_end(nursery: trio.Nursery,
+                                             autojump_clock: trio.abc.Clock) -> None:
+    """A stream that stopped because nobody took from it read only part of the archive: the
+    members past it start a new stream."""
+    members = [(f"{i:04d}", bytes([i % 256]) * 10) for i in range(400)]
+    shard = Shard("s.tar", members)
+    tree = await shard.tree()
+    streams = shard.streams(nursery)
+    for name, _ in members[:4]:
+        await shard.read(streams, tree, name)
+    await trio.sleep(IDLE_SECONDS * 3)
+    assert not streams._streams
+    served = [await shard.read(streams, tree, name) for name, _ in members[350:360]]
+    assert served == [False] * 2 + [True] * 8 and streams.started == 2
 
 
 async def test_another_version_is_not_streamed(nursery: trio.Nursery) -> None:
