@@ -19,6 +19,7 @@ number of readers; ``children`` only grows, so offsets into it stay valid.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from .objects import ListEntry
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+# Entries looked at around where a name sorts (listings are in name order but for a few names:
+# an object ``a`` comes after ``a-b``, directories made here come first).
+NEAR = 8
 
 
 def valid_name(name: str) -> bool:
@@ -62,6 +66,20 @@ class Listing:
     fetched_at: float = 0.0
     # Subdirectories whose listing was fetched since this one: a tree walk, from two on.
     subdirs_listed: set[str] = field(default_factory=set)
+
+
+def sort_key(child: Child) -> str:
+    """Where an entry sorts in AIS's name order (a directory as its prefix, ``name/``)."""
+    return child.name + "/" if child.is_dir else child.name
+
+
+def near(children: list[Child], name: str) -> int | None:
+    """Where the entry ``name`` is in a listing's order, or None (a listing holds a name once)."""
+    at = bisect.bisect_left(children, name, key=sort_key)
+    for i in range(max(0, at - NEAR), min(len(children), at + NEAR + 1)):
+        if children[i].name == name:
+            return i
+    return None
 
 
 class ListingStream:

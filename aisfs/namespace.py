@@ -78,7 +78,8 @@ class Namespace:
         self.local = LocalDirs()
         self.dir_listings = Listings(aio, config, spawn, self.cache, self.local, timer)
         self.lookup_listings = LookupListings(self.dir_listings, aio, config, spawn, timer)
-        self.archives = (ArchiveView(aio, self.object_stat, self.cache.mtimes)
+        self.archives = (ArchiveView(aio, self.object_stat, self.cache.mtimes,
+                                     self.dir_listings.cached, spawn)
                          if config.expand_archives else None)
         # Files open for writing here, with their current attributes (see the invariants).
         self.written: FilesBeingWritten = written if written is not None else NothingWritten()

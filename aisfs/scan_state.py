@@ -7,13 +7,12 @@ Concurrency: trio thread only.
 
 from __future__ import annotations
 
-import bisect
 from collections import OrderedDict
 
 import trio
 
 from .cache import Stat
-from .listing import Child, Listing
+from .listing import Child, Listing, near
 
 # Seconds of reading fetched ahead (the reader's rate of opens times this), at least
 # ``MIN_AHEAD`` files: several times AIS's latency to a batch's last file, and far below the
@@ -23,26 +22,14 @@ LOOKAHEAD = 1.0
 MIN_AHEAD = 8
 # How often the rate of opens is measured (seconds).
 RATE_WINDOW = 0.5
-# Entries looked at around where a name sorts (listings are in name order but for a few names:
-# an object ``a`` comes after ``a-b``, directories made here come first).
-NEAR = 8
-
-
-def sort_key(child: Child) -> str:
-    return child.name + "/" if child.is_dir else child.name
-
-
 def is_file(child: Child) -> bool:
     return not child.is_dir and child.stat is not None
 
 
 def position(children: list[Child], name: str) -> int | None:
     """Where the file ``name`` is in a listing's order, or None."""
-    at = bisect.bisect_left(children, name, key=sort_key)
-    for i in range(max(0, at - NEAR), min(len(children), at + NEAR + 1)):
-        if children[i].name == name and is_file(children[i]):
-            return i
-    return None
+    at = near(children, name)
+    return at if at is not None and is_file(children[at]) else None
 
 
 def next_file(children: list[Child], pos: int) -> int | None:

@@ -294,3 +294,34 @@ def test_names_ais_cannot_serve(make_bucket, mount) -> None:  # type: ignore[no-
         (root / "dot").read_bytes()  # AIS lists "./dot" as "dot", then cannot find "dot"
     assert info.value.errno == errno.EIO
     assert m.log().count("skipped 1 member name") == 1
+
+
+def test_shards_used_in_order_have_the_next_one_listed_ahead(  # type: ignore[no-untyped-def]
+    make_bucket, mount,
+) -> None:
+    """``ls`` of one shard after the other: each shard's member listing is asked of AIS once,
+    the next one's while the reader is still at this one (AIS reads a whole shard to list it)."""
+    members = {f"d/{n}": SAMPLES[n] for n in sorted(SAMPLES)[:20]}
+    shards = {f"train/s{i}.tar": shard(".tar", members) for i in range(4)}
+    bucket = make_bucket({**shards, "train/z.txt": b"not an archive"})
+    port = free_port()
+    m = expanded(mount, bucket, "--metrics-addr", f"127.0.0.1:{port}")
+
+    def listed() -> float:
+        return metric(scrape(port), "aisfs_backend_requests_total", kind="list_archive")
+
+    def listed_becomes(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while listed() != count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert listed() == count
+
+    assert sorted(os.listdir(m.path / "train")) == ["s0.tar", "s1.tar", "s2.tar", "s3.tar",
+                                                    "z.txt"]
+    for i in range(4):
+        assert os.listdir(m.path / "train" / f"s{i}.tar" / "d") == sorted(
+            n.removeprefix("d/") for n in members)
+        listed_becomes(min(i + 2, 4))  # this one, and the next one already
+    assert (m.path / "train" / "s3.tar" / "d" / sorted(SAMPLES)[0]).read_bytes() == \
+        SAMPLES[sorted(SAMPLES)[0]]
+    assert listed() == 4

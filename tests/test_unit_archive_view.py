@@ -3,27 +3,87 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
 from aisfs import errors
+from aisfs.aisapi import Spawn
 from aisfs.archive_view import ArchiveView, children
 from aisfs.archives import MemberDir
 from aisfs.cache import Stat
-from aisfs.listing import Child
+from aisfs.listing import Child, Listing
 from aisfs.metacache import ShownMtimes
 
 from .fakeais import FakeAis
 from .shards import tar_of
 
 
-def view_of(fake: FakeAis) -> ArchiveView:
+def view_of(fake: FakeAis, listings: dict[tuple[str, str], Listing] | None = None,
+            spawn: Spawn | None = None) -> ArchiveView:
     async def archive_stat(bucket: str, key: str) -> Stat:
         props = await fake.head_object(bucket, key)
         return Stat(props.size, props.mtime_ns, props.version)
 
-    return ArchiveView(fake, archive_stat, ShownMtimes())
+    def no_spawn(fn: Callable[[], Awaitable[None]]) -> None:
+        raise AssertionError("nothing is to be listed ahead here")
+
+    known = listings or {}
+    return ArchiveView(fake, archive_stat, ShownMtimes(),
+                       lambda bucket, prefix: known.get((bucket, prefix)), spawn or no_spawn)
+
+
+def listing_of(*names: str) -> Listing:
+    """A directory's cached listing: ``names`` (a name ending in "/" is a directory)."""
+    children = [Child(n.rstrip("/"), n.endswith("/"), None if n.endswith("/") else Stat(1, 0))
+                for n in names]
+    return Listing(children, {c.name: c for c in children})
+
+
+async def test_archives_used_in_order_have_the_next_one_listed_ahead() -> None:
+    shards = {f"d/s{i}.tar": tar_of({"a": bytes([i])}) for i in range(4)}
+    fake = FakeAis({**shards, "d/t.txt": b"text"})
+    listings = {("b", "d/"): listing_of("s0.tar", "s1.tar", "s2.tar", "s3.tar", "t.txt", "z/")}
+    async with trio.open_nursery() as nursery:
+        view = view_of(fake, listings, nursery.start_soon)
+        await view.tree("b", "d/s0.tar")  # the first archive, used first: s1 is listed ahead
+        await view.tree("b", "d/s0.tar")
+        await trio.testing.wait_all_tasks_blocked()
+        assert fake.calls["list_archive"] == 2 and view.listed_ahead == 1
+        for i in (1, 2):  # s0 then s1 (then s2): each kept, the next one listed ahead
+            await view.tree("b", f"d/s{i}.tar")
+            await trio.testing.wait_all_tasks_blocked()
+            assert fake.calls["list_archive"] == 3 + i - 1 and view.listed_ahead == 1 + i
+        await view.tree("b", "d/s3.tar")  # the next entry is no archive
+        await trio.testing.wait_all_tasks_blocked()
+        assert fake.calls["list_archive"] == 4 and view.listed_ahead == 3
+
+
+async def test_archives_used_out_of_order_list_nothing_ahead() -> None:
+    shards = {f"d/s{i}.tar": tar_of({"a": bytes([i])}) for i in range(4)}
+    fake = FakeAis(dict(shards))
+    listings = {("b", "d/"): listing_of("s0.tar", "s1.tar", "s2.tar", "s3.tar")}
+    async with trio.open_nursery() as nursery:
+        view = view_of(fake, listings, nursery.start_soon)
+        for key in ("d/s2.tar", "d/s0.tar", "d/s3.tar", "d/s1.tar"):  # s0 second: not first
+            await view.tree("b", key)
+        await trio.testing.wait_all_tasks_blocked()
+    assert fake.calls["list_archive"] == 4 and view.listed_ahead == 0
+
+
+async def test_an_archive_listed_ahead_that_fails_is_left_to_its_use() -> None:
+    fake = FakeAis({"d/s0.tar": tar_of({"a": b"0"}), "d/s1.tar": tar_of({"a": b"1"})})
+    listings = {("b", "d/"): listing_of("s0.tar", "s1.tar", "s2.tar")}  # s2 gone meanwhile
+    async with trio.open_nursery() as nursery:
+        view = view_of(fake, listings, nursery.start_soon)
+        await view.tree("b", "d/s0.tar")  # s1 ahead
+        await view.tree("b", "d/s1.tar")  # s2 ahead: gone
+        await trio.testing.wait_all_tasks_blocked()
+    assert view.listed_ahead == 2
+    with pytest.raises(errors.NotFound):
+        await view.tree("b", "d/s2.tar")
 
 
 async def test_tree_is_listed_once_per_version() -> None:
