@@ -3,7 +3,9 @@ order (``cp -r shard.tar/ out/``, a WebDataset-style loader) gets them from one 
 the whole archive instead of one request each.
 
 When whole-member fetches of one archive come in name order (``SEQUENTIAL_RUN`` in a row, each
-the member after the one before), the archive is read once from its start, member by member
+the member after the one before; or just its first member, when a stream read an archive before
+it in the same directory to its end: a reader going through the shards of a directory), the
+archive is read once from its start, member by member
 (``AisApi.open_member_stream``: ``.tar``, ``.tgz``, ``.tar.gz``, ``.tar.lz4``, ``.zip``). The
 members it reads are held until taken (or passed by ``SLACK`` members), at most ``WINDOW``
 members ahead of the furthest one taken and ``HOLD_BYTES`` in all, within the read-ahead budget;
@@ -38,6 +40,7 @@ from . import errors
 from .aisapi import AisApi, MemberStream, Spawn
 from .archives import ArchiveContents, Member
 from .budget import MemoryBudget
+from .listings import parent_of
 from .member_stream import streamable
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,9 @@ class ArchiveStreams:
         # streams that read to their end: no stream of that version starts for a member after.
         self._ends: collections.OrderedDict[tuple[str, str], tuple[ArchiveContents, int]] = (
             collections.OrderedDict())
+        # (bucket, directory prefix) -> the archive there that a stream last read to its end
+        self._read_through: collections.OrderedDict[tuple[str, str], str] = (
+            collections.OrderedDict())
         self.started = 0  # streams started (for tests and metrics)
         # Told of each member held as it arrives (the open-files layer puts it in the kernel's
         # page cache, then calls ``stored``; the member's open then needs no READ and reports
@@ -119,8 +125,9 @@ class ArchiveStreams:
             self._stop(key, stream)  # another version of the archive
             stream = None
         if stream is None:
-            if (not self._in_order(key, index) or not streamable(tree.key)
-                    or self._past_end(key, tree, index)):
+            in_order = self._in_order(key, index)
+            if (not (in_order or (index == 0 and self._after_read_through(bucket, tree.key)))
+                    or not streamable(tree.key) or self._past_end(key, tree, index)):
                 return None
             stream = self._start(bucket, tree, index)
         while True:
@@ -177,6 +184,12 @@ class ArchiveStreams:
         if len(self._runs) > _RUNS_KEPT:
             self._runs.popitem(last=False)
         return run >= SEQUENTIAL_RUN
+
+    def _after_read_through(self, bucket: str, archive: str) -> bool:
+        """Whether a stream read an archive before this one in its directory to its end: a
+        reader going through the directory's archives in order."""
+        last = self._read_through.get((bucket, parent_of(archive)[0]))
+        return last is not None and last < archive
 
     def _past_end(self, key: tuple[str, str], tree: ArchiveContents, index: int) -> bool:
         end = self._ends.get(key)
@@ -250,6 +263,11 @@ class ArchiveStreams:
                 # Read to the end (or as far as the stream can read): what is held stays
                 # takeable until taken or idle.
                 self._ended(key, stream)
+                where = (bucket, parent_of(stream.tree.key)[0])
+                self._read_through.pop(where, None)
+                self._read_through[where] = stream.tree.key
+                if len(self._read_through) > _RUNS_KEPT:
+                    self._read_through.popitem(last=False)
                 stream.ended = True
                 stream.wake_takers()
                 while stream.held and not self._idle(stream):

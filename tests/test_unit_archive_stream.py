@@ -14,6 +14,7 @@ import zipfile
 import lz4.frame
 import pytest
 import trio
+import trio.testing
 
 from aisfs import errors, getbatch
 from aisfs.archive_stream import IDLE_SECONDS, ArchiveStreams
@@ -300,6 +301,30 @@ async def test_zip_is_streamed(nursery: trio.Nursery) -> None:
     served = [await shard.read(streams, tree, name) for name, _ in MEMBERS]
     assert served[:2] == [False, False] and all(served[2:])
     assert shard.fake.calls["open_member_stream"] == 1
+
+
+async def test_after_an_archive_read_through_the_next_one_streams_from_its_first_member(
+        nursery: trio.Nursery) -> None:
+    """A reader going through a directory's shards: once a stream read one to its end, the
+    first member of a later shard of that directory starts its stream at once; a shard of
+    another directory, or a later member first, still needs a run."""
+    shard = Shard()
+    for key in ("d/s0.tar", "d/s1.tar", "d/s2.tar", "e/s3.tar"):
+        shard.fake.store(key, tar_of(MEMBERS))
+    streams = shard.streams(nursery)
+
+    async def served(key: str, names: list[str]) -> list[bool]:
+        shard.key = key
+        tree = await shard.tree()
+        return [await shard.read(streams, tree, name) for name in names]
+
+    names = [name for name, _ in MEMBERS]
+    assert await served("d/s1.tar", names[:3]) == [False, False, True]  # nothing read through
+    assert await served("d/s0.tar", names) == [False, False] + [True] * (len(names) - 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await served("d/s2.tar", names) == [True] * len(names)
+    assert await served("e/s3.tar", names[:3]) == [False, False, True]
+    assert streams.started == 4
 
 
 async def test_a_stream_that_ends_early_is_not_started_again(
