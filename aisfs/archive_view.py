@@ -96,10 +96,12 @@ class ArchiveView:
         at = None if listing is None else near(listing.children, name)
         if listing is None or at is None:
             return
-        before = _archive_near(listing, at, -1)
-        if (before, last) != (None, None) and (last is None or before != last[len(prefix):]):
-            return  # neither the archive after the last one used nor the first one used
-        following = _archive_near(listing, at, +1)
+        before = _archive_next_to(listing, at, -1)
+        first_used_first = last is None and before is None
+        after_last_used = last is not None and before is not None and prefix + before == last
+        if not (first_used_first or after_last_used):
+            return
+        following = _archive_next_to(listing, at, +1)
         if following is not None and (bucket, prefix + following) not in self.trees:
             self.listed_ahead += 1
             self.spawn(functools.partial(self._list_ahead, bucket, prefix + following))
@@ -145,9 +147,9 @@ class ArchiveView:
                     bucket, contents.key)
 
 
-def _archive_near(listing: Listing, at: int, step: int) -> str | None:
-    """The name of the archive object nearest to position ``at`` of a listing in direction
-    ``step`` (another kind of entry in between: None)."""
+def _archive_next_to(listing: Listing, at: int, step: int) -> str | None:
+    """The name of the entry next to position ``at`` of a listing (``step``: -1 before, +1
+    after) when it is an archive object, else None."""
     i = at + step
     if not 0 <= i < len(listing.children):
         return None
