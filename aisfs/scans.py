@@ -105,8 +105,9 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 # Files up to this size are fetched in batches; a bigger one costs little more as a GET of its own.
 SMALL_FILE = 1 * MIB
-# Files per Get-Batch at most: AIS sends a reply's last ~100 KiB only ~100 ms after the rest, so
-# a batch of tiny files must hold many of them to be worth its wait.
+# Files per Get-Batch at most: AIS sends a reply's last few KiB (its last file, when the files
+# are tiny) only ~100 ms after the rest, so a batch of tiny files must hold many of them to be
+# worth its wait.
 BATCH_FILES = 1024
 # Batches requested ahead of the reader: each one's late tail is hidden behind the others.
 DEPTH = 4
@@ -120,7 +121,7 @@ MAX_SCANS = 64
 # Opens in a row whose file's pages the kernel still holds, after which nothing is fetched.
 CACHED_OPENS = 2
 # Seconds a batch may go without delivering a member before the opens waiting for it give it up:
-# far above AIS's usual gaps (it sends a reply's short members every ~100 ms), far below its own
+# far above AIS's usual gaps (a reply's last few KiB come ~100 ms after the rest), far below its own
 # wait for a target that does not send its part (``get_batch.max_wait``, 20 s per object).
 STALLED = 5.0
 
