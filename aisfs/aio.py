@@ -14,6 +14,7 @@ Object bytes received are reported to the mount's observer, when there is one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import threading
@@ -236,45 +237,56 @@ class AsyncAis:
         self, bucket: str, names: Sequence[str], *, max_size: int,
         sizes: Sequence[int] | None = None, deliver: Callable[[BatchItem], None],
     ) -> None:
-        """See :meth:`aisfs.aisapi.AisApi.get_batch`. One worker thread reads the reply and
-        hands each item over a channel to this task, which calls ``deliver``: so nothing is
-        delivered once this task is cancelled, and the worker stops at its next item.
-        The worker does not wait for the trio thread to take an item (``run_sync_soon``, not
-        ``from_thread.run_sync``): waiting cost a GIL hand-over both ways per file."""
+        """See :meth:`aisfs.aisapi.AisApi.get_batch`. The objects are asked of each owning
+        target in a request of its own, all at once (``AisClient.by_owner``: the owner then
+        assembles its part from its own disks). A worker thread reads each reply and hands its
+        items over a channel to this task, which calls ``deliver``: so nothing is delivered once
+        this task is cancelled, and the workers stop at their next item. A worker does not wait
+        for the trio thread to take an item (``run_sync_soon``, not ``from_thread.run_sync``):
+        waiting cost a GIL hand-over both ways per file. A request that fails raises here once
+        the others ended (their items delivered)."""
+        owned = self.client.by_owner(bucket, names)
+        groups = owned if owned is not None else [list(range(len(names)))]
         token = trio.lowlevel.current_trio_token()
         send, receive = trio.open_memory_channel[BatchItem](math.inf)
         stop = threading.Event()
+        running = len(groups)
 
         def put(item: BatchItem) -> None:  # on the trio thread
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 send.send_nowait(item)  # (the channel is unbounded: never WouldBlock)
 
-        def read_reply() -> None:
-            items = self.client.get_batch(bucket, names, max_size=max_size, sizes=sizes)
+        def read_reply(group: list[int]) -> None:
+            items = self.client.get_batch(
+                bucket, [names[i] for i in group], max_size=max_size,
+                sizes=None if sizes is None else [sizes[i] for i in group],
+                colocated=owned is not None)
             try:
                 for item in items:
                     if stop.is_set():
                         return  # cancelled: the reply's connection is closed
-                    token.run_sync_soon(put, item)
+                    token.run_sync_soon(put, dataclasses.replace(item, index=group[item.index]))
             finally:
                 items.close()
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(send.close)
 
         failure: errors.AisFsError | None = None
 
-        async def worker() -> None:
-            nonlocal failure
+        async def worker(group: list[int]) -> None:
+            nonlocal failure, running
             try:
-                await self._run(read_reply)
+                await self._run(read_reply, group)
             except errors.AisFsError as exc:
-                failure = exc  # raised out of the nursery it would come wrapped in a group
+                # (raised out of the nursery it would come wrapped in a group)
+                failure = failure or exc
             finally:
-                send.close()  # the request failed: no more items
+                running -= 1
+                if not running:
+                    send.close()  # after every item (the items came before the thread's end)
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(worker)
+                for group in groups:
+                    nursery.start_soon(worker, group)
                 async with receive:
                     async for item in receive:
                         deliver(item)

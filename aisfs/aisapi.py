@@ -170,20 +170,22 @@ class AisApi(Protocol):
         self, bucket: str, names: Sequence[str], *, max_size: int,
         sizes: Sequence[int] | None = None, deliver: Callable[[BatchItem], None],
     ) -> None:
-        """Whole objects ``names`` of ``bucket`` in one Get-Batch request.
+        """Whole objects ``names`` of ``bucket`` by Get-Batch: one request per target that owns
+        some of them, when the cluster map tells (each served by that owner), else one.
 
-        ``deliver(item)`` runs in the trio thread once per name, in the order of ``names``, as
-        each object arrives (a file can be served before the batch ends); it returns when every
-        name was delivered. ``item.data`` is the object's bytes, a buffer the receiver keeps;
-        or ``item.error`` is ``NotFound`` (no such object) or ``getbatch.NotFetched`` (the
-        batch did not deliver it: the stream broke or ended early, which AIS does after 8
-        missing objects; or its size is not ``sizes[i]``, a change since the listing, or over
-        ``max_size``): fetch that one on its own. A failure of the request itself raises
-        (``Transient``, ``BucketNotFound``, ...) before anything is delivered. Memory: one
-        object in flight besides what ``deliver`` keeps; the caller bounds a batch by the names
-        it picks (their sizes). Latency: AIS sends a reply's last ~100 KiB ~100 ms after the
-        rest, so a scan keeps the next batch in flight. Not checked: the objects' versions
-        (a Get-Batch reply carries none). Cancelled: no ``deliver`` runs after the cancel."""
+        ``deliver(item)`` runs in the trio thread once per name, as each object arrives (a file
+        can be served before the batch ends), in the order of ``names`` within each request
+        (``item.index`` says which name); it returns when every name was delivered.
+        ``item.data`` is the object's bytes, a buffer the receiver keeps; or ``item.error`` is
+        ``NotFound`` (no such object) or ``getbatch.NotFetched`` (the batch did not deliver it:
+        the stream broke or ended early, which AIS does after 8 missing objects; or its size is
+        not ``sizes[i]``, a change since the listing, or over ``max_size``): fetch that one on
+        its own. A failure of a request itself raises (``Transient``, ``BucketNotFound``, ...)
+        once the other requests ended, nothing of it delivered. Memory: one object in flight
+        per request besides what ``deliver`` keeps; the caller bounds a batch by the names it
+        picks (their sizes). Latency: AIS sends a reply's last few KiB ~100 ms after the rest,
+        so a scan keeps the next batch in flight. Not checked: the objects' versions (a
+        Get-Batch reply carries none). Cancelled: no ``deliver`` runs after the cancel."""
         ...
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:

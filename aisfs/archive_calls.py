@@ -111,18 +111,36 @@ class ArchiveCalls:
             raise errors.BadArchive(f"the member's bytes ended after {got} of {length}", 0, what)
         return memoryview(buf)[:length]
 
+    def by_owner(self, bucket: str, names: Sequence[str]) -> list[list[int]] | None:
+        """The positions of ``names`` grouped by the target that owns each object (the cluster
+        map's HRW), in order within each group; None when the transport has no fresh map."""
+        router = self.transport.router
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            owner = router.owner(Via.READ, self._object_url(bucket, name))
+            if owner is None:
+                return None
+            groups.setdefault(owner.id, []).append(i)
+        return list(groups.values())
+
     def get_batch(
         self, bucket: str, names: Sequence[str], *, max_size: int,
-        sizes: Sequence[int] | None = None,
+        sizes: Sequence[int] | None = None, colocated: bool = False,
     ) -> Generator[getbatch.BatchItem, None, None]:
         """Whole objects ``names`` of ``bucket`` in one Get-Batch request (sent to the proxy,
         which redirects it, body and all, to the target that assembles the batch): one item per
         name, in order, as each arrives (see :func:`aisfs.getbatch.read_batch`). A failure of
         the request itself raises; once the reply streams, failures are per item (NotFetched).
-        The reply's connection is closed at the end, not reused (see the getbatch docstring)."""
+        The reply's connection is closed at the end, not reused (see the getbatch docstring).
+
+        ``colocated``: the objects have one owner (:meth:`by_owner`); the proxy then picks it to
+        assemble the batch (``coloc=1``), which reads them from its own disks instead of
+        receiving them from other targets (measured: ~35% less CPU in AIS for the same objects).
+        """
+        params = {"provider": "ais", "coloc": "1"} if colocated else {"provider": "ais"}
         body = self.transport.download(
             "GET", f"{self._base}/ml/moss/{bucket}", f"ais://{bucket}", kind="get_batch",
-            via=Via.PROXY, params={"provider": "ais"}, json_body=getbatch.objects_request(names),
+            via=Via.PROXY, params=params, json_body=getbatch.objects_request(names),
         )
         items = getbatch.read_batch(body, bucket, names, max_size=max_size, sizes=sizes)
         try:

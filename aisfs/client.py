@@ -104,6 +104,7 @@ class AisClient:
         self.get_member = self.archives.get_member
         self.get_member_range = self.archives.get_member_range
         self.get_batch = self.archives.get_batch
+        self.by_owner = self.archives.by_owner
         self.open_archive = self.archives.open_archive
 
     def close(self) -> None:

@@ -40,7 +40,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 
-from .clustermap import ClusterMap
+from .clustermap import ClusterMap, Node
 
 # Remembered targets per table; the oldest are dropped beyond this (append sessions abandoned
 # on an error never reach their FLUSH).
@@ -116,9 +116,9 @@ class Router:
         with self._lock:
             self.direct = False
 
-    def computed(self, via: Via, url: str) -> str | None:
-        """The object's owner's URL for this request (the proxy's URL with the target's origin),
-        from a fresh map; None when there is none or the request is not an object request."""
+    def owner(self, via: Via, url: str) -> Node | None:
+        """The target that owns the object at ``url``, from a fresh map; None when there is none
+        or the request is not an object request."""
         if via.value not in _COMPUTED or not url.startswith(self._objects):
             return None
         with self._lock:
@@ -127,7 +127,12 @@ class Router:
                     or self._clock() - self._map_at >= MAP_MAX_AGE):
                 return None
         bucket, _, quoted = url[len(self._objects):].partition("/")
-        owner = cluster.owner_of(bucket, urllib.parse.unquote(quoted, errors="surrogateescape"))
+        return cluster.owner_of(bucket, urllib.parse.unquote(quoted, errors="surrogateescape"))
+
+    def computed(self, via: Via, url: str) -> str | None:
+        """The object's owner's URL for this request (the proxy's URL with the target's origin),
+        from a fresh map; None when there is none or the request is not an object request."""
+        owner = self.owner(via, url)
         return None if owner is None else owner.url.rstrip("/") + url[len(self._base):]
 
     def redirect_marker(self) -> dict[str, str]:

@@ -151,3 +151,49 @@ def test_via_proxy_option_sends_nothing_straight(  # type: ignore[no-untyped-def
     c.put_object(b.name, "p", b"22")
     assert spy.origins()[0] == ais_endpoint and "/v1/daemon" not in [p for _, _, p in spy.sent]
     c.close()
+
+
+async def test_get_batch_goes_to_each_owner_with_its_objects(  # type: ignore[no-untyped-def]
+    client: AisClient, make_bucket, monkeypatch: pytest.MonkeyPatch, ais_endpoint: str
+) -> None:
+    """A Get-Batch is one request per owning target (``coloc=1``: the proxy has that owner
+    assemble it); every object is delivered once, with its bytes; with no map, one request."""
+    from aisfs.aio import AsyncAis
+
+    objects = {f"g/{i:03d}": bytes([i]) * (100 + i) for i in range(60)}
+    b = make_bucket(objects)
+    names = list(objects)
+    client.head_object(b.name, names[0])  # the first object request fetches the map
+    cluster = _cluster(client)
+    groups = client.by_owner(b.name, names)
+    assert groups is not None and len(groups) == len(cluster.active) == 2
+    for group in groups:
+        owners = {cluster.owner_of(b.name, names[i]) for i in group}
+        assert len(owners) == 1
+        assert group == sorted(group)
+    assert sorted(i for group in groups for i in group) == list(range(len(names)))
+
+    sent: list[dict[str, Any]] = []
+    real = client.transport._http
+
+    def spy(method: str, url: str, **kw: Any) -> Any:
+        if "/ml/moss/" in url:
+            sent.append(dict(kw.get("params") or {}))
+        return real(method, url, **kw)
+
+    monkeypatch.setattr(client.transport, "_http", spy)
+    got: dict[int, bytes] = {}
+
+    def deliver(item) -> None:  # type: ignore[no-untyped-def]
+        assert item.index not in got and item.data is not None
+        assert item.name == names[item.index]
+        got[item.index] = bytes(item.data)
+
+    await AsyncAis(client).get_batch(b.name, names, max_size=1 << 20, deliver=deliver)
+    assert [got[i] for i in range(len(names))] == list(objects.values())
+    # One request per owner, each asking the proxy to have the target holding its objects
+    # assemble it (checked on the cluster: the redirect then names that owner).
+    assert len(sent) == 2 and all(p.get("coloc") == "1" for p in sent), sent
+
+    client.transport.router.require_proxy()  # no computed owners: one request, as before
+    assert client.by_owner(b.name, names) is None
