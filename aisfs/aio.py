@@ -245,6 +245,8 @@ class AsyncAis:
         for the trio thread to take an item (``run_sync_soon``, not ``from_thread.run_sync``):
         waiting cost a GIL hand-over both ways per file. A request that fails raises here once
         the others ended (their items delivered)."""
+        if not names:
+            return
         owned = self.client.by_owner(bucket, names)
         groups = owned if owned is not None else [list(range(len(names)))]
         token = trio.lowlevel.current_trio_token()
