@@ -114,10 +114,12 @@ class ArchiveCalls:
     def by_owner(self, bucket: str, names: Sequence[str]) -> list[list[int]] | None:
         """The positions of ``names`` grouped by the target that owns each object (the cluster
         map's HRW), in order within each group; None when the transport has no fresh map."""
-        router = self.transport.router
+        cluster = self.transport.router.fresh_map()
+        if cluster is None:
+            return None
         groups: dict[str, list[int]] = {}
         for i, name in enumerate(names):
-            owner = router.owner(Via.READ, self._object_url(bucket, name))
+            owner = cluster.owner_of(bucket, name)
             if owner is None:
                 return None
             groups.setdefault(owner.id, []).append(i)

@@ -40,7 +40,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 
-from .clustermap import ClusterMap, Node
+from .clustermap import ClusterMap
 
 # Remembered targets per table; the oldest are dropped beyond this (append sessions abandoned
 # on an error never reach their FLUSH).
@@ -116,23 +116,26 @@ class Router:
         with self._lock:
             self.direct = False
 
-    def owner(self, via: Via, url: str) -> Node | None:
-        """The target that owns the object at ``url``, from a fresh map; None when there is none
-        or the request is not an object request."""
-        if via.value not in _COMPUTED or not url.startswith(self._objects):
-            return None
+    def fresh_map(self) -> ClusterMap | None:
+        """The cluster map, when targets may be computed from it (direct routing on, the map
+        fresh and not outdated); else None."""
         with self._lock:
             cluster = self.cluster
             if (not self.direct or cluster is None or self._outdated
                     or self._clock() - self._map_at >= MAP_MAX_AGE):
                 return None
-        bucket, _, quoted = url[len(self._objects):].partition("/")
-        return cluster.owner_of(bucket, urllib.parse.unquote(quoted, errors="surrogateescape"))
+            return cluster
 
     def computed(self, via: Via, url: str) -> str | None:
         """The object's owner's URL for this request (the proxy's URL with the target's origin),
         from a fresh map; None when there is none or the request is not an object request."""
-        owner = self.owner(via, url)
+        if via.value not in _COMPUTED or not url.startswith(self._objects):
+            return None
+        cluster = self.fresh_map()
+        if cluster is None:
+            return None
+        bucket, _, quoted = url[len(self._objects):].partition("/")
+        owner = cluster.owner_of(bucket, urllib.parse.unquote(quoted, errors="surrogateescape"))
         return None if owner is None else owner.url.rstrip("/") + url[len(self._base):]
 
     def redirect_marker(self) -> dict[str, str]:

@@ -243,6 +243,10 @@ def test_decompression_in_small_pieces(unpack: type[Gunzip | Unlz4]) -> None:
     assert bytes(out) == raw
 
 
+# Members enough for a stream's window to matter.
+MANY = [(f"{i:04d}", bytes([i % 256]) * 10) for i in range(400)]
+
+
 class Shard:
     def __init__(self, key: str = "s.tar", members: list[tuple[str, bytes]] = MEMBERS) -> None:
         self.fake = FakeAis()
@@ -353,7 +357,7 @@ async def test_a_stream_let_go_idle_is_no_end(nursery: trio.Nursery,
                                              autojump_clock: trio.abc.Clock) -> None:
     """A stream that stopped because nobody took from it read only part of the archive: the
     members past it start a new stream."""
-    members = [(f"{i:04d}", bytes([i % 256]) * 10) for i in range(400)]
+    members = MANY
     shard = Shard("s.tar", members)
     tree = await shard.tree()
     streams = shard.streams(nursery)
@@ -391,7 +395,7 @@ async def test_a_reader_that_stops_lets_the_stream_go(nursery: trio.Nursery,
 
 
 async def test_a_member_far_ahead_is_fetched_on_its_own(nursery: trio.Nursery) -> None:
-    members = [(f"{i:04d}", bytes([i % 256]) * 10) for i in range(400)]
+    members = MANY
     shard = Shard("s.tar", members)
     tree = await shard.tree()
     streams = shard.streams(nursery)
