@@ -29,7 +29,7 @@ from .client import AisClient
 from .getbatch import BatchItem, TarFormatError
 from .httpreply import Download
 from .inline import InlineRequests
-from .member_stream import MemberScanner
+from .member_stream import MemberScanner, needs_central_directory
 from .objects import Body, ListEntry, ListPage, ObjectProps, RangeResult, RecvBuffer
 from .observer import Observer
 
@@ -227,11 +227,21 @@ class AsyncAis:
         return await self._run(self.client.get_member_range, bucket, key, member, start, length,
                                into)
 
-    async def open_member_stream(self, bucket: str, key: str) -> MemberStream:
-        """The members of the archive ``key`` (a format ``member_stream.streamable`` names) in
-        archive order, from one streamed GET of the whole object."""
+    async def open_member_stream(self, bucket: str, key: str, size: int) -> MemberStream:
+        """The members of the ``size``-byte archive ``key`` (a format
+        ``member_stream.streamable`` names) in archive order, from one streamed GET of the
+        whole object (a zip's central directory read first)."""
+        central, version = None, ""
+        if needs_central_directory(key):
+            central, version = await self._run(self.client.zip_central_directory, bucket, key,
+                                               size)
         body = await self._run(self.client.open_archive, bucket, key)
-        return MemberStream(self, body, MemberScanner(key, body))
+        stream = MemberStream(self, body, MemberScanner(key, body, central))
+        if central is not None and stream.version != version:
+            stream.close()
+            raise errors.Transient("the archive changed after its central directory was read",
+                                   0, f"ais://{bucket}/{key}")
+        return stream
 
     async def get_batch(
         self, bucket: str, names: Sequence[str], *, max_size: int,

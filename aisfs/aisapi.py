@@ -161,9 +161,10 @@ class AisApi(Protocol):
         ``into`` when it is big enough)."""
         ...
 
-    async def open_member_stream(self, bucket: str, key: str) -> MemberStream:
-        """The members of the archive ``key`` (a format ``member_stream.streamable`` names) in
-        archive order, from one read of its stored bytes."""
+    async def open_member_stream(self, bucket: str, key: str, size: int) -> MemberStream:
+        """The members of the ``size``-byte archive ``key`` (a format
+        ``member_stream.streamable`` names) in archive order, from one read of its stored bytes
+        (a zip's members as far as its central directory confirms them)."""
         ...
 
     async def get_batch(

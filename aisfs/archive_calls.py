@@ -1,6 +1,7 @@
 """The AIS REST API's calls for archives and Get-Batch: an archive's listing with its members,
 one member whole (``archpath``) or a range of it, whole objects in one Get-Batch request
-(``/v1/ml/moss``), and an archive's stored bytes as a stream; blocking calls, as in ``client.py``.
+(``/v1/ml/moss``), and an archive's stored bytes as a stream (with a zip's central directory);
+blocking calls, as in ``client.py``.
 
 :class:`ArchiveCalls` is part of the :class:`~aisfs.client.AisClient`, which makes it with its
 transport and URLs and offers its methods as its own. It knows these endpoints' parameters and
@@ -18,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from . import errors, getbatch
+from . import errors, getbatch, zip_members
 from .httpreply import Download
-from .objects import LIST_PROPS, TIME_FORMAT, RecvBuffer
+from .objects import LIST_PROPS, TIME_FORMAT, RangeResult, RecvBuffer
 from .routing import Via
 from .transport import Transport
 
@@ -32,9 +33,11 @@ class ArchiveCalls:
 
     def __init__(
         self, transport: Transport, base: str, bucket_url: Callable[[str], str],
-        object_url: Callable[[str, str], str],
+        object_url: Callable[[str, str], str], get_range: Callable[[str, str, int, int],
+                                                                   RangeResult],
     ) -> None:
         self.transport = transport
+        self._get_range = get_range  # an object's bytes [start, start+length): the client's
         self._base = base  # the cluster's REST API: <endpoint>/v1
         self._bucket_url = bucket_url
         self._object_url = object_url
@@ -186,6 +189,29 @@ class ArchiveCalls:
             raise item.error  # NotFound (a __404__ entry), or getbatch.NotFetched
         assert item.data is not None
         return item.data
+
+    def zip_central_directory(
+        self, bucket: str, key: str, size: int
+    ) -> tuple[dict[int, zip_members.CentralEntry], str]:
+        """The central directory of the ``size``-byte zip archive ``key`` (one ranged GET of
+        its end, mostly) and the version it is of. ``BadArchive`` when it has none that
+        ``zip_members`` can use; ``Transient`` when the archive changed between two reads."""
+        versions: set[str] = set()
+
+        def read(start: int, length: int) -> bytes:
+            got = self._get_range(bucket, key, start, length)
+            versions.add(got.version)
+            return bytes(got.data)
+
+        try:
+            central = zip_members.central_directory(read, size)
+        except zip_members.ZipFormatError as exc:
+            raise errors.BadArchive(f"no usable central directory: {exc}", 0,
+                                    f"ais://{bucket}/{key}") from None
+        if len(versions) != 1:
+            raise errors.Transient("the archive changed while its central directory was read",
+                                   0, f"ais://{bucket}/{key}")
+        return central, versions.pop()
 
     def open_archive(self, bucket: str, key: str) -> Download:
         """The archive object's stored bytes as a stream (one GET of the whole object, read by

@@ -241,7 +241,8 @@ class ArchiveStreams:
         what = f"ais://{bucket}/{stream.tree.key}"
         try:
             with stream.scope:
-                source = await self.aio.open_member_stream(bucket, stream.tree.key)
+                source = await self.aio.open_member_stream(bucket, stream.tree.key,
+                                                            stream.tree.size)
                 if source.version != stream.tree.version:
                     log.debug("%s: version %s, listed %s: not streamed", what, source.version,
                               stream.tree.version)
@@ -283,8 +284,8 @@ class ArchiveStreams:
     def _hold(self, bucket: str, stream: _Stream, path: str, data: bytearray | None,
               size: int) -> None:
         index = stream.tree.order.get(path)
-        if index is None:
-            return  # not a member the mount shows
+        if index is None or path in stream.tree.duplicates:
+            return  # not a member the mount shows, or one that AIS serves another copy of
         stream.position = max(stream.position, index)
         if (data is not None and path not in stream.held and index >= stream.taken - SLACK
                 and self.budget.try_reserve(size)):

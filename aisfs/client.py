@@ -99,13 +99,14 @@ class AisClient:
         self._s3 = config.endpoint.rstrip("/") + "/s3"  # AIS's S3 API: only to list parts
         # Archives' members and Get-Batch: their own module, the same transport and URLs.
         self.archives = ArchiveCalls(self.transport, self._base, self._bucket_url,
-                                     self.object_url)
+                                     self.object_url, self.get_range)
         self.list_archive = self.archives.list_archive
         self.get_member = self.archives.get_member
         self.get_member_range = self.archives.get_member_range
         self.get_batch = self.archives.get_batch
         self.by_owner = self.archives.by_owner
         self.open_archive = self.archives.open_archive
+        self.zip_central_directory = self.archives.zip_central_directory
 
     def close(self) -> None:
         self.transport.close()

@@ -2,8 +2,9 @@
 GET of the whole object) instead of one request per member: the framing of ``.tar``, of
 ``.tgz``/``.tar.gz`` through zlib, of ``.tar.lz4`` through the ``lz4`` package's frame
 decoder (a C binding: an LZ4 decoder in Python would cost more than the requests it saves),
-and of ``.zip`` through its local file headers (``zip_members``: the members a zip stream
-cannot read end it early, and those from there on are fetched one by one).
+and of ``.zip`` through its local file headers, each held against the central directory
+(``zip_members``: the members a zip stream cannot read, or that the central directory does not
+confirm, end it early, and those from there on are fetched one by one).
 
 Member names are cleaned as AIS cleans them in its listings (``path.Join(archive, name)``:
 ``./a`` is ``a``; a name that climbs out of the archive is dropped), so a streamed member is
@@ -24,7 +25,7 @@ import lz4.frame
 
 from . import errors
 from .getbatch import Readable, TarReader
-from .zip_members import ZipReader
+from .zip_members import CentralEntry, ZipReader
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,12 @@ _CHUNK = 256 * 1024
 def streamable(key: str) -> bool:
     """Whether the archive ``key`` can be read in archive order from its stored bytes."""
     return key.endswith(STREAMED_FORMATS)
+
+
+def needs_central_directory(key: str) -> bool:
+    """Whether :class:`MemberScanner` reads the archive ``key`` against its central directory
+    (``zip_members.central_directory``)."""
+    return key.endswith(".zip")
 
 
 def member_path(archive: str, name: str) -> str | None:
@@ -139,12 +146,15 @@ class _TarMembers:
 class MemberScanner:
     """The members of one archive, one at a time, in archive order."""
 
-    def __init__(self, archive: str, raw: Readable) -> None:
+    def __init__(self, archive: str, raw: Readable,
+                 central: dict[int, CentralEntry] | None = None) -> None:
         self.archive = archive
         self._zip: ZipReader | None = None
         self._members: _Members
-        if archive.endswith(".zip"):
-            self._members = self._zip = ZipReader(raw)
+        if needs_central_directory(archive):
+            if central is None:
+                raise ValueError(f"{archive}: a zip is read against its central directory")
+            self._members = self._zip = ZipReader(raw, central)
             return
         if archive.endswith((".tgz", ".tar.gz")):
             raw = Gunzip(raw)

@@ -1,6 +1,12 @@
 """The members of a ``.zip`` archive in archive order, read from its stored bytes front to back:
 one local file header after the other, up to the central directory. No I/O of its own: the
-bytes come from any object with ``readinto``.
+bytes come from any object with ``readinto``, the central directory through a callback.
+
+AIS serves a member by the name, and from the place, that the central directory gives it; a
+local header can say otherwise (a zip patched or built to mislead). So the reader holds each
+local header against the central directory's entry for the same offset (:func:`central_directory`
+reads it from the archive's end): a member whose name, size or CRC-32 differs there ends the
+stream, as a member it cannot read does, and is not served under the local header's word.
 
 A zip's authoritative sizes are in its central directory, at the end, but the local header in
 front of each member carries them too, as nearly every writer leaves it (a writer to a seekable
@@ -32,6 +38,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
+from typing import NamedTuple
 
 from . import errors
 from .getbatch import Readable
@@ -67,6 +75,131 @@ _UNREADABLE_FLAGS = (_FLAG_ENCRYPTED | _FLAG_PATCHED | _FLAG_STRONG_ENCRYPTION
 STORED = 0
 DEFLATED = 8
 
+# signature, disk, disk of the central directory, entries on this disk, entries, central
+# directory size, its offset, comment length
+_END = struct.Struct("<4sHHHHIIH")
+_END_SIGNATURE = b"PK\x05\x06"
+# signature, disk of the ZIP64 end record, its offset, disks
+_ZIP64_LOCATOR = struct.Struct("<4sIQI")
+# signature, record size, made by, needed, disk, disk of the central directory, entries on this
+# disk, entries, central directory size, its offset
+_ZIP64_END = struct.Struct("<4sQHHIIQQQQ")
+# signature, made by, needed, flags, method, time, date, CRC-32, compressed size, uncompressed
+# size, name length, extra length, comment length, disk, internal and external attributes,
+# local header offset
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
+_CENTRAL_SIGNATURE = b"PK\x01\x02"
+_MAX_COMMENT = 0xFFFF
+# A central directory bigger than this is not read (~1 million members): its archive is read
+# member by member instead.
+MAX_CENTRAL_DIRECTORY = 64 * 1024 * 1024
+_TAIL = 256 * 1024  # the end of the archive read first: its central directory, mostly
+
+
+class CentralEntry(NamedTuple):
+    """What the central directory says of the member whose local header is at an offset."""
+
+    name: str  # the stored bytes taken as UTF-8 (undecodable bytes kept as surrogates)
+    size: int
+    crc: int
+
+
+ReadRange = Callable[[int, int], bytes]  # (start, length) -> the archive's bytes there
+
+
+def central_directory(read: ReadRange, size: int) -> dict[int, CentralEntry]:
+    """The central directory of the ``size``-byte zip that ``read`` reads: local header offset
+    -> entry. ``ZipFormatError`` when there is none this reader can use (none found, spanning
+    disks, bigger than ``MAX_CENTRAL_DIRECTORY``)."""
+    tail_start = max(0, size - _TAIL)
+    tail = read(tail_start, size - tail_start)
+    end = _find_end(tail)
+    _, disk, cd_disk, _, entries, cd_size, cd_offset, _ = _END.unpack_from(tail, end)
+    end += tail_start
+    locator = end - tail_start - _ZIP64_LOCATOR.size
+    if locator >= 0 and tail[locator:locator + 4] == b"PK\x06\x07":
+        _, _, end, _ = _ZIP64_LOCATOR.unpack_from(tail, locator)
+        record = _bytes_at(read, tail, tail_start, end, _ZIP64_END.size)
+        (signature, _, _, _, disk, cd_disk, _, entries, cd_size,
+         cd_offset) = _ZIP64_END.unpack(record)
+        if signature != b"PK\x06\x06":
+            raise ZipFormatError("no ZIP64 end of central directory record where its locator says")
+    if disk or cd_disk:
+        raise ZipFormatError("an archive spanning disks")
+    if cd_size > MAX_CENTRAL_DIRECTORY:
+        raise ZipFormatError(f"a {cd_size}-byte central directory")
+    # Bytes before the archive proper (a zip appended to something else): its offsets count
+    # from its own start, which the central directory's place tells, unless a central directory
+    # header is found where the offset says all the same (as Go's archive/zip decides).
+    base = end - cd_size - cd_offset
+    if base < 0:
+        raise ZipFormatError("the central directory is not where the end record says")
+    if base and _bytes_at(read, tail, tail_start, cd_offset, 4) == _CENTRAL_SIGNATURE:
+        base = 0
+    directory = _bytes_at(read, tail, tail_start, base + cd_offset, cd_size)
+    found: dict[int, CentralEntry] = {}
+    pos = 0
+    for _ in range(entries):
+        if directory[pos:pos + 4] != _CENTRAL_SIGNATURE or pos + _CENTRAL.size > len(directory):
+            raise ZipFormatError(f"no central directory header at its byte {pos}")
+        (_, _, _, _, _, _, _, crc, csize, usize, name_len, extra_len, comment_len, _, _, _,
+         offset) = _CENTRAL.unpack_from(directory, pos)
+        pos += _CENTRAL.size
+        name = bytes(directory[pos:pos + name_len]).decode("utf-8", "surrogateescape")
+        extra = bytes(directory[pos + name_len:pos + name_len + extra_len])
+        pos += name_len + extra_len + comment_len
+        usize, _, offset = _zip64_central(extra, usize, csize, offset)
+        found[base + offset] = CentralEntry(name, usize, crc)
+    return found
+
+
+def _find_end(tail: bytes) -> int:
+    """Where the end of central directory record starts in ``tail``: at the last signature, whose
+    comment must fit in what follows (as Go's ``archive/zip`` finds it)."""
+    pos = tail.rfind(_END_SIGNATURE, max(0, len(tail) - _END.size - _MAX_COMMENT),
+                     max(0, len(tail) - _END.size + 4))
+    if pos < 0:
+        raise ZipFormatError("no end of central directory record")
+    comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
+    if pos + _END.size + comment_len > len(tail):
+        raise ZipFormatError("the end of central directory record's comment is cut short")
+    return pos
+
+
+def _bytes_at(read: ReadRange, tail: bytes, tail_start: int, start: int, length: int) -> bytes:
+    """The archive's ``length`` bytes at ``start``: from the tail already read where it holds
+    them, else read."""
+    if start >= tail_start:
+        got = tail[start - tail_start:start - tail_start + length]
+    else:
+        got = read(start, length)
+    if len(got) != length:
+        raise ZipFormatError(f"{length} bytes at {start} are past the archive's end")
+    return got
+
+
+def _zip64_central(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    """(uncompressed size, compressed size, local header offset) of a central directory entry:
+    those of 0xFFFFFFFF come from its ZIP64 extra field, in this order."""
+    if _SIZE_IN_ZIP64 not in (usize, csize, offset):
+        return usize, csize, offset
+    pos = 0
+    while pos + 4 <= len(extra):
+        kind, length = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        if kind != _ZIP64_EXTRA:
+            continue
+        values = list(struct.unpack_from(f"<{len(body) // 8}Q", body))
+        fields = [usize, csize, offset]
+        for i, value in enumerate(fields):
+            if value == _SIZE_IN_ZIP64:
+                if not values:
+                    raise ZipFormatError("a ZIP64 extra field too short for its entry")
+                fields[i] = values.pop(0)
+        return fields[0], fields[1], fields[2]
+    raise ZipFormatError("values of 0xFFFFFFFF without a ZIP64 extra field")
+
 
 class ZipFormatError(ValueError):
     """The bytes are not the zip expected (signatures, sizes, checksums, deflate data)."""
@@ -81,6 +214,12 @@ class _Input:
         self._buf = bytearray(_CHUNK)
         self._pos = 0
         self._end = 0
+        self._base = 0  # the stream's offset of ``_buf[0]``
+
+    @property
+    def offset(self) -> int:
+        """The stream's offset of the next byte not consumed."""
+        return self._base + self._pos
 
     def _fill(self, n: int) -> None:
         """At least ``n`` (<= ``_CHUNK``) bytes buffered, fewer only at the stream's end."""
@@ -89,6 +228,7 @@ class _Input:
         if self._pos:
             left = self._end - self._pos
             self._buf[:left] = self._buf[self._pos:self._end]
+            self._base += self._pos
             self._pos, self._end = 0, left
         while self._end < n:
             got = self._raw.readinto(memoryview(self._buf)[self._end:])
@@ -130,6 +270,7 @@ class _Input:
             if not n:
                 raise errors.Transient("the archive ended in the middle of a member")
             got += n
+            self._base += n  # (consumed, never in the buffer: which is empty)
 
     def skip(self, n: int) -> None:
         while n:
@@ -140,12 +281,16 @@ class _Input:
 
 class ZipReader:
     """Sequential reader of a zip's members: :meth:`next_header`, then :meth:`read_data` or
-    :meth:`skip` for that member. Invariants: the input stands at the start of the current
-    member's data while ``_current`` is set, else at the next record's signature; ``stopped`` is
-    set once the end or a member this reader cannot read was reached."""
+    :meth:`skip` for that member. ``central`` is the archive's :func:`central_directory`.
+    Invariants: the input stands at the start of the current member's data while ``_current``
+    is set, else at the next record's signature; ``_entry`` is the central directory's entry of
+    the current member; ``stopped`` is set once the end, or a member this reader cannot read or
+    that the central directory does not confirm, was reached."""
 
-    def __init__(self, raw: Readable) -> None:
+    def __init__(self, raw: Readable, central: dict[int, CentralEntry]) -> None:
         self._in = _Input(raw)
+        self._central = central
+        self._entry = CentralEntry("", 0, 0)
         self._first = True
         self._current = False
         self._method = STORED
@@ -183,10 +328,17 @@ class ZipReader:
         return None
 
     def _local_header(self) -> tuple[str, int | None] | None:
+        offset = self._in.offset
         (_, _, flags, method, _, _, crc, csize, usize, name_len,
          extra_len) = _HEADER.unpack(self._in.read(_HEADER.size))
         name = self._in.read(name_len).decode("utf-8", "surrogateescape")
         extra = self._in.read(extra_len)
+        entry = self._central.get(offset)
+        if entry is None or entry.name != name:
+            self.stopped = (f"{name!r} at byte {offset}: the central directory has "
+                            f"{entry.name if entry else None!r} there")
+            return None
+        self._entry = entry
         if flags & _UNREADABLE_FLAGS:
             self.stopped = f"{name!r} is encrypted or patched (flags {flags:#x})"
             return None
@@ -202,6 +354,9 @@ class ZipReader:
             self._csize, self._usize = _zip64_sizes(extra, csize, usize)
             if method == STORED and self._csize != self._usize:
                 raise ZipFormatError(f"{name!r}: stored, {self._csize} bytes for {self._usize}")
+            if (self._usize, crc) != (entry.size, entry.crc):
+                self.stopped = f"{name!r}: the central directory gives another size or CRC-32"
+                return None
         self._method = method
         self._crc = crc
         self._current = True
@@ -209,7 +364,7 @@ class ZipReader:
 
     def read_data(self, max_size: int) -> tuple[bytearray | None, int]:
         """The current member's (bytes, size); the bytes are None when it is over
-        ``max_size`` (passed, not kept)."""
+        ``max_size``, or not what the central directory says (passed, not kept)."""
         self._current = False
         size = self._usize
         if size is None:
@@ -286,6 +441,9 @@ class ZipReader:
                 else:
                     kept = None
         self._pass_descriptor(crc, consumed, size)
+        if (size, crc) != (self._entry.size, self._entry.crc):
+            self.stopped = "a member that the central directory gives another size or CRC-32"
+            return None, size  # not served from here: fetched on its own
         return kept, size
 
     def _pass_descriptor(self, crc: int, csize: int, usize: int) -> None:

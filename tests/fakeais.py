@@ -538,7 +538,7 @@ class FakeAis:
         buf[:length] = whole[start:start + length]
         return memoryview(buf)[:length]
 
-    async def open_member_stream(self, bucket: str, key: str) -> FakeMemberStream:
+    async def open_member_stream(self, bucket: str, key: str, size: int) -> FakeMemberStream:
         """The archive's members in archive order, as of now (later changes are not seen)."""
         self._enter("open_member_stream")
         self.log.append(("open_member_stream", bucket, key))

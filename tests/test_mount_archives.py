@@ -10,6 +10,7 @@ import random
 import subprocess
 import tarfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -270,6 +271,63 @@ def test_cp_r_of_a_zip_written_to_a_pipe(  # type: ignore[no-untyped-def]
     after = len(names) - stop
     # One stream, not started again for the members past its end.
     assert streamed == 1 and after <= one_by_one <= after + 10, (streamed, one_by_one)
+
+
+def test_a_zip_whose_local_header_names_another_member(  # type: ignore[no-untyped-def]
+    make_bucket, mount, tmp_path: Path,
+) -> None:
+    """AIS serves members by the central directory; a local header (of member 200) naming the
+    next member of the same size does not make the stream serve its bytes under that name: the
+    stream ends there, and the members from there on are fetched one by one, each byte-exact."""
+    names = sorted(SAMPLES)
+    at = 200
+    assert len(SAMPLES[names[at]]) == len(SAMPLES[names[at + 2]]) and len(names[at]) == len(
+        names[at + 2])
+    data = zip_of([(n, SAMPLES[n]) for n in names])
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        name_at = zf.getinfo(names[at]).header_offset + 30
+    data = data[:name_at] + names[at + 2].encode() + data[name_at + len(names[at]):]
+    streamed, one_by_one, _ = cp_r_counts(make_bucket, mount, tmp_path, "misnamed.zip", data)
+    after = len(names) - at
+    assert streamed == 1 and after <= one_by_one <= after + 10, (streamed, one_by_one)
+
+
+def test_a_name_stored_twice_is_the_first_copy_even_when_streamed(  # type: ignore[no-untyped-def]
+    make_bucket, mount, tmp_path: Path,
+) -> None:
+    """A tar holding a member twice (the second copy right after the first, bigger): AIS serves
+    the first; so does the mount, during and after a streamed ``cp -r``."""
+    names = sorted(SAMPLES)
+    twice = names[100]
+    copies = [(n, SAMPLES[n]) for n in names[:101]] + [(twice, b"second copy " * 100)] + [
+        (n, SAMPLES[n]) for n in names[101:]]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in copies:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    bucket = make_bucket({"twice.tar": buf.getvalue()})
+    m = expanded(mount, bucket)
+    subprocess.run(["cp", "-r", str(m.path / "twice.tar"), str(tmp_path / "out")], check=True,
+                   timeout=120)
+    for name in names:
+        assert (tmp_path / "out" / name).read_bytes() == SAMPLES[name], name
+    assert (m.path / "twice.tar" / twice).read_bytes() == SAMPLES[twice]
+
+
+@pytest.mark.expect_log(r"WARNING aisfs\.archives: .*/latin\.zip: skipped 1 member name")
+def test_a_zip_member_name_that_is_not_utf8(  # type: ignore[no-untyped-def]
+    make_bucket, mount, tmp_path: Path,
+) -> None:
+    """Skipped with one warning, and the stream goes on past it."""
+    names = sorted(SAMPLES)
+    members = [(n, SAMPLES[n]) for n in names[:300]] + [("caf\xe9.jpg", b"latin-1 name")] + [
+        (n, SAMPLES[n]) for n in names[300:]]
+    data = zip_of(members).replace("caf\xe9".encode(), b"caf\xe9_")  # the same length
+    assert data.count(b"caf\xe9_") == 2  # local header and central directory
+    streamed, one_by_one, _ = cp_r_counts(make_bucket, mount, tmp_path, "latin.zip", data)
+    assert streamed == 1 and one_by_one <= 10, (streamed, one_by_one)
 
 
 @pytest.mark.expect_log(

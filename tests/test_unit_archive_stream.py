@@ -21,6 +21,7 @@ from aisfs.archive_stream import IDLE_SECONDS, ArchiveStreams
 from aisfs.archives import ArchiveContents, Member
 from aisfs.budget import MemoryBudget
 from aisfs.member_stream import Gunzip, MemberScanner, Unlz4, member_path
+from aisfs.zip_members import CentralEntry, ZipFormatError, central_directory
 
 from .fakeais import FakeAis
 from .shards import zip_of
@@ -41,6 +42,18 @@ class BytesReadable:
         buf[:n] = self.data[self.pos:self.pos + n]
         self.pos += n
         return n
+
+
+def scanner_of(key: str, data: bytes, step: int = 1000, whole: bytes | None = None,
+               ) -> MemberScanner:
+    """A scanner of ``data``; a zip's against the central directory of ``whole`` (default:
+    ``data``)."""
+    central = None
+    if key.endswith(".zip"):
+        source = data if whole is None else whole
+        central = central_directory(lambda start, length: source[start:start + length],
+                                    len(source))
+    return MemberScanner(key, BytesReadable(data, step), central)
 
 
 def tar_of(members: list[tuple[str, bytes]], gz: bool = False) -> bytes:
@@ -99,7 +112,7 @@ def test_scanner_errors() -> None:
 
 def scan_all(key: str, data: bytes, max_size: int = 1 << 30, step: int = 777,
              ) -> list[tuple[str, bytes | None, int]]:
-    scanner = MemberScanner(key, BytesReadable(data, step))
+    scanner = scanner_of(key, data, step)
     got = []
     while (item := scanner.next(max_size)) is not None:
         got.append((item[0], bytes(item[1]) if item[1] is not None else None, item[2]))
@@ -168,7 +181,7 @@ def test_zip_stream_ends_cleanly_at_a_member_it_cannot_read(case: str) -> None:
         data = mixed.getvalue()
     else:
         data = set_flags(zip_of(members), "c", 0x1)
-    scanner = MemberScanner("s.zip", BytesReadable(data))
+    scanner = scanner_of("s.zip", data)
     assert [scanner.next(1 << 20) for _ in range(2)] == [
         ("a", bytearray(b"a" * 300), 300), ("b", bytearray(b"bb"), 2)]
     assert scanner.next(1 << 20) is None
@@ -187,7 +200,7 @@ def test_a_zip_cut_short_is_an_early_end(seekable: bool, zip64: bool) -> None:
     data = zip_of(ZIP_MEMBERS, seekable=seekable, zip64=zip64)
     whole = scan_all("s.zip", data, max_size=4096)
     for cut in range(0, central_directory_at(data), 7):
-        scanner = MemberScanner("s.zip", BytesReadable(data[:cut]))
+        scanner = scanner_of("s.zip", data[:cut], whole=data)
         got = []
         with pytest.raises(errors.Transient):
             while (item := scanner.next(4096)) is not None:
@@ -229,6 +242,78 @@ def test_a_zip_without_members() -> None:
     zipfile.ZipFile(empty, "w").close()
     assert scan_all("s.zip", empty.getvalue()) == []
     assert scan_all("s.zip", zip_of([("d/", b"")])) == []  # a directory entry only
+
+
+def rename_local(data: bytes, old: str, new: str) -> bytes:
+    """``data`` with the local header of ``old`` naming ``new`` (of the same length) instead;
+    the central directory unchanged."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        at = zf.getinfo(old).header_offset + 30
+    assert data[at:at + len(old)] == old.encode() and len(new) == len(old)
+    return data[:at] + new.encode() + data[at + len(old):]
+
+
+def set_central_crc(data: bytes, name: str, crc: int) -> bytes:
+    at = data.index(b"PK\x01\x02" + data[data.index(b"PK\x01\x02") + 4:][:0])
+    while True:
+        name_len, = struct.unpack_from("<H", data, at + 28)
+        if data[at + 46:at + 46 + name_len] == name.encode():
+            return data[:at + 16] + struct.pack("<I", crc) + data[at + 20:]
+        at = data.index(b"PK\x01\x02", at + 4)
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_a_local_header_the_central_directory_does_not_confirm_ends_the_stream(
+        seekable: bool) -> None:
+    """AIS serves a member by its central directory entry: a local header naming another
+    member (of the same size, so only the name tells), or a member whose size or CRC-32 the
+    central directory gives otherwise, is never served from the stream: it ends there."""
+    members = [("aaaa", b"1" * 7), ("bbbb", b"2" * 7), ("cccc", b"3" * 7)]
+    data = zip_of(members, seekable=seekable)
+    assert scan_all("s.zip", rename_local(data, "aaaa", "bbbb")) == []
+    assert scan_all("s.zip", rename_local(data, "bbbb", "cccc")) == [("aaaa", b"1" * 7, 7)]
+    bad_crc = set_central_crc(data, "bbbb", 12345)
+    # (a member whose sizes follow its data is known only once read: not kept, then the end)
+    assert scan_all("s.zip", bad_crc) == [("aaaa", b"1" * 7, 7)] + (
+        [] if seekable else [("bbbb", None, 7)])
+
+
+def test_central_directory_of_zips_as_go_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZIP64 end records, an archive comment, bytes before the archive, and a central
+    directory bigger than the end read first (a second read)."""
+    members = [(f"{i:05d}-" + "n" * 60, bytes([i % 256]) * (i % 5)) for i in range(5000)]
+    reads: list[tuple[int, int]] = []
+
+    def central(data: bytes) -> dict[int, CentralEntry]:
+        reads.clear()
+
+        def read(start: int, length: int) -> bytes:
+            reads.append((start, length))
+            return data[start:start + length]
+
+        return central_directory(read, len(data))
+
+    def expected(data: bytes, base: int = 0) -> dict[int, CentralEntry]:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return {base + i.header_offset: CentralEntry(i.filename, i.file_size, i.CRC)
+                    for i in zf.infolist()}
+
+    big = zip_of(members, method=zipfile.ZIP_STORED)
+    assert central(big) == expected(big) and len(reads) == 2  # the end, then the rest
+    small = zip_of(members[:50], zip64=True)
+    assert central(small) == expected(small) and len(reads) == 1
+    assert central(b"prefix" + small) == expected(small, base=6)
+    commented = io.BytesIO()
+    with zipfile.ZipFile(commented, "w") as zf:
+        zf.comment = b"a comment " * 6000
+        zf.writestr("x", b"x")
+    assert central(commented.getvalue()) == expected(commented.getvalue())
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)  # ZIP64 end records from 3 members
+    end64 = zip_of(members[:50])
+    assert b"PK\x06\x06" in end64 and central(end64) == expected(end64)
+    for bad in (b"", b"not a zip" * 100, small[:-5], big[:len(big) // 2], end64[:-30]):
+        with pytest.raises(ZipFormatError):
+            central(bad)
 
 
 @pytest.mark.parametrize("unpack", [Gunzip, Unlz4])
