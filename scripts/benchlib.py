@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -405,6 +406,12 @@ def exit_on_signals() -> None:
 
 
 # ---------------------------------------------------------------------------------- measuring
+
+
+def content(bucket: str, key: str, size: int) -> bytes:
+    """The bytes of a benchmark's read-set object: random, but the same from one run to the
+    next (``bench-small`` writes them, ``fuse_floor.py`` serves them)."""
+    return random.Random(f"{bucket}/{key}").randbytes(size)
 
 
 def drop_caches() -> None:
