@@ -183,22 +183,8 @@ def _zip64_central(extra: bytes, usize: int, csize: int, offset: int) -> tuple[i
     those of 0xFFFFFFFF come from its ZIP64 extra field, in this order."""
     if _SIZE_IN_ZIP64 not in (usize, csize, offset):
         return usize, csize, offset
-    pos = 0
-    while pos + 4 <= len(extra):
-        kind, length = struct.unpack_from("<HH", extra, pos)
-        body = extra[pos + 4:pos + 4 + length]
-        pos += 4 + length
-        if kind != _ZIP64_EXTRA:
-            continue
-        values = list(struct.unpack_from(f"<{len(body) // 8}Q", body))
-        fields = [usize, csize, offset]
-        for i, value in enumerate(fields):
-            if value == _SIZE_IN_ZIP64:
-                if not values:
-                    raise ZipFormatError("a ZIP64 extra field too short for its entry")
-                fields[i] = values.pop(0)
-        return fields[0], fields[1], fields[2]
-    raise ZipFormatError("values of 0xFFFFFFFF without a ZIP64 extra field")
+    usize, csize, offset = _filled((usize, csize, offset), _zip64_values(extra))
+    return usize, csize, offset
 
 
 class ZipFormatError(ValueError):
@@ -470,24 +456,38 @@ class ZipReader:
 
 
 def _zip64_sizes(extra: bytes, csize: int, usize: int) -> tuple[int, int]:
-    """(compressed, uncompressed) size, from the ZIP64 extra field where the header's field is
-    0xFFFFFFFF (the field holds the uncompressed size first; a local header's holds both)."""
+    """(compressed, uncompressed) size of a local header, from the ZIP64 extra field where the
+    header's field is 0xFFFFFFFF (the field holds the uncompressed size first; a local header's
+    holds both)."""
     if _SIZE_IN_ZIP64 not in (csize, usize):
         return csize, usize
+    values = _zip64_values(extra)
+    if len(values) >= 2:
+        return values[1], values[0]
+    usize, csize = _filled((usize, csize), values)
+    return csize, usize
+
+
+def _zip64_values(extra: bytes) -> list[int]:
+    """The 8-byte values of the ZIP64 extra field in ``extra``."""
     pos = 0
     while pos + 4 <= len(extra):
         kind, length = struct.unpack_from("<HH", extra, pos)
         body = extra[pos + 4:pos + 4 + length]
         pos += 4 + length
-        if kind != _ZIP64_EXTRA:
-            continue
-        if len(body) >= 16:
-            usize, csize = struct.unpack_from("<QQ", body)
-            return csize, usize
-        values = list(struct.unpack_from(f"<{len(body) // 8}Q", body))
-        if usize == _SIZE_IN_ZIP64 and values:
-            usize = values.pop(0)
-        if csize == _SIZE_IN_ZIP64 and values:
-            csize = values.pop(0)
-        return csize, usize
-    raise ZipFormatError("sizes of 0xFFFFFFFF without a ZIP64 extra field")
+        if kind == _ZIP64_EXTRA:
+            return list(struct.unpack_from(f"<{len(body) // 8}Q", body))
+    raise ZipFormatError("values of 0xFFFFFFFF without a ZIP64 extra field")
+
+
+def _filled(fields: tuple[int, ...], values: list[int]) -> list[int]:
+    """``fields`` with each of 0xFFFFFFFF replaced by the next of the ZIP64 ``values``."""
+    out = list(fields)
+    left = iter(values)
+    for i, value in enumerate(out):
+        if value == _SIZE_IN_ZIP64:
+            try:
+                out[i] = next(left)
+            except StopIteration:
+                raise ZipFormatError("a ZIP64 extra field too short for its header") from None
+    return out
