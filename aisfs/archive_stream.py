@@ -18,8 +18,9 @@ Anything else (a member the stream passed without holding it, one far ahead, a f
 streamed, another version of the archive) is fetched on its own, as is everything once the
 stream ends. A stream can end before the archive does (a zip member it cannot read: see
 ``zip_members``); the members after its end are fetched on their own, and no new stream of that
-version of the archive starts for them (it would end at the same place). A stream nobody takes
-from for ``IDLE_SECONDS`` stops, and one whose archive is not the version listed never starts.
+version of the archive starts for them (it would end at the same place); nor after a stream that
+failed (a broken connection, bytes the scanner cannot read). A stream nobody takes from for
+``IDLE_SECONDS`` stops, and one whose archive is not the version listed never starts.
 
 Name order stands for archive order: the tools that write shards write them in key order. A
 shard written in another order only loses this fast path.
@@ -276,6 +277,7 @@ class ArchiveStreams:
                         await stream.room.wait()
         except errors.AisFsError as exc:
             log.info("%s: reading the archive in order stopped: %s", what, exc)
+            self._ended(key, stream)  # fetched one by one from here, not streamed again
         finally:
             if source is not None:
                 source.close()

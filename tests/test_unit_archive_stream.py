@@ -438,6 +438,25 @@ async def test_a_stream_that_ends_early_is_not_started_again(
     assert served == [False] * 2 + [True] * 3 and streams.started == 2
 
 
+@pytest.mark.parametrize("failure", [
+    errors.BadArchive("no usable central directory", 0, "ais://b/s.tar"),
+    errors.Transient("connection refused", 0, "ais://b/s.tar"),
+])
+async def test_an_archive_that_cannot_be_streamed_is_not_tried_again(
+        nursery: trio.Nursery, failure: errors.AisFsError) -> None:
+    """A stream that failed is not started again for that version of the archive, run after run
+    of members (the members are fetched one by one)."""
+    shard = Shard()
+    shard.fake.fail_calls["open_member_stream"] = failure
+    tree = await shard.tree()
+    streams = shard.streams(nursery)
+    for name, _ in MEMBERS:
+        assert not await shard.read(streams, tree, name)
+        await trio.testing.wait_all_tasks_blocked()
+    tried = shard.fake.calls["open_member_stream"]
+    assert tried == 1, tried
+
+
 async def test_a_stream_let_go_idle_is_no_end(nursery: trio.Nursery,
                                              autojump_clock: trio.abc.Clock) -> None:
     """A stream that stopped because nobody took from it read only part of the archive: the
