@@ -1,5 +1,6 @@
 """aisfs/request_wait.py: pyfuse3's wait for the next request returns at once when one is queued
-and is trio's own wait otherwise."""
+and is trio's own wait otherwise; its read lock is taken without a scheduler round when free, but
+not many times in a row."""
 
 from __future__ import annotations
 
@@ -81,7 +82,51 @@ async def test_a_device_in_another_state_is_left_to_trio(
     assert trio_waits == [a.fileno()]
 
 
+async def test_the_read_lock_lets_the_other_tasks_run_every_few_requests(
+    installed: object,
+) -> None:
+    """Requests read back to back (the lock free each time): the other tasks run once per
+    ``READS_IN_A_ROW`` of them, not once per request as with trio's Lock, nor never."""
+    lock = installed.Lock()  # type: ignore[attr-defined]
+    turns = 0
+    reads = 5 * request_wait.READS_IN_A_ROW
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.sleep(0)  # (other has started)
+        turns = 0
+        for _ in range(reads):
+            async with lock:
+                pass
+        assert turns == 5, turns
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_held_read_lock_is_waited_for(installed: object) -> None:
+    lock = installed.Lock()  # type: ignore[attr-defined]
+    order: list[str] = []
+
+    async def holder(task_status: trio.TaskStatus[None]) -> None:
+        async with lock:
+            order.append("held")
+            task_status.started()
+            await trio.sleep(0.05)
+            order.append("let go")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(holder)
+        with trio.fail_after(5):
+            async with lock:
+                order.append("taken")
+    assert order == ["held", "let go", "taken"]
+
+
 def test_everything_else_is_trio(installed: object) -> None:
-    assert installed.Lock is trio.Lock  # type: ignore[attr-defined]
     assert installed.ClosedResourceError is trio.ClosedResourceError  # type: ignore[attr-defined]
     assert installed.lowlevel.current_task is trio.lowlevel.current_task  # type: ignore[attr-defined]
