@@ -96,6 +96,10 @@ MAX_CENTRAL_DIRECTORY = 64 * 1024 * 1024
 _TAIL = 256 * 1024  # the end of the archive read first: its central directory, mostly
 
 
+class ZipFormatError(ValueError):
+    """The bytes are not the zip expected (signatures, sizes, checksums, deflate data)."""
+
+
 class CentralEntry(NamedTuple):
     """What the central directory says of the member whose local header is at an offset."""
 
@@ -176,19 +180,6 @@ def _bytes_at(read: ReadRange, tail: bytes, tail_start: int, start: int, length:
     if len(got) != length:
         raise ZipFormatError(f"{length} bytes at {start} are past the archive's end")
     return got
-
-
-def _zip64_central(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
-    """(uncompressed size, compressed size, local header offset) of a central directory entry:
-    those of 0xFFFFFFFF come from its ZIP64 extra field, in this order."""
-    if _SIZE_IN_ZIP64 not in (usize, csize, offset):
-        return usize, csize, offset
-    usize, csize, offset = _filled((usize, csize, offset), _zip64_values(extra))
-    return usize, csize, offset
-
-
-class ZipFormatError(ValueError):
-    """The bytes are not the zip expected (signatures, sizes, checksums, deflate data)."""
 
 
 class _Input:
@@ -466,6 +457,15 @@ def _zip64_sizes(extra: bytes, csize: int, usize: int) -> tuple[int, int]:
         return values[1], values[0]
     usize, csize = _filled((usize, csize), values)
     return csize, usize
+
+
+def _zip64_central(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    """(uncompressed size, compressed size, local header offset) of a central directory entry:
+    those of 0xFFFFFFFF come from its ZIP64 extra field, in this order."""
+    if _SIZE_IN_ZIP64 not in (usize, csize, offset):
+        return usize, csize, offset
+    usize, csize, offset = _filled((usize, csize, offset), _zip64_values(extra))
+    return usize, csize, offset
 
 
 def _zip64_values(extra: bytes) -> list[int]:
