@@ -4,7 +4,9 @@ as read-only directories of their members; every check is against the bytes put 
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
+import multiprocessing
 import os
 import random
 import subprocess
@@ -383,3 +385,58 @@ def test_shards_used_in_order_have_the_next_one_listed_ahead(  # type: ignore[no
     assert (m.path / "train" / "s3.tar" / "d" / sorted(SAMPLES)[0]).read_bytes() == \
         SAMPLES[sorted(SAMPLES)[0]]
     assert listed() == 4
+
+
+# What torchvision's ImageFolder finds under a root and reads (torchvision.datasets.folder:
+# find_classes, make_dataset with IMG_EXTENSIONS, a loader that opens and reads each sample):
+# torch itself is not installed here (PyPI's Linux build needs the CUDA packages).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    samples = []
+    for index, name in enumerate(classes):
+        for folder, _, files in sorted(os.walk(os.path.join(root, name), followlinks=True)):
+            for file in sorted(files):
+                if file.lower().endswith(IMG_EXTENSIONS):
+                    samples.append((os.path.join(folder, file), index))
+    return classes, samples
+
+
+def sample_digest(item: tuple[str, int]) -> tuple[str, int, str]:
+    path, label = item
+    with open(path, "rb") as f:
+        return path, label, hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("ext", [".tar", ".zip"])
+def test_an_image_folder_dataset_over_a_shard(  # type: ignore[no-untyped-def]
+    make_bucket, mount, ext: str,
+) -> None:
+    """A shard's member directories as an ImageFolder's classes: the classes and samples it
+    finds, and every sample read back in a shuffled order by 4 worker processes (as a
+    DataLoader's workers read them), byte-exact."""
+    rng = random.Random(11)
+    members = {f"{cls}/{i:04d}.jpg": rng.randbytes(rng.randrange(1, 9000))
+               for cls in ("cat", "dog", "owl") for i in range(40)}
+    members["dog/more/0999.JPG"] = b"nested, upper-case extension"
+    members["owl/notes.txt"] = b"not an image"
+    members["README"] = b"at the root: no class"
+    bucket = make_bucket({f"train/shard{ext}": shard(ext, members)})
+    m = expanded(mount, bucket)
+    root = str(m.path / "train" / f"shard{ext}")
+    classes, samples = image_folder(root)
+    assert classes == ["cat", "dog", "owl"]
+    expected = sorted((os.path.join(root, name), classes.index(name.split("/")[0]))
+                      for name in members if name.lower().endswith(IMG_EXTENSIONS))
+    assert sorted(samples) == expected
+    order = samples[:]
+    random.Random(5).shuffle(order)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        got = pool.map(sample_digest, order, chunksize=8)
+    for path, label, digest in got:
+        name = os.path.relpath(path, root)
+        assert digest == hashlib.sha256(members[name]).hexdigest(), name
+        assert label == classes.index(name.split("/")[0])
+    assert len(got) == len(expected)
