@@ -392,8 +392,13 @@ class OpenFiles:
             await self._upload(handle)
 
     async def _upload_writers(self, node: Inode) -> None:
+        """What the write handles of ``node`` hold, into AIS, before another handle or a name
+        operation uses the object. A handle whose upload failed is passed over: its error is
+        its own (its flush and close report it), and its bytes will not come; the kernel may
+        send its release after the next open of the name, or handle both at once."""
         for handle in self.writers.of(node):
-            await self._upload(handle)
+            if handle.writer is not None and not handle.writer.failed:
+                await self._upload(handle)
 
     async def _upload(self, handle: FileHandle) -> None:
         writer = handle.writer

@@ -204,6 +204,11 @@ class ObjectWriter:
             self.target.exists = True
             return result
 
+    @property
+    def failed(self) -> bool:
+        """Whether an error is latched: nothing more of this handle's will reach AIS."""
+        return self.target.error is not None
+
     def close(self) -> None:
         if self._stream is not None:
             self._stream.close()

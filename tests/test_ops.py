@@ -24,6 +24,7 @@ from aisfs.fs import Operations
 from aisfs.inodes import ROOT_INODE
 from aisfs.mount import build_operations, make_spawn
 
+from .faultproxy import FaultProxy
 from .util import RecordingObserver
 
 # What aisfs logs at WARNING or above fails a test that did not declare it (tests/util.py).
@@ -66,10 +67,11 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Collector:
 @pytest.fixture
 def opsf(ais_endpoint: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     @asynccontextmanager
-    async def make(source: str, **kw: Any) -> AsyncIterator[Operations]:
+    async def make(source: str, endpoint: str = ais_endpoint, **kw: Any
+                   ) -> AsyncIterator[Operations]:
         config = MountConfig(
             source=parse_source(source), mountpoint=str(tmp_path / "mnt"),
-            client=ClientConfig(endpoint=ais_endpoint, retries=1, retry_backoff=0.05),
+            client=ClientConfig(endpoint=endpoint, retries=1, retry_backoff=0.05),
             spill_dir=str(tmp_path / "spill"), **kw,
         )
         client = AisClient(config.client)
@@ -402,6 +404,35 @@ async def test_a_file_created_read_write_is_one_put_and_reads_back_without_a_hea
         await ops.release(fi.fh)
         assert "head_object" not in seen.requests
         assert bucket.object("r.out").get_reader().read_all() == b"result"
+
+
+@pytest.mark.expect_log(r"WARNING aisfs\.write_target: ais://[^ ]+/doomed: write failed")
+async def test_a_handle_whose_upload_failed_does_not_fail_the_next_open(  # type: ignore[no-untyped-def]
+    opsf, make_bucket, ais_endpoint,
+) -> None:
+    """The kernel may send a handle's release after the next open of its name (or the daemon
+    handle both at once): a handle whose upload failed, its close told so, fails neither that
+    open nor its upload."""
+    bucket = make_bucket()
+    fault = FaultProxy(ais_endpoint)
+    try:
+        async with opsf(f"ais://{bucket.name}", endpoint=fault.url) as ops:
+            first, attr = await ops.create(ROOT_INODE, b"doomed", 0o644, os.O_WRONLY, CTX)
+            await ops.write(first.fh, 0, b"first")
+            fault.fail("PUT", "/doomed", "status", times=100, status=500)
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await ops.flush(first.fh)
+            assert info.value.errno == errno.EIO
+            fault.clear()
+            second = await ops.open(attr.st_ino, os.O_WRONLY | os.O_TRUNC, CTX)
+            await ops.write(second.fh, 0, b"second")
+            await ops.flush(second.fh)
+            await ops.release(second.fh)
+            with pytest.raises(pyfuse3.FUSEError):
+                await ops.release(first.fh)  # (the kernel ignores what a release answers)
+    finally:
+        fault.close()
+    assert bucket.object("doomed").get_reader().read_all() == b"second"
 
 
 class RecordingKernel:
