@@ -104,7 +104,9 @@ async def test_the_read_lock_lets_the_other_tasks_run_every_few_requests(
         for _ in range(reads):
             async with lock:
                 pass
-        assert turns == 5, turns
+        # (one more when the other task was still due from before the first acquire: trio
+        # runs each batch of runnable tasks in a random order)
+        assert 5 <= turns <= 6, turns
         nursery.cancel_scope.cancel()
 
 
