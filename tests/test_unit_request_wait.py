@@ -104,9 +104,9 @@ async def test_the_read_lock_lets_the_other_tasks_run_every_few_requests(
         for _ in range(reads):
             async with lock:
                 pass
-        # (one more when the other task was still due from before the first acquire: trio
-        # runs each batch of runnable tasks in a random order)
-        assert 5 <= turns <= 6, turns
+        # 5 yields; trio runs each batch of runnable tasks in a random order, so the other
+        # task's turn due before the first acquire or after the last may fall either side
+        assert 4 <= turns <= 6, turns
         nursery.cancel_scope.cancel()
 
 
