@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
@@ -179,11 +180,9 @@ class ArchiveStreams:
     # ------------------------------------------------------------------ internals
 
     def _in_order(self, key: tuple[str, str], index: int) -> bool:
-        last, run = self._runs.pop(key, (-2, 0))
+        last, run = self._runs.get(key, (-2, 0))
         run = run + 1 if index == last + 1 else 1
-        self._runs[key] = (index, run)
-        if len(self._runs) > _RUNS_KEPT:
-            self._runs.popitem(last=False)
+        _remember(self._runs, key, (index, run))
         return run >= SEQUENTIAL_RUN
 
     def _after_read_through(self, bucket: str, archive: str) -> bool:
@@ -197,10 +196,7 @@ class ArchiveStreams:
         return end is not None and end[0] is tree and index > end[1]
 
     def _ended(self, key: tuple[str, str], stream: _Stream) -> None:
-        self._ends.pop(key, None)
-        self._ends[key] = (stream.tree, stream.position)
-        if len(self._ends) > _RUNS_KEPT:
-            self._ends.popitem(last=False)
+        _remember(self._ends, key, (stream.tree, stream.position))
 
     def _start(self, bucket: str, tree: ArchiveContents, first: int) -> _Stream:
         stream = _Stream(tree, first, self.timer())
@@ -265,11 +261,8 @@ class ArchiveStreams:
                 # Read to the end (or as far as the stream can read): what is held stays
                 # takeable until taken or idle.
                 self._ended(key, stream)
-                where = (bucket, parent_of(stream.tree.key)[0])
-                self._read_through.pop(where, None)
-                self._read_through[where] = stream.tree.key
-                if len(self._read_through) > _RUNS_KEPT:
-                    self._read_through.popitem(last=False)
+                _remember(self._read_through, (bucket, parent_of(stream.tree.key)[0]),
+                          stream.tree.key)
                 stream.ended = True
                 stream.wake_takers()
                 while stream.held and not self._idle(stream):
@@ -296,3 +289,15 @@ class ArchiveStreams:
             if self.arrived is not None:
                 self.arrived(bucket, stream.tree, path, data)
         stream.wake_takers()
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(table: collections.OrderedDict[K, V], key: K, value: V) -> None:
+    """``table[key] = value`` as its newest entry; the oldest beyond ``_RUNS_KEPT`` dropped."""
+    table.pop(key, None)
+    table[key] = value
+    if len(table) > _RUNS_KEPT:
+        table.popitem(last=False)

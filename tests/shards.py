@@ -65,6 +65,15 @@ def zip_of(members: list[tuple[str, bytes]], *, method: int = zipfile.ZIP_DEFLAT
     return out.getvalue() if isinstance(out, io.BytesIO) else bytes(out.data)
 
 
+def rename_local(data: bytes, old: str, new: str) -> bytes:
+    """``data`` with the local header of ``old`` naming ``new`` (of the same length) instead;
+    the central directory unchanged."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        at = zf.getinfo(old).header_offset + 30
+    assert data[at:at + len(old)] == old.encode() and len(new) == len(old)
+    return data[:at] + new.encode() + data[at + len(old):]
+
+
 def tar_of(members: dict[str, bytes]) -> bytes:
     """A plain tar of ``members``."""
     return shard(".tar", members)

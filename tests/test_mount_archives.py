@@ -12,14 +12,13 @@ import random
 import subprocess
 import tarfile
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from .service_util import free_port, metric, scrape
-from .shards import FORMATS, shard, zip_of
+from .shards import FORMATS, rename_local, shard, zip_of
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -246,6 +245,14 @@ def cp_r_counts(make_bucket, mount, tmp_path: Path, name: str,  # type: ignore[n
             metric(counts, "aisfs_fuse_op_duration_seconds_count", op="read"))
 
 
+def assert_one_stream_ending_at(counts: tuple[float, float, float], stop: int) -> None:
+    """``cp_r_counts`` of ``SAMPLES`` saw one stream, ending at member ``stop``: the members
+    from there on came one GET each (no new stream for them), besides the first few."""
+    streamed, one_by_one, _ = counts
+    after = len(SAMPLES) - stop
+    assert streamed == 1 and after <= one_by_one <= after + 10, (streamed, one_by_one)
+
+
 @pytest.mark.parametrize("ext", [".tar", ".tgz", ".tar.lz4", ".zip"])
 def test_cp_r_in_archive_order_streams_the_archive(  # type: ignore[no-untyped-def]
     make_bucket, mount, tmp_path: Path, ext: str,
@@ -269,10 +276,8 @@ def test_cp_r_of_a_zip_written_to_a_pipe(  # type: ignore[no-untyped-def]
     stop = 400
     data = zip_of([(n, SAMPLES[n]) for n in names], seekable=False,
                   stored=frozenset({names[stop]}))
-    streamed, one_by_one, _ = cp_r_counts(make_bucket, mount, tmp_path, "piped.zip", data)
-    after = len(names) - stop
-    # One stream, not started again for the members past its end.
-    assert streamed == 1 and after <= one_by_one <= after + 10, (streamed, one_by_one)
+    counts = cp_r_counts(make_bucket, mount, tmp_path, "piped.zip", data)
+    assert_one_stream_ending_at(counts, stop)
 
 
 def test_a_zip_whose_local_header_names_another_member(  # type: ignore[no-untyped-def]
@@ -285,13 +290,9 @@ def test_a_zip_whose_local_header_names_another_member(  # type: ignore[no-untyp
     at = 200
     assert len(SAMPLES[names[at]]) == len(SAMPLES[names[at + 2]]) and len(names[at]) == len(
         names[at + 2])
-    data = zip_of([(n, SAMPLES[n]) for n in names])
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        name_at = zf.getinfo(names[at]).header_offset + 30
-    data = data[:name_at] + names[at + 2].encode() + data[name_at + len(names[at]):]
-    streamed, one_by_one, _ = cp_r_counts(make_bucket, mount, tmp_path, "misnamed.zip", data)
-    after = len(names) - at
-    assert streamed == 1 and after <= one_by_one <= after + 10, (streamed, one_by_one)
+    data = rename_local(zip_of([(n, SAMPLES[n]) for n in names]), names[at], names[at + 2])
+    counts = cp_r_counts(make_bucket, mount, tmp_path, "misnamed.zip", data)
+    assert_one_stream_ending_at(counts, at)
 
 
 def test_a_name_stored_twice_is_the_first_copy_even_when_streamed(  # type: ignore[no-untyped-def]

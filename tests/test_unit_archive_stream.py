@@ -24,7 +24,7 @@ from aisfs.member_stream import Gunzip, MemberScanner, Unlz4, member_path
 from aisfs.zip_members import CentralEntry, ZipFormatError, central_directory
 
 from .fakeais import FakeAis
-from .shards import zip_of
+from .shards import rename_local, zip_of
 
 KIB = 1024
 
@@ -244,17 +244,8 @@ def test_a_zip_without_members() -> None:
     assert scan_all("s.zip", zip_of([("d/", b"")])) == []  # a directory entry only
 
 
-def rename_local(data: bytes, old: str, new: str) -> bytes:
-    """``data`` with the local header of ``old`` naming ``new`` (of the same length) instead;
-    the central directory unchanged."""
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        at = zf.getinfo(old).header_offset + 30
-    assert data[at:at + len(old)] == old.encode() and len(new) == len(old)
-    return data[:at] + new.encode() + data[at + len(old):]
-
-
 def set_central_crc(data: bytes, name: str, crc: int) -> bytes:
-    at = data.index(b"PK\x01\x02" + data[data.index(b"PK\x01\x02") + 4:][:0])
+    at = data.index(b"PK\x01\x02")
     while True:
         name_len, = struct.unpack_from("<H", data, at + 28)
         if data[at + 46:at + 46 + name_len] == name.encode():
