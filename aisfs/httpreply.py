@@ -23,7 +23,7 @@ import requests
 import urllib3
 
 from . import errors
-from .bodyrecv import recv_whole_body
+from .bodyrecv import PiecewiseBody, recv_whole_body
 from .objects import RecvBuffer
 
 
@@ -55,6 +55,7 @@ class Download:
         self._resp = resp
         self._what = what
         self._closed = False
+        self._piecewise: Any = None  # what readinto reads from, once it was called
         self.status = resp.status_code
         self.headers: Mapping[str, str] = resp.headers
 
@@ -75,11 +76,16 @@ class Download:
             return data
 
     def readinto(self, buf: memoryview, /) -> int:
-        """One receive into ``buf`` (0 at the end), from http.client, which undoes a chunked
-        encoding: a reply read piece by piece (a Get-Batch stream)."""
-        fp = getattr(self._resp.raw, "_fp", None) or self._resp.raw
+        """Body bytes into ``buf``, at least one (0 at the end): a reply read piece by piece (a
+        Get-Batch stream, an archive read in archive order). On plain TCP a piece is one receive
+        of all of it (``bodyrecv.PiecewiseBody``), else ``http.client``'s read (which undoes a
+        chunked encoding)."""
         with self._reading():
-            n: int = fp.readinto(buf)
+            if self._piecewise is None:
+                fp = getattr(self._resp.raw, "_fp", None)
+                self._piecewise = (PiecewiseBody.of(fp) or fp) if fp is not None else (
+                    self._resp.raw)
+            n: int = self._piecewise.readinto(buf)
             return n
 
     @contextlib.contextmanager
