@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import Any
 
 
@@ -52,7 +53,8 @@ class PiecewiseBody:
     GIL, a hand-over the FUSE thread waits for (see :func:`recv_whole_body`). Here a receive
     waits (``MSG_WAITALL``) until ``BLOCK`` bytes came, or the stream paused for ``PAUSE``
     seconds (SO_RCVTIMEO), and hands out what it has then: many pieces per receive while the
-    server sends steadily, and never more than ``PAUSE`` of delay when it does not. A chunked
+    server sends steadily, and never more than ``PAUSE`` of delay when it does not (a Get-Batch
+    of one range waits that long for AIS's late end of the reply, then goes on). A chunked
     body is decoded here; a known-length one is never read past its end. The read timeout
     still holds: no byte for that long raises ``TimeoutError``.
 
@@ -79,7 +81,8 @@ class PiecewiseBody:
         self._crlf = False
         self._done = False
         self._end = _buffered_into(fp.fp, memoryview(self._buf)[:self._left or self.BLOCK])
-        self._rest -= self._end
+        if not chunked:
+            self._rest -= self._end
         self._timeout = sock.gettimeout()
         sock.settimeout(None)
         _set_receive_timeout(sock, self.PAUSE)
@@ -154,7 +157,7 @@ class PiecewiseBody:
         if self._start:
             self._buf[:held] = self._buf[self._start:self._end]
             self._start, self._end = 0, held
-        waited = 0.0
+        since = time.monotonic()  # the last byte received
         while self._end < least:
             room = len(self._buf) - self._end
             if self._rest >= 0:
@@ -165,13 +168,12 @@ class PiecewiseBody:
                 n = self._sock.recv_into(memoryview(self._buf)[self._end:], room,
                                          socket.MSG_WAITALL)
             except BlockingIOError:  # SO_RCVTIMEO: nothing came for PAUSE
-                waited += self.PAUSE
-                if self._timeout is not None and waited >= self._timeout:
+                if self._timeout is not None and time.monotonic() - since >= self._timeout:
                     raise TimeoutError("no body bytes within the read timeout") from None
                 continue
             if n == 0:
                 raise ConnectionError("connection closed before the end of the body")
-            waited = 0.0
+            since = time.monotonic()
             self._end += n
             if self._rest >= 0:
                 self._rest -= n
