@@ -13,8 +13,8 @@ Object bytes received are reported to the mount's observer, when there is one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import dataclasses
 import functools
 import math
 import threading
@@ -253,8 +253,10 @@ class AsyncAis:
         items over a channel to this task, which calls ``deliver``: so nothing is delivered once
         this task is cancelled, and the workers stop at their next item. A worker does not wait
         for the trio thread to take an item (``run_sync_soon``, not ``from_thread.run_sync``):
-        waiting cost a GIL hand-over both ways per file. A request that fails raises here once
-        the others ended (their items delivered)."""
+        waiting cost a GIL hand-over both ways per file; and items that arrive while the trio
+        thread has not yet taken the ones before go over together, with one wake-up of it
+        (its wake-ups, at one per file, slowed the FUSE requests it serves meanwhile). A request
+        that fails raises here once the others ended (their items delivered)."""
         if not names:
             return
         owned = self.client.by_owner(bucket, names)
@@ -264,9 +266,14 @@ class AsyncAis:
         stop = threading.Event()
         running = len(groups)
 
-        def put(item: BatchItem) -> None:  # on the trio thread
+        arrived: collections.deque[BatchItem] = collections.deque()  # not yet in the channel
+        handing_over = threading.Lock()  # held while a hand-over is due on the trio thread
+
+        def hand_over() -> None:  # on the trio thread
+            handing_over.release()  # (first: an item appended from now on is handed over anew)
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                send.send_nowait(item)  # (the channel is unbounded: never WouldBlock)
+                while arrived:
+                    send.send_nowait(arrived.popleft())  # (unbounded: never WouldBlock)
 
         def read_reply(group: list[int]) -> None:
             items = self.client.get_batch(
@@ -277,7 +284,10 @@ class AsyncAis:
                 for item in items:
                     if stop.is_set():
                         return  # cancelled: the reply's connection is closed
-                    token.run_sync_soon(put, dataclasses.replace(item, index=group[item.index]))
+                    item.index = group[item.index]
+                    arrived.append(item)
+                    if handing_over.acquire(blocking=False):
+                        token.run_sync_soon(hand_over)
             finally:
                 items.close()
 
