@@ -135,7 +135,7 @@ class Direct:
         return s
 
     def object_url(self, bucket: str, key: str) -> str:
-        return f"{self.base}/objects/{bucket}/{requests.utils.quote(key, safe='/')}?provider=ais"
+        return f"{self.base}/objects/{bucket}/{urllib.parse.quote(key, safe='/')}?provider=ais"
 
     # -- buckets
     def create_bucket(self, bucket: str) -> None:
@@ -181,7 +181,8 @@ class Direct:
             session: requests.Session | None = None) -> None:
         """PUT with the body sent once, straight to the target the proxy names."""
         s = session or self.session
-        r = s.put(self._redirect("PUT", bucket, key, s), data=data, timeout=600)
+        r = s.put(self._redirect("PUT", bucket, key, s), data=data,  # type: ignore[arg-type]
+                  timeout=600)  # (requests sends any buffer as it is)
         if r.status_code != 200:
             raise RuntimeError(f"PUT ais://{bucket}/{key}: {r.status_code} {r.text[:200]}")
 
@@ -197,7 +198,8 @@ class Direct:
         bodies = [data[off:off + part] for off in range(0, len(data), part)]
         for body in [*bodies, memoryview(b"")]:  # the empty one is the FLUSH
             params.update(append_type="append" if body else "flush", append_handle=handle)
-            r = s.put(base, params=params, data=body, allow_redirects=False, timeout=600)
+            r = s.put(base, params=params, data=body,  # type: ignore[arg-type]  # any buffer
+                      allow_redirects=False, timeout=600)
             if r.status_code != 200:
                 raise RuntimeError(f"APPEND ais://{bucket}/{key}: {r.status_code} {r.text[:200]}")
             handle = r.headers.get("Ais-Append-Handle", "")

@@ -5,7 +5,10 @@ options, 5 s attribute and entry timeouts). What a workload costs through it is 
 FUSE round trips and pyfuse3's request loop cost by themselves, which no file system built on
 pyfuse3 can go below.
 
-Usage: fuse_floor.py BUCKET FILES SIZE MOUNTPOINT (foreground; unmount to stop). Concurrency: one
+Usage: fuse_floor.py [--no-flush] BUCKET FILES SIZE MOUNTPOINT (foreground; unmount to stop).
+``--no-flush``: its first FLUSH answers ENOSYS, after which the kernel sends none (what
+``FOPEN_NOFLUSH`` on a read-only open would give a file system whose flush matters for its
+writes, which pyfuse3 does not offer): what a file costs without that round trip. Concurrency: one
 trio thread, as in aisfs; every handler returns without awaiting anything.
 """
 
@@ -27,8 +30,9 @@ class FloorFS(pyfuse3.Operations):
     """``files`` files named f00000, f00001, ... of ``size`` bytes each, read-only, in the
     root directory (inode 1; file i is inode i + 2)."""
 
-    def __init__(self, bucket: str, files: int, size: int) -> None:
+    def __init__(self, bucket: str, files: int, size: int, flush: bool = True) -> None:
         super().__init__()
+        self.flush_supported = flush
         self.names = [f"f{i:05d}" for i in range(files)]
         self.index = {name.encode(): i for i, name in enumerate(self.names)}
         self.data = [content(bucket, name, size) for name in self.names]
@@ -81,17 +85,20 @@ class FloorFS(pyfuse3.Operations):
         return self.data[fh - 2][off:off + size]
 
     async def flush(self, fh: int) -> None:
-        pass
+        if not self.flush_supported:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
         pass
 
 
 def main() -> None:
-    bucket, files, size, mountpoint = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    args = sys.argv[1:]
+    flush = "--no-flush" not in args
+    bucket, files, size, mountpoint = [a for a in args if a != "--no-flush"]
     options = set(pyfuse3.default_options)
     options.update({"fsname=fuse-floor", "ro"})
-    pyfuse3.init(FloorFS(bucket, files, size), mountpoint, options)
+    pyfuse3.init(FloorFS(bucket, int(files), int(size), flush), mountpoint, options)
     try:
         trio.run(pyfuse3.main)
     finally:
