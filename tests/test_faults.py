@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -101,6 +102,25 @@ def test_a_body_cut_short_is_received_again(make_bucket, through, fault) -> None
     assert cut.hits == 2
     assert re.search(r"DEBUG aisfs\.transport: get_range ais://[^ ]+/y: reading body failed: .*; "
                      r"retry 1", m.log())
+
+
+def test_get_batch_replies_cut_short_leave_their_files_to_the_usual_reads(  # type: ignore[no-untyped-def]
+    make_bucket, through, fault, tmp_path
+) -> None:
+    # A directory copied in listing order is fetched by Get-Batch; every reply breaks off
+    # half-way. The files it did not deliver are read one by one: every byte right, no error.
+    files = {f"d/f{i:03d}": os.urandom(64 * 1024 + i) for i in range(120)}
+    bucket = make_bucket(files)
+    m = through(bucket)
+    cut = fault.fail("GET", "/v1/ml/moss/", "cut", times=1000)
+    subprocess.run(["cp", "-r", str(m.path / "d"), str(tmp_path / "out")], check=True,
+                   timeout=120)
+    for key, data in files.items():
+        assert (tmp_path / "out" / key[2:]).read_bytes() == data, key
+    assert cut.hits >= 1
+    one_by_one = {p.split("?")[0] for method, p in fault.log
+                  if method == "GET" and p.startswith(f"/v1/objects/{bucket.name}/d/f")}
+    assert one_by_one, "no file was read on its own after a cut reply"
 
 
 @pytest.mark.expect_log(
