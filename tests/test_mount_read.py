@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import filecmp
 import hashlib
 import os
@@ -343,3 +344,22 @@ def test_mount_errors_are_one_line(case: str, make_bucket, mount, tmp_path: Path
                 "no-mountpoint": "does not exist", "busy": "busy",
                 "bad-option": "unknown mount option", "bad-source": "source must"}[case]
     assert expected in lines[0]
+
+
+def test_a_read_only_mount_reads_refuses_writes_and_gets_no_flush_per_close(  # type: ignore[no-untyped-def]
+    make_bucket, mount
+) -> None:
+    # Nothing is uploaded on a read-only mount, so its first FLUSH answers ENOSYS and the kernel
+    # sends none after: closing a file read costs one round trip less.
+    files = {f"d/f{i:02d}": os.urandom(1000 + i) for i in range(30)}
+    bucket = make_bucket(files)
+    port = free_port()
+    m = mount(f"ais://{bucket.name}", "--read-only", "--metrics-addr", f"127.0.0.1:{port}")
+    for key, data in files.items():
+        assert (m.path / key).read_bytes() == data
+    with pytest.raises(OSError) as info:
+        (m.path / "d" / "new").write_bytes(b"x")
+    assert info.value.errno == errno.EROFS
+    samples = scrape(port)
+    assert metric(samples, "aisfs_fuse_op_duration_seconds_count", op="open") >= 30
+    assert metric(samples, "aisfs_fuse_op_duration_seconds_count", op="flush") <= 1
