@@ -77,9 +77,9 @@ class Download:
 
     def readinto(self, buf: memoryview, /) -> int:
         """Body bytes into ``buf``, at least one (0 at the end): a reply read piece by piece (a
-        Get-Batch stream, an archive read in archive order). On plain TCP a piece is one receive
-        of all of it (``bodyrecv.PiecewiseBody``), else ``http.client``'s read (which undoes a
-        chunked encoding)."""
+        Get-Batch stream, an archive read in archive order). On plain TCP from a buffer filled
+        a 256 KiB receive at a time (``bodyrecv.PiecewiseBody``), else ``http.client``'s read
+        (which undoes a chunked encoding)."""
         with self._reading():
             if self._piecewise is None:
                 fp = getattr(self._resp.raw, "_fp", None)
