@@ -34,7 +34,7 @@ def recv_whole_body(fp: Any, view: memoryview) -> int:
             getattr(fp, "length", None), int) or fp.length < len(view) or not view):
         return 0
     got = _buffered_into(fp.fp, view)
-    timeout = _wait_all(sock)
+    timeout = _blocking(sock, sock.gettimeout() or 0.0)
     try:
         while got < len(view):
             got += _recv_all(sock, view[got:])
@@ -83,9 +83,7 @@ class PiecewiseBody:
         self._end = _buffered_into(fp.fp, memoryview(self._buf)[:self._left or self.BLOCK])
         if not chunked:
             self._rest -= self._end
-        self._timeout = sock.gettimeout()
-        sock.settimeout(None)
-        _set_receive_timeout(sock, self.PAUSE)
+        self._timeout = _blocking(sock, self.PAUSE)
 
     @classmethod
     def of(cls, fp: Any) -> PiecewiseBody | None:
@@ -181,8 +179,7 @@ class PiecewiseBody:
     def _end_known_length(self) -> None:
         """A known-length body read to its end: the connection can serve the next request,
         as after ``http.client``'s own read of it."""
-        _set_receive_timeout(self._sock, 0.0)
-        self._sock.settimeout(self._timeout)
+        _back_to_timeout(self._sock, self._timeout)
         self._fp.length = 0
         self._fp._close_conn()
         self._done = True
@@ -209,12 +206,12 @@ def _buffered_into(bufr: Any, view: memoryview) -> int:
     return int(bufr.readinto(view[: min(buffered, len(view))])) if buffered else 0
 
 
-def _wait_all(sock: socket.socket) -> float | None:
-    """Put ``sock`` in blocking mode for ``MSG_WAITALL``, its read timeout as SO_RCVTIMEO; the
-    timeout it had."""
+def _blocking(sock: socket.socket, receive_timeout: float) -> float | None:
+    """Put ``sock`` in blocking mode for ``MSG_WAITALL``, with ``receive_timeout`` as
+    SO_RCVTIMEO; the timeout it had (for :func:`_back_to_timeout`)."""
     timeout = sock.gettimeout()
     sock.settimeout(None)
-    _set_receive_timeout(sock, timeout or 0.0)
+    _set_receive_timeout(sock, receive_timeout)
     return timeout
 
 
