@@ -64,8 +64,7 @@ class PiecewiseBody:
 
     Invariant: ``_buf[_start:_end]`` holds received bytes not yet handed out; ``_left`` is the
     current chunk's (or the known-length body's) payload not yet handed out; ``_crlf`` is set
-    between a chunk's payload and the CRLF that ends it; ``_rest`` is how many bytes of a
-    known-length body are still in the socket."""
+    between a chunk's payload and the CRLF that ends it."""
 
     BLOCK = 256 * 1024
     PAUSE = 0.002
@@ -77,12 +76,9 @@ class PiecewiseBody:
         self._buf = bytearray(self.BLOCK)
         self._start = 0
         self._left = 0 if chunked else fp.length
-        self._rest = -1 if chunked else fp.length
         self._crlf = False
         self._done = False
         self._end = _buffered_into(fp.fp, memoryview(self._buf)[:self._left or self.BLOCK])
-        if not chunked:
-            self._rest -= self._end
         self._timeout = _blocking(sock, self.PAUSE)
 
     @classmethod
@@ -158,8 +154,8 @@ class PiecewiseBody:
         since = time.monotonic()  # the last byte received
         while self._end < least:
             room = len(self._buf) - self._end
-            if self._rest >= 0:
-                room = min(room, self._rest)
+            if not self._chunked:  # never past the body: its bytes not yet held
+                room = min(room, self._left - self._end)
             if room <= 0:
                 raise ConnectionError("the body ended early")
             try:
@@ -173,8 +169,6 @@ class PiecewiseBody:
                 raise ConnectionError("connection closed before the end of the body")
             since = time.monotonic()
             self._end += n
-            if self._rest >= 0:
-                self._rest -= n
 
     def _end_known_length(self) -> None:
         """A known-length body read to its end: the connection can serve the next request,
@@ -194,15 +188,10 @@ def _plain_socket(fp: Any) -> socket.socket | None:
     return sock
 
 
-def _buffered_size(bufr: Any) -> int:
-    """How many body bytes arrived with the headers (in the response's buffer); waits for the
-    first ones when none did."""
-    return len(bufr.peek(1))
-
-
 def _buffered_into(bufr: Any, view: memoryview) -> int:
-    """Body bytes that arrived with the headers into ``view``."""
-    buffered = _buffered_size(bufr)
+    """Body bytes that arrived with the headers (in the response's buffer) into ``view``; waits
+    for the first ones when none did."""
+    buffered = len(bufr.peek(1))
     return int(bufr.readinto(view[: min(buffered, len(view))])) if buffered else 0
 
 
