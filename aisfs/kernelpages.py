@@ -47,6 +47,7 @@ class KernelPages:
         self.kernel = kernel
         self.written = written  # a file's writers' attributes while the mount writes it
         self._pins: dict[int, tuple[str, int]] = {}
+        self.files_stored = 0  # files put in the page cache ahead of their open (metrics)
 
     def get(self, ino: int) -> tuple[str, int] | None:
         return self._pins.get(ino)
@@ -76,6 +77,7 @@ class KernelPages:
             if stored and node.opens == 0 and self.table.find(bucket, key) is node and (
                     self.written(node) is None):
                 self._pins[node.ino] = pin
+                self.files_stored += 1
                 if then is not None:
                     then()
 

@@ -54,6 +54,7 @@ class Snapshot:
     read_ahead_peak: int = 0
     scan_batches: int = 0
     scan_files: int = 0
+    page_cache_files: int = 0
     write_buffer_bytes: int = 0
     spill_bytes: int = 0
 
@@ -171,6 +172,9 @@ class Metrics:
                                   value=snap.scan_batches)
         yield CounterMetricFamily("aisfs_scan_files", "Files whose open was served from a "
                                   "Get-Batch of a directory scan", value=snap.scan_files)
+        yield CounterMetricFamily("aisfs_page_cache_stored_files", "Files fetched whole and put "
+                                  "in the kernel's page cache ahead of their open",
+                                  value=snap.page_cache_files)
         yield GaugeMetricFamily("aisfs_write_buffer_bytes", "Memory held by write buffers of "
                                 "open files", value=snap.write_buffer_bytes)
         yield GaugeMetricFamily("aisfs_spill_bytes", "Bytes of non-sequential writes staged "

@@ -326,6 +326,7 @@ def _snapshot_of(ops: Operations) -> Callable[[], Snapshot]:
             read_ahead_peak=files.read_budget.peak,
             scan_batches=files.scans.batches_sent,
             scan_files=files.scans.files_served,
+            page_cache_files=files.pages.files_stored,
             write_buffer_bytes=files.buffered_bytes(),
             spill_bytes=files.spill.used,
         )
