@@ -228,9 +228,10 @@ SAMPLES = {f"{i:05d}.{kind}": random.Random(i).randbytes(size)
 
 
 def cp_r_counts(make_bucket, mount, tmp_path: Path, name: str,  # type: ignore[no-untyped-def]
-                data: bytes) -> tuple[float, float, float]:
+                data: bytes) -> tuple[float, float, float, float]:
     """``cp -r`` of the archive ``name`` (``data``, of ``SAMPLES``) out of a fresh mount, every
-    member checked; (streamed GETs, member GETs, FUSE reads) the mount counted."""
+    member checked; (streamed GETs, member GETs, FUSE reads, members put in the page cache
+    before their open) the mount counted."""
     bucket = make_bucket({name: data})
     port = free_port()
     m = expanded(mount, bucket, "--metrics-addr", f"127.0.0.1:{port}")
@@ -242,13 +243,14 @@ def cp_r_counts(make_bucket, mount, tmp_path: Path, name: str,  # type: ignore[n
     counts = scrape(port)
     return (metric(counts, "aisfs_backend_requests_total", kind="get_archive"),
             metric(counts, "aisfs_backend_requests_total", kind="get_member"),
-            metric(counts, "aisfs_fuse_op_duration_seconds_count", op="read"))
+            metric(counts, "aisfs_fuse_op_duration_seconds_count", op="read"),
+            metric(counts, "aisfs_page_cache_stored_files_total"))
 
 
-def assert_one_stream_ending_at(counts: tuple[float, float, float], stop: int) -> None:
+def assert_one_stream_ending_at(counts: tuple[float, float, float, float], stop: int) -> None:
     """``cp_r_counts`` of ``SAMPLES`` saw one stream, ending at member ``stop``: the members
     from there on came one GET each (no new stream for them), besides the first few."""
-    streamed, one_by_one, _ = counts
+    streamed, one_by_one, _, _ = counts
     after = len(SAMPLES) - stop
     assert streamed == 1 and after <= one_by_one <= after + 10, (streamed, one_by_one)
 
@@ -257,13 +259,14 @@ def assert_one_stream_ending_at(counts: tuple[float, float, float], stop: int) -
 def test_cp_r_in_archive_order_streams_the_archive(  # type: ignore[no-untyped-def]
     make_bucket, mount, tmp_path: Path, ext: str,
 ) -> None:
-    streamed, one_by_one, reads = cp_r_counts(make_bucket, mount, tmp_path, f"shard{ext}",
-                                              shard(ext, SAMPLES))
+    streamed, one_by_one, reads, stored = cp_r_counts(make_bucket, mount, tmp_path,
+                                                      f"shard{ext}", shard(ext, SAMPLES))
     # The first members come one request each, until the run is seen; then one streamed GET.
     assert streamed == 1 and one_by_one <= 10, (streamed, one_by_one)
-    # Members go to the kernel's page cache as the stream reads them: most opens need no READ
-    # (those that come before their member is stored read the stream's bytes).
-    assert reads < 300, reads  # of 600 members
+    # Members go to the kernel's page cache as the stream reads them: an open after that needs
+    # no READ, one before it reads the stream's bytes (how many of each is the machine's speed);
+    # no member is read twice.
+    assert 0 < stored and reads <= len(SAMPLES) - stored + 10, (reads, stored)
 
 
 def test_cp_r_of_a_zip_written_to_a_pipe(  # type: ignore[no-untyped-def]
@@ -329,7 +332,7 @@ def test_a_zip_member_name_that_is_not_utf8(  # type: ignore[no-untyped-def]
         (n, SAMPLES[n]) for n in names[300:]]
     data = zip_of(members).replace("caf\xe9".encode(), b"caf\xe9_")  # the same length
     assert data.count(b"caf\xe9_") == 2  # local header and central directory
-    streamed, one_by_one, _ = cp_r_counts(make_bucket, mount, tmp_path, "latin.zip", data)
+    streamed, one_by_one, _, _ = cp_r_counts(make_bucket, mount, tmp_path, "latin.zip", data)
     assert streamed == 1 and one_by_one <= 10, (streamed, one_by_one)
 
 
