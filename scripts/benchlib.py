@@ -447,6 +447,14 @@ def read_file_dd(path: Path, bs: str = "1M") -> int:
     raise RuntimeError(f"unexpected dd output: {out!r}")
 
 
+def read_whole(path: Path) -> bytes:
+    """The whole file, read unbuffered. (Python's buffered ``open()`` before 3.14 asks
+    ``isatty()`` of every file it opens: on a FUSE mount that ioctl is one more round trip to
+    the daemon per file, which the kernel never caches; ``Path.read_bytes()`` pays it.)"""
+    with open(path, "rb", buffering=0) as f:
+        return f.readall()
+
+
 def read_file_readinto(path: Path, block: int = MIB) -> int:
     """Read ``path`` with unbuffered ``readinto`` of ``block``-byte blocks; returns the bytes."""
     buf = bytearray(block)
