@@ -73,12 +73,13 @@ class PiecewiseBody:
         self._fp = fp
         self._sock = sock
         self._chunked = chunked
-        self._buf = bytearray(self.BLOCK)
+        self._buf = bytearray(self.BLOCK)  # (never resized: ``_view`` stays valid)
+        self._view = memoryview(self._buf)
         self._start = 0
         self._left = 0 if chunked else fp.length
         self._crlf = False
         self._done = False
-        self._end = _buffered_into(fp.fp, memoryview(self._buf)[:self._left or self.BLOCK])
+        self._end = _buffered_into(fp.fp, self._view[:self._left or self.BLOCK])
         self._timeout = _blocking(sock, self.PAUSE)
 
     @classmethod
@@ -110,7 +111,7 @@ class PiecewiseBody:
                     break
                 self._hold(1)
             n = min(len(view) - got, self._left, self._end - self._start)
-            view[got:got + n] = self._buf[self._start:self._start + n]
+            view[got:got + n] = self._view[self._start:self._start + n]  # (one copy)
             self._start += n
             self._left -= n
             got += n
@@ -159,8 +160,7 @@ class PiecewiseBody:
             if room <= 0:
                 raise ConnectionError("the body ended early")
             try:
-                n = self._sock.recv_into(memoryview(self._buf)[self._end:], room,
-                                         socket.MSG_WAITALL)
+                n = self._sock.recv_into(self._view[self._end:], room, socket.MSG_WAITALL)
             except BlockingIOError:  # SO_RCVTIMEO: nothing came for PAUSE
                 if self._timeout is not None and time.monotonic() - since >= self._timeout:
                     raise TimeoutError("no body bytes within the read timeout") from None
