@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from . import errors, xattrs
+from . import errors, open_reply, xattrs
 from .config import MountConfig
 from .fuse_attrs import EntryAttrs
 from .inodes import Inode
@@ -198,6 +198,8 @@ class Operations(pyfuse3.Operations):
     @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         fh, keep_cache = await self.files.open(self._inode(inode), flags)
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            open_reply.without_flush(fh, keep_cache)  # nothing to flush at its close
         return self._file_info(fh, flags, keep_cache)
 
     @handler
@@ -261,9 +263,8 @@ class Operations(pyfuse3.Operations):
     @handler
     async def flush(self, fh: int) -> None:
         if self.config.read_only:
-            # Nothing is ever uploaded: ENOSYS tells the kernel to send no FLUSH from now on, one
-            # round trip less for every file closed (a writable mount cannot: pyfuse3 offers no
-            # FOPEN_NOFLUSH for its read-only opens alone).
+            # Nothing is ever uploaded: ENOSYS tells the kernel to send no FLUSH from now on,
+            # what open_reply's FOPEN_NOFLUSH gives every read-only open where it is installed.
             raise pyfuse3.FUSEError(errno.ENOSYS)
         # close(2) waits for this: the upload result reaches the writer here, not in release.
         await self.files.flush(fh)

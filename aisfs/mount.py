@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import pyfuse3
 import trio
 
-from . import __version__, errors, request_wait
+from . import __version__, errors, open_reply, request_wait
 from .aio import AsyncAis
 from .aisapi import AisApi, Spawn
 from .archive_stream import ArchiveStreams
@@ -381,6 +381,7 @@ async def _main(
         nursery.start_soon(_announce_ready, aio, config, readiness)
         try:
             request_wait.install()
+            open_reply.install()
             await pyfuse3.main()
         finally:
             stopper.notify_stopping()

@@ -346,6 +346,29 @@ def test_mount_errors_are_one_line(case: str, make_bucket, mount, tmp_path: Path
     assert expected in lines[0]
 
 
+def test_a_file_opened_for_reading_is_closed_without_a_flush(  # type: ignore[no-untyped-def]
+    make_bucket, mount
+) -> None:
+    # Its open is answered with FOPEN_NOFLUSH (open_reply.py): closing it costs no round trip.
+    # A file opened for writing still gets its FLUSH: close(2) reports its upload.
+    files = {f"d/f{i:02d}": os.urandom(1000 + i) for i in range(30)}
+    bucket = make_bucket(files)
+    port = free_port()
+    m = mount(f"ais://{bucket.name}", "--metrics-addr", f"127.0.0.1:{port}")
+    for key, data in files.items():
+        with open(m.path / key, "rb", buffering=0) as f:
+            assert f.read() == data
+    samples = scrape(port)
+    assert metric(samples, "aisfs_fuse_op_duration_seconds_count", op="open") >= 30
+    assert metric(samples, "aisfs_fuse_op_duration_seconds_count", op="flush") == 0
+    (m.path / "d" / "new").write_bytes(b"written")
+    with open(m.path / "d" / "f00", "r+b", buffering=0) as f:
+        f.write(b"x")
+    assert metric(scrape(port), "aisfs_fuse_op_duration_seconds_count", op="flush") >= 2
+    assert bucket.object("d/new").get_reader().read_all() == b"written"
+    assert bucket.object("d/f00").get_reader().read_all() == b"x" + files["d/f00"][1:]
+
+
 def test_a_read_only_mount_reads_refuses_writes_and_gets_no_flush_per_close(  # type: ignore[no-untyped-def]
     make_bucket, mount
 ) -> None:

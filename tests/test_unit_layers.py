@@ -54,10 +54,12 @@ def test_only_the_fuse_adapter_imports_pyfuse3() -> None:
     """The adapter is fs.py (the handlers), fuse_attrs.py (the ``EntryAttributes`` the handlers
     answer with: part of the adapter, in a module of its own to keep fs.py small),
     kernelnotify.py (the kernel's caches, notified from helper threads), mount.py (the
-    session) and request_wait.py (pyfuse3's wait for the next request)."""
+    session), open_reply.py (the FOPEN_NOFLUSH answer to read-only opens) and request_wait.py
+    (pyfuse3's wait for the next request)."""
     importers = [m for m in all_modules()
                  if any(name.split(".")[0] == "pyfuse3" for name in imports_of(m))]
-    assert importers == ["fs", "fuse_attrs", "kernelnotify", "mount", "request_wait"]
+    assert importers == ["fs", "fuse_attrs", "kernelnotify", "mount", "open_reply",
+                         "request_wait"]
 
 
 def test_only_aio_leaves_the_trio_thread() -> None:

@@ -4,6 +4,7 @@ not many times in a row."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Iterator
 
@@ -108,6 +109,38 @@ async def test_the_read_lock_lets_the_other_tasks_run_every_few_requests(
         # task's turn due before the first acquire or after the last may fall either side
         assert 4 <= turns <= 6, turns
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_task_takes_the_read_lock_again_while_another_waits_for_it(
+    installed: object, pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """pyfuse3's request loop in two tasks, as it runs (one reading, one more waiting for the
+    lock), over requests queued back to back: the task that let go of the lock takes it again
+    at once, so the requests go from one task to the other once per ``READS_IN_A_ROW``, not at
+    every request (trio's Lock hands itself to the waiting task at every release)."""
+    lock = installed.Lock()  # type: ignore[attr-defined]
+    device, kernel = pair
+    requests = 5 * request_wait.READS_IN_A_ROW
+    handled_by: list[str] = []
+
+    async def request_task(name: str) -> None:
+        while True:
+            async with lock:
+                await installed.lowlevel.wait_readable(device.fileno())  # type: ignore[attr-defined]
+            device.recv(1)
+            handled_by.append(name)  # (a handler that waits for nothing)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request_task, "a")
+        nursery.start_soon(request_task, "b")
+        await trio.sleep(0.01)  # (one waits for a request, the other for the lock)
+        kernel.send(b"r" * requests)
+        with trio.fail_after(5):
+            while len(handled_by) < requests:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    switches = sum(1 for x, y in itertools.pairwise(handled_by) if x != y)
+    assert switches <= 2 * 5, handled_by
 
 
 async def test_a_held_read_lock_is_waited_for(installed: object) -> None:
