@@ -47,8 +47,11 @@ class _Hook:
     """The replacement of ``fuse_reply_open``. Invariant: ``announced`` is the (fh, reply) of
     the open being answered now, or None."""
 
-    def __init__(self, libfuse: ctypes.PyDLL) -> None:
+    def __init__(self, libfuse: ctypes.CDLL) -> None:
         self.real = _REPLY_OPEN(("fuse_reply_open", libfuse))
+        # Called without the interpreter lock (a CDLL function), unlike pyfuse3's own replies:
+        # the write to the FUSE device wakes the reader, which may take this CPU at once, and
+        # the helper threads need not wait for the lock meanwhile.
         self.reply_buf = libfuse.fuse_reply_buf
         self.reply_buf.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
         self.reply_buf.restype = ctypes.c_int
@@ -73,7 +76,7 @@ def install() -> bool:
     if _hook is not None:
         return True
     try:
-        libfuse = ctypes.PyDLL("libfuse3.so.3")  # (the one pyfuse3 is linked with: loaded)
+        libfuse = ctypes.CDLL("libfuse3.so.3")  # (the one pyfuse3 is linked with: loaded)
         hook = _Hook(libfuse)
         real = ctypes.cast(hook.real, ctypes.c_void_p).value
         slot = _got_slot(os.path.realpath(pyfuse3.__file__), b"fuse_reply_open", real)
