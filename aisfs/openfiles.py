@@ -265,8 +265,10 @@ class OpenFiles:
 
     def _store_pages(self, bucket: str, key: str, size: int, version: str,
                      data: memoryview) -> None:
-        """A directory scan fetched ``key`` whole: into the kernel's page cache (``_store``)."""
-        self.pages.store(bucket, key, (version, size), data)
+        """A directory scan fetched ``key`` whole: into the kernel's page cache; once there, the
+        scan holds its bytes no more."""
+        self.pages.store(bucket, key, (version, size), data,
+                         lambda: self.scans.stored(bucket, key))
 
     def _store_member_pages(self, bucket: str, tree: ArchiveContents, path: str,
                             data: bytearray) -> None:

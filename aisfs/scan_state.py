@@ -51,7 +51,8 @@ class Batch:
 
 
 class Entry:
-    __slots__ = ("name", "pos", "size", "version", "batch", "reserved", "data", "arrived")
+    __slots__ = ("name", "pos", "size", "version", "batch", "reserved", "data", "arrived",
+                 "offered")
 
     def __init__(self, name: str, pos: int, stat: Stat, batch: Batch) -> None:
         self.name = name
@@ -62,6 +63,7 @@ class Entry:
         self.reserved = stat.size
         self.data: memoryview | None = None
         self.arrived = trio.Event()
+        self.offered = False  # its bytes went to ``arrived`` (the kernel's page cache)
 
 
 class Scan:

@@ -59,8 +59,9 @@ What an open gets from a batch (the guarantees):
   100 s, one file per 20 s.
 
 Memory: every byte a batch asks for is reserved in the read-ahead budget before it is sent (a
-batch that does not fit is not sent) and released when dropped, or, once an open took it, when
-that handle's reader lets it go.
+batch that does not fit is not sent) and released when dropped, once in the kernel's page cache
+(:meth:`stored`: the open then keeps those pages), or, once an open took it, when that handle's
+reader lets it go.
 
 The scans' state (a directory's order, its batches and their files) is in ``scan_state``.
 
@@ -73,7 +74,8 @@ Invariants:
   open nor dropped; ``held`` is in listing order (batches are sent in order), but for files
   fetched again after they expired (those are dropped by their own expiry, if not opened).
 - An entry's ``reserved`` bytes are in the budget: its size from the request until it is taken,
-  dropped, or its member did not come; 0 after (the taker's reader then holds them).
+  dropped, stored in the kernel's page cache, or its member did not come; 0 after (the taker's
+  reader then holds them).
 - An entry's ``arrived`` is set once its batch delivered it or ended without it (then ``data``
   is None); every entry's is set when its batch task ends, so no open waits for good.
 - A batch's ``moved_at`` is when it was sent or last delivered a member; an open waits for an
@@ -171,7 +173,7 @@ class DirectoryScans:
             self._unhold(scan, entry)
             # Bytes that went to the kernel's page cache as they arrived (``arrived``) were
             # this scan's doing, not an earlier read's: the open is served, fetching goes on.
-            stored = not need_bytes and entry.data is not None and self.arrived is not None
+            stored = not need_bytes and entry.offered
             if stored:
                 self.files_served += 1
             self._follow(scan, entry.pos, hit=True, need_bytes=need_bytes or stored)
@@ -180,6 +182,15 @@ class DirectoryScans:
         if pos is not None:
             self._follow(scan, pos, hit=False, need_bytes=need_bytes)
         return None
+
+    def stored(self, bucket: str, key: str) -> None:
+        """The held file ``key`` is in the kernel's page cache now: its bytes are let go here
+        (its open keeps those pages; were they dropped before it, its reads are GETs)."""
+        prefix, name = parent_of(key)
+        scan = self._scans.get((bucket, prefix))
+        entry = scan.held.get(name) if scan is not None else None
+        if entry is not None and entry.data is not None:
+            self._release(entry)
 
     def give_back(self, data: memoryview) -> None:
         """Bytes :meth:`opened` returned that the caller does not use after all."""
@@ -368,6 +379,7 @@ class DirectoryScans:
             if item.data is not None and entry.reserved:
                 entry.data = item.data
                 if self.arrived is not None:
+                    entry.offered = True
                     self.arrived(scan.bucket, scan.prefix + entry.name, entry.size,
                                  entry.version, item.data)
             elif item.error is not None:  # missing, or not fetched: the usual reader

@@ -103,6 +103,37 @@ async def test_the_third_open_in_listing_order_starts_batches_that_serve_the_res
     assert scans.files_served == 97 and scans.batches_sent == 13
 
 
+async def test_files_stored_in_the_kernel_are_let_go_and_their_opens_still_count() -> None:
+    """Files that went to the kernel's page cache as they came (``arrived``, then ``stored``)
+    hold nothing of the budget; their opens, which keep those pages, are served and keep the
+    scan going."""
+    fake = files(100)
+    listings = Listings()
+    listings.list(fake, "d/")
+    budget = MemoryBudget(64 * 1024 * KIB)
+    async with scans_of(fake, listings, budget=budget) as scans:
+        stored: list[str] = []
+
+        def arrived(bucket: str, key: str, size: int, version: str, data: memoryview) -> None:
+            stored.append(key)
+            scans.stored(bucket, key)  # (the kernel took them at once)
+
+        scans.arrived = arrived
+        for i in range(3):
+            await open_file(scans, fake, f"d/f{i:04}")
+        await trio.testing.wait_all_tasks_blocked()
+        assert stored and budget.used == 0
+        for i in range(3, 100):
+            key = f"d/f{i:04}"
+            obj = fake.objects[("b", key)]
+            assert await scans.opened("b", key, Stat(obj.size, 0, obj.version),
+                                      need_bytes=False) is None
+            await trio.testing.wait_all_tasks_blocked()
+            assert budget.used == 0
+    assert sorted(stored) == [f"d/f{i:04}" for i in range(3, 100)]
+    assert scans.files_served == 97
+
+
 async def test_random_order_sends_no_batch() -> None:
     fake = files(300)
     listings = Listings()
