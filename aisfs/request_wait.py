@@ -81,8 +81,8 @@ class _ReadLock:
         self._quick = 0
         await trio.lowlevel.checkpoint()  # the other tasks' turn
         while self._held:
-            await self._waiters.park()
-            self._woken = False  # (a waiter cancelled instead was not the one woken)
+            await self._waiters.park()  # (a waiter cancelled there leaves by the exception)
+            self._woken = False  # this task was the one woken
         self._held = True
 
     async def __aexit__(self, *exc: object) -> None:
