@@ -18,7 +18,9 @@ change is for the whole process and stays until it exits; installing again chang
 
 Concurrency: trio thread only. pyfuse3 calls ``fuse_reply_open`` on the trio thread right after
 the open handler returned, with no other task in between; the reply checks all the same that the
-handle is the one announced (``fh`` is at the same place in every libfuse 3's ``fuse_file_info``).
+handle is the one announced (``fh`` is 16 bytes into libfuse 3's ``fuse_file_info``, after the
+flags and the bit fields; were it elsewhere, no handle would match: every open would be answered
+as usual).
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ class _Hook:
 
     def _reply_open(self, req: int, fi: int) -> int:
         announced, self.announced = self.announced, None
-        if announced is not None and ctypes.c_uint64.from_address(fi + _FH_OFFSET).value == (
-                announced[0]):
-            return int(self.reply_buf(req, announced[1], _OPEN_OUT.size))
+        try:
+            if announced is not None and ctypes.c_uint64.from_address(
+                    fi + _FH_OFFSET).value == announced[0]:
+                return int(self.reply_buf(req, announced[1], _OPEN_OUT.size))
+        except Exception:  # (an exception would leave ctypes to return 0 with no reply sent)
+            log.exception("answering an open with FOPEN_NOFLUSH failed; answering it as usual")
         return int(self.real(req, fi))
 
 

@@ -7,6 +7,7 @@ import ctypes
 import os
 
 import pyfuse3
+import pytest
 
 from aisfs import open_reply
 
@@ -23,3 +24,11 @@ def test_pyfuse3_calls_fuse_reply_open_through_a_writable_slot() -> None:
 def test_a_function_pyfuse3_does_not_call_has_no_slot() -> None:
     path = os.path.realpath(pyfuse3.__file__)
     assert open_reply._got_slot(path, b"fuse_no_such_function", None) is None
+
+
+def test_where_the_slot_cannot_be_found_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(open_reply, "_hook", None)
+    monkeypatch.setattr(open_reply, "_got_slot", lambda *args: None)
+    assert open_reply.install() is False
+    assert open_reply._hook is None
+    open_reply.without_flush(5, True)  # (nothing to announce to: no error either)
