@@ -449,7 +449,12 @@ def test_metrics_during_read_and_write_and_signals(make_bucket: Callable[..., Bu
         assert metric(s1, "aisfs_backend_read_bytes_total") >= 4 * MIB
         assert metric(s1, "aisfs_read_ahead_bytes") > 0  # parts fetched ahead of the reader
         assert metric(s1, "aisfs_read_ahead_limit_bytes") == 128 * MIB
-        s2 = scrape(port)
+        # The kernel sends the handle's release after close(2) returned, and nothing waits for
+        # it (a file read has no FLUSH either): the count drops once the daemon has it.
+        deadline = time.monotonic() + 10
+        while metric(s2 := scrape(port), "aisfs_open_handles") != metric(
+                s0, "aisfs_open_handles") and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert metric(s2, "aisfs_open_handles") == metric(s0, "aisfs_open_handles")
         # Errors by errno; the metadata cache.
         with pytest.raises(FileNotFoundError):
