@@ -8,8 +8,8 @@ pyfuse3 can go below.
 Usage: fuse_floor.py [--no-flush] BUCKET FILES SIZE MOUNTPOINT (foreground; unmount to stop).
 ``--no-flush``: its first FLUSH answers ENOSYS, after which the kernel sends none (what
 ``FOPEN_NOFLUSH`` gives the read-only opens of aisfs, whose flush matters for its writes): what
-a file read costs without that round trip. Concurrency: one
-trio thread, as in aisfs; every handler returns without awaiting anything.
+a file read costs without that round trip. Concurrency: one trio thread, as in aisfs; every
+handler returns without awaiting anything.
 """
 
 from __future__ import annotations
