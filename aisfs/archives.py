@@ -111,14 +111,22 @@ def contents_from_listing(
     skipped: list[str] = []
     member_prefix = key + "/"
     cut = len(member_prefix)
+    top, order = root.children, contents.order
     for raw in raw_entries:
         name = raw.get("name", "")
-        if name == key:
-            own = raw
-            continue
         if not name.startswith(member_prefix) or not raw.get("flags", 0) & ENTRY_IN_ARCH:
+            if name == key:
+                own = raw
             continue
-        _add_member(contents, name[cut:], int(raw.get("size") or 0), skipped)
+        path = name[cut:]
+        size = int(raw.get("size") or 0)
+        # Most shards are flat: a new top-level name needs none of _add_member's tree walk.
+        if path not in top and "\ufffd" not in path and valid_name(path):
+            top[path] = Member(path, size)
+            order[path] = len(order)
+            contents.members += 1
+        else:
+            _add_member(contents, path, size, skipped)
     if own is None:
         raise errors.NotFound("archive not listed", 404, where)
     entry = list_entries([own])[0]

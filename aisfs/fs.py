@@ -179,12 +179,14 @@ class Operations(pyfuse3.Operations):
         children = entries.children
         written = self.files.written_stat if self.files.writers else None
         attr = self.attrs.new()  # one for all entries: readdir_reply copies it at once
+        child_inode = self.ns.child_inodes(parent)
         for index in range(start_id, len(children)):
             child = children[index]
-            inode = self.ns.child_inode(parent, child)
+            inode = child_inode(child)
             current = written(inode) if written is not None and not child.is_dir else None
             self.attrs.fill(attr, inode, child.stat if current is None else current)
-            if not pyfuse3.readdir_reply(token, os.fsencode(child.name), attr, index + 1):
+            name = child.name.encode("utf-8", "surrogateescape")  # os.fsencode, without its calls
+            if not pyfuse3.readdir_reply(token, name, attr, index + 1):
                 self.table.drop_if_unused(inode)
                 break
             self.table.add_lookup(inode)

@@ -147,16 +147,30 @@ class Namespace:
             return Kind.ARCHIVE
         return Kind.FILE
 
-    def child_inode(self, parent: Inode, child: Child) -> Inode:
-        """The inode of an entry of ``parent``'s listing (no lookup count change)."""
+    def child_inodes(self, parent: Inode) -> Callable[[Child], Inode]:
+        """The inode of an entry of ``parent``'s listing (no lookup count change), as a function
+        that readdir calls for every entry: what depends on ``parent`` alone is worked out once
+        (and, in Python 3.11, a ``Kind.X`` read costs as much as building the key)."""
+        table_child, bucket = self.table.child, parent.bucket
         if parent.kind is Kind.CLUSTER:
-            return self.table.child(parent, child.name, "", Kind.DIR)
-        key = parent.child_key(child.name, child.is_dir)
+            return lambda child: table_child(parent, child.name, "", Kind.DIR)
+        base = parent.child_key("", False)
         if parent.kind in (Kind.ARCHIVE, Kind.MEMBER_DIR):
-            kind = Kind.MEMBER_DIR if child.is_dir else Kind.MEMBER
-        else:
-            kind = self._kind(parent.bucket, key, child.is_dir)
-        return self.table.child(parent, parent.bucket, key, kind)
+            member_dir, member = Kind.MEMBER_DIR, Kind.MEMBER
+
+            def inside(child: Child) -> Inode:
+                if child.is_dir:
+                    return table_child(parent, bucket, base + child.name + "/", member_dir)
+                return table_child(parent, bucket, base + child.name, member)
+            return inside
+        directory, kind_of = Kind.DIR, self._kind
+
+        def outside(child: Child) -> Inode:
+            if child.is_dir:
+                return table_child(parent, bucket, base + child.name + "/", directory)
+            key = base + child.name
+            return table_child(parent, bucket, key, kind_of(bucket, key, False))
+        return outside
 
     # ------------------------------------------------------------------ inside archives
 

@@ -28,7 +28,7 @@ async def test_archive_is_a_directory_of_its_members() -> None:
     ns, _ = make_expanding(fake)
     d, _ = await ns.lookup(ns.root, "dir")
     listed = await list_dir(ns, d)
-    kinds = {c.name: ns.child_inode(d, c).kind for c in listed}
+    kinds = {c.name: ns.child_inodes(d)(c).kind for c in listed}
     assert kinds == {"s.tar": Kind.ARCHIVE, "x.txt": Kind.FILE, "s.tar.md5": Kind.FILE}
     archive, _ = await ns.lookup(d, "s.tar")
     assert archive.kind is Kind.ARCHIVE and archive.is_dir and archive.key == "dir/s.tar"
@@ -54,7 +54,7 @@ async def test_children_listed_are_the_looked_up_inodes() -> None:
     archive, _ = await ns.lookup(ns.root, "s.zip.tar")
     for child in await list_dir(ns, archive):
         looked_up, _ = await ns.lookup(archive, child.name)
-        assert ns.child_inode(archive, child) is looked_up
+        assert ns.child_inodes(archive)(child) is looked_up
 
 
 async def test_without_the_option_an_archive_is_a_file() -> None:
