@@ -159,6 +159,5 @@ def _archive_next_to(listing: Listing, at: int, step: int) -> str | None:
 
 def children(contents: ArchiveContents, directory: MemberDir) -> list[Child]:
     """The entries of a directory inside an archive, in name order."""
-    mtime_ns, version = contents.mtime_ns, contents.version  # member_stat's, read once
-    return [Child(name, False, Stat(node.size, mtime_ns, version)) if type(node) is Member
+    return [Child(name, False, member_stat(contents, node)) if type(node) is Member
             else Child(name, True, None) for name, node in directory.children.items()]

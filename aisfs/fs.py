@@ -185,8 +185,7 @@ class Operations(pyfuse3.Operations):
             inode = child_inode(child)
             current = written(inode) if written is not None and not child.is_dir else None
             self.attrs.fill(attr, inode, child.stat if current is None else current)
-            name = child.name.encode("utf-8", "surrogateescape")  # os.fsencode, without its calls
-            if not pyfuse3.readdir_reply(token, name, attr, index + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(child.name), attr, index + 1):
                 self.table.drop_if_unused(inode)
                 break
             self.table.add_lookup(inode)

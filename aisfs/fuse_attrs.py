@@ -31,7 +31,7 @@ from .namespace import Namespace
 
 BLOCK_SIZE = 1024 * 1024  # st_blksize: cp and Python size their buffers from it
 # Read once: a ``Kind.X`` read costs ~80 ns in Python 3.11, and ``fill`` runs for every entry.
-_FILE, _MEMBER = Kind.FILE, Kind.MEMBER
+_MEMBER = Kind.MEMBER
 
 
 class EntryAttrs:
@@ -65,8 +65,7 @@ class EntryAttrs:
         # back from the Cython object keep it cheap. Sets every field that differs between
         # entries, as readdir reuses one object for all.
         attr.st_ino = inode.ino  # type: ignore[assignment]
-        kind = inode.kind
-        if st is None or (kind is not _FILE and kind is not _MEMBER):  # a directory
+        if st is None or inode.is_dir:
             attr.st_mode = self._dir_mode  # type: ignore[assignment]
             attr.st_nlink = 2
             attr.st_size = attr.st_blocks = 0
@@ -76,7 +75,7 @@ class EntryAttrs:
             attr.st_nlink = 1
             attr.st_size = st.size
             attr.st_blocks = (st.size + 511) // 512
-            if kind is _MEMBER:  # the archive's shown time (archive_view): stable
+            if inode.kind is _MEMBER:  # the archive's shown time (archive_view): stable
                 mtime = st.mtime_ns or self.ns.mount_time_ns
             else:
                 mtime = (self._mtimes.stable(inode.path, st.version, st.size, st.mtime_ns)
