@@ -259,6 +259,8 @@ class OpenFiles:
             handle.reader = self._reader(node, st)
             if fetched is not None:
                 handle.reader.hold(fetched)
+            elif not writing and not keep:
+                handle.reader.start()
         fh = self._new_fh(handle)
         self.pages.pin(node.ino, pin)
         return fh, keep

@@ -617,6 +617,44 @@ async def test_open_read_release(opsf, make_bucket) -> None:  # type: ignore[no-
         assert info.value.errno == errno.EBADF
 
 
+async def test_a_small_file_is_fetched_whole_at_open(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    """An open for reading of a file that fits in the first read's fetch starts that GET: the
+    first READ finds its bytes on their way. A bigger file, a file whose pages the kernel keeps
+    and a write-only open fetch nothing at open; an open closed unread leaves nothing held."""
+    small, big = os.urandom(200_000), os.urandom(3 * MIB)
+    bucket = make_bucket({"small": small, "big": big, "unread": b"u" * 1000})
+    async with opsf(f"ais://{bucket.name}", read_ahead_initial=1 * MIB) as ops:
+        assert isinstance(ops.files.aio, AsyncAis)
+        ops.files.aio.client.transport.observer = seen = RecordingObserver()
+        s = await lookup(ops, ROOT_INODE, "small")
+        b = await lookup(ops, ROOT_INODE, "big")
+        u = await lookup(ops, ROOT_INODE, "unread")
+        seen.requests.clear()
+
+        fi = await ops.open(s.st_ino, os.O_RDONLY, CTX)
+        with trio.fail_after(10):
+            while seen.requests != ["get_range"]:
+                await trio.sleep(0.01)
+        assert bytes(await ops.read(fi.fh, 0, 128 * 1024)) == small[: 128 * 1024]
+        assert bytes(await ops.read(fi.fh, 128 * 1024, 128 * 1024)) == small[128 * 1024 :]
+        assert seen.requests == ["get_range"]
+        await ops.release(fi.fh)
+
+        kept = await ops.open(s.st_ino, os.O_RDONLY, CTX)  # the same version: pages kept
+        assert kept.keep_cache is True
+        wo = await ops.open(u.st_ino, os.O_WRONLY, CTX)
+        fb = await ops.open(b.st_ino, os.O_RDONLY, CTX)
+        await trio.sleep(0.2)
+        assert seen.requests == ["get_range"]
+        for h in (kept, wo, fb):
+            await ops.release(h.fh)
+
+        fu = await ops.open(u.st_ino, os.O_RDONLY, CTX)
+        await ops.release(fu.fh)
+        assert ops.files.read_budget.used == 0
+        assert bucket.object("unread").get_reader().read_all() == b"u" * 1000
+
+
 async def test_open_empty_and_directory(opsf, make_bucket) -> None:  # type: ignore[no-untyped-def]
     bucket = make_bucket(TREE)
     async with opsf(f"ais://{bucket.name}") as ops:
