@@ -251,6 +251,28 @@ def test_object_replaced_while_open_is_not_mixed(make_bucket, mount) -> None:  #
     assert (m.path / "v.bin").read_bytes() == b"B" * (20 * MIB)
 
 
+def test_a_small_file_reads_as_it_was_at_its_open(make_bucket, mount, sdk) -> None:  # type: ignore[no-untyped-def]
+    """A small file is fetched whole at its open: replaced in AIS after that, it still reads
+    whole as the version it was opened at (no ESTALE, never a mix); a new open, once the
+    metadata TTL is over, reads the new version."""
+    old, new = os.urandom(300_000), os.urandom(300_000)
+    bucket = make_bucket({"s.bin": old})
+    port = free_port()
+    m = mount(f"ais://{bucket.name}", "--metadata-ttl", "1", "--metrics-addr",
+              f"127.0.0.1:{port}")
+    os.listdir(m.path)
+    with open(m.path / "s.bin", "rb", buffering=0) as f:
+        deadline = time.monotonic() + 10
+        while metric(scrape(port), "aisfs_backend_requests_total", kind="get_range") < 1:
+            assert time.monotonic() < deadline, "no GET at the open"
+            time.sleep(0.02)
+        bucket.object("s.bin").get_writer().put_content(new)
+        assert sdk.bucket(bucket.name).object("s.bin").get_reader().read_all() == new
+        assert f.read(100_000) + f.read() == old
+    time.sleep(1.5)
+    assert (m.path / "s.bin").read_bytes() == new
+
+
 def test_whole_cluster_and_prefix_mounts(make_bucket, mount) -> None:  # type: ignore[no-untyped-def]
     b1 = make_bucket({"x/y/z.txt": b"zzz", "x/w": b"w"})
     b2 = make_bucket({"k": b"k"})
