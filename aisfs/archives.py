@@ -111,7 +111,7 @@ def contents_from_listing(
     skipped: list[str] = []
     member_prefix = key + "/"
     cut = len(member_prefix)
-    top, order = root.children, contents.order
+    top = root.children
     for raw in raw_entries:
         name = raw.get("name", "")
         if not name.startswith(member_prefix) or not raw.get("flags", 0) & ENTRY_IN_ARCH:
@@ -122,9 +122,7 @@ def contents_from_listing(
         size = int(raw.get("size") or 0)
         # Most shards are flat: a new top-level name needs none of _add_member's tree walk.
         if path not in top and "\ufffd" not in path and valid_name(path):
-            top[path] = Member(path, size)
-            order[path] = len(order)
-            contents.members += 1
+            _put_member(contents, top, path, path, size)
         else:
             _add_member(contents, path, size, skipped)
     if own is None:
@@ -167,6 +165,12 @@ def _add_member(contents: ArchiveContents, path: str, size: int, skipped: list[s
     elif isinstance(existing, Member):
         contents.duplicates.add(path)
     else:
-        node.children[last] = Member(path, size)
-        contents.order[path] = len(contents.order)
-        contents.members += 1
+        _put_member(contents, node.children, last, path, size)
+
+
+def _put_member(contents: ArchiveContents, children: dict[str, Member | MemberDir], name: str,
+                path: str, size: int) -> None:
+    """A new member ``path``, under ``name`` in its directory's ``children``."""
+    children[name] = Member(path, size)
+    contents.order[path] = len(contents.order)
+    contents.members += 1
