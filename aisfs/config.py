@@ -127,7 +127,7 @@ class MountConfig:
     read_part_size: int = 16 * MIB  # one ranged GET
     read_ahead_budget: int = 128 * MIB  # all handles together
     kernel_read_ahead_kb: int = 1024  # bdi read_ahead_kb; 0 leaves the kernel default
-    scan_batch_bytes: int = 8 * MIB  # one Get-Batch of a directory read in order; 0: none
+    scan_batch_bytes: int = 16 * MIB  # one Get-Batch of a directory read in order; 0: none
     # write path
     write_part_size: int = 8 * MIB  # the first APPEND of a file
     write_part_max: int = 32 * MIB  # parts double up to this while the file keeps growing

@@ -111,8 +111,11 @@ SMALL_FILE = 1 * MIB
 # are tiny) only ~100 ms after the rest, so a batch of tiny files must hold many of them to be
 # worth its wait.
 BATCH_FILES = 1024
-# Batches requested ahead of the reader: each one's late tail is hidden behind the others.
-DEPTH = 4
+# Batches requested ahead of the reader: each one's late tail is hidden behind the other. Two
+# big ones rather than more small ones: AIS spends CPU per request (a cold `cp -r` of 2,000 x
+# 64 KiB files: 2 x 16 MiB against 4 x 8 MiB in flight took ~10% less time and ~20% less CPU
+# in AIS and in the daemon), and the first of fewer side by side arrives sooner.
+DEPTH = 2
 # Opens in a row of the directory's next file before files are fetched ahead.
 START_AFTER = 3
 # A running scan goes on through opens this many listing positions around the last one (several

@@ -19,7 +19,7 @@ from aisfs.budget import MemoryBudget
 from aisfs.cache import Stat
 from aisfs.listing import Child, Listing
 from aisfs.scan_state import next_file, position
-from aisfs.scans import DirectoryScans
+from aisfs.scans import DEPTH, DirectoryScans
 
 from .fakeais import FakeAis
 
@@ -155,7 +155,7 @@ async def test_an_open_out_of_order_stops_the_scan_and_frees_what_was_fetched() 
             await open_file(scans, fake, f"d/f{i:04}")
         await trio.testing.wait_all_tasks_blocked()
         sent = fake.calls["get_batch"]
-        assert sent == 4 and budget.used == (4 * 8 - 7) * KIB  # DEPTH batches, 7 files taken
+        assert sent == DEPTH and budget.used == (DEPTH * 8 - 7) * KIB  # 7 files taken
         assert await open_file(scans, fake, "d/f0150") is None  # far away: the order broke
         await trio.testing.wait_all_tasks_blocked()
         assert budget.used == 0
