@@ -232,8 +232,8 @@ def test_files_changed_through_the_mount_after_their_batch_came_read_as_changed(
     writes over)."""
     rng = random.Random(3)
     bucket, m, port, keys, old = scanning(make_bucket, mount, 120, rng)
-    # The batches ahead (f0003 to f0018, see above; f0010 on not opened yet) arrive and go into
-    # the page cache: wait until that many were stored and no more come.
+    # The two batches ahead (f0003 to f0018, see above) arrive and go into the page cache: wait
+    # until at least the nine not opened yet (f0010 to f0018) were stored and no more come.
     deadline, seen, since = time.monotonic() + 30, -1.0, time.monotonic()
     while time.monotonic() < deadline:
         stored = requests_of(port)["stored"]
