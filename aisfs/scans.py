@@ -6,8 +6,9 @@ A process that reads the files of a directory one after the other in the order r
 HTTP request per file, most of it overhead for a small one. Here, once ``START_AFTER`` opens in a
 row were each of the file listed after the one before (the order of the directory's cached
 listing, which is readdir's), the files after the last one are requested ahead, up to
-``config.scan_batch_bytes`` and ``BATCH_FILES`` per Get-Batch, ``DEPTH`` requests ahead of the
-reader, within the read-ahead memory budget, and no further ahead than the reader gets through
+``config.scan_batch_bytes`` (and a ``DEPTH``-th of the read-ahead budget, so that ``DEPTH``
+batches fit in it) and ``BATCH_FILES`` per Get-Batch, ``DEPTH`` requests ahead of the reader,
+within the read-ahead memory budget, and no further ahead than the reader gets through
 in ``LOOKAHEAD`` seconds (the rate of its opens, measured). As each file's bytes arrive they
 are offered to ``arrived`` (the open-files layer puts them in the kernel's page cache, so that
 the open keeps those pages and the reader's READ never comes: one FUSE round trip less per
@@ -277,6 +278,7 @@ class DirectoryScans:
             return  # the reader finds its files in the kernel's page cache
         wanted = scan.ahead_wanted()
         per_batch = min(BATCH_FILES, max(MIN_AHEAD // DEPTH, wanted // DEPTH))
+        batch_bytes = min(self.batch_bytes, self.budget.limit // DEPTH)
         while len(scan.pending) < DEPTH and len(scan.held) < wanted:
             picked: list[tuple[int, Child]] = []
             total = 0
@@ -288,7 +290,7 @@ class DirectoryScans:
                     assert child.stat is not None
                     size = child.stat.size
                     if 0 < size <= SMALL_FILE:
-                        if picked and total + size > self.batch_bytes:
+                        if picked and total + size > batch_bytes:
                             break
                         picked.append((pos, child))
                         total += size
