@@ -13,7 +13,10 @@ small files: ~10-15% more files/s).
 
 Every response is checked against the version and size the file was opened with: an object
 replaced in AIS while open raises :class:`errors.StaleObject` (ESTALE) instead of mixing versions,
-logged at WARNING once per handle (the reads that fail with it after that, at DEBUG).
+logged at WARNING once per handle (the reads that fail with it after that, at DEBUG). That, and
+an object deleted while open (``NotFound``), is final for the handle: later reads fail the same
+way without a request (the kernel retries a failed read-ahead as a single-page read). Any other
+error is retried by the next read that needs those bytes.
 
 Concurrency: trio thread only. Fetches run as tasks in the mount's nursery; state changes happen
 between awaits, so concurrent reads of one handle see a consistent chunk list.
@@ -97,6 +100,7 @@ class ObjectReader:
         self._starts: list[int] = []
         self.requests = 0  # ranged GETs sent (for tests and metrics)
         self._stale_reported = False  # a read failed with ESTALE: logged at WARNING already
+        self._gone: errors.NotFound | errors.StaleObject | None = None  # final for the handle
 
     @property
     def what(self) -> str:
@@ -111,6 +115,8 @@ class ObjectReader:
         end = min(off + size, self.size)
         if off >= end:
             return b""
+        if self._gone is not None:
+            raise self._gone.with_traceback(None)
         if self._covered(off) or off == 0:
             self.window = min(self.window * 2, self.config.read_ahead_max) if off else self.window
             # What is missing of this read, stretched to the window, in one GET: the first
@@ -142,7 +148,9 @@ class ObjectReader:
             if not self._holds(chunk):
                 continue  # dropped while we waited: look again
             if chunk.error is not None:
-                self._remove(chunk)  # the next read tries again
+                self._remove(chunk)  # the next read tries again, unless the object is gone
+                if isinstance(chunk.error, errors.NotFound | errors.StaleObject):
+                    self._gone = chunk.error
                 raise chunk.error
             assert chunk.data is not None
             take = min(end, chunk.end) - pos

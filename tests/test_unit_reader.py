@@ -298,10 +298,29 @@ async def test_changed_object_is_stale(change: str) -> None:
         with pytest.raises(errors.StaleObject):
             await read(r, off, step)
         assert len(fake.ranges) > calls_before
-        # Still stale on a retry: the object really changed.
-        with pytest.raises(errors.StaleObject):
-            await read(r, off, step)
+        # Still stale on a retry, and anywhere else, with no request: the object really changed.
+        calls_before = len(fake.ranges)
+        for retry_at in (off, 0):
+            with pytest.raises(errors.StaleObject):
+                await read(r, retry_at, step)
+        assert len(fake.ranges) == calls_before
         r.close()
+
+
+async def test_an_object_deleted_while_open_fails_every_read_after_one_request() -> None:
+    data = pattern(300 * KIB, seed=15)
+    fake = fake_of(data)
+    async with trio.open_nursery() as nursery:
+        r = make_reader(fake, nursery)
+        await fake.delete_object("b", "k")
+        with pytest.raises(errors.NotFound):
+            await read(r, 0, 128 * KIB)
+        # The kernel's retry of a failed read-ahead as a single page, then a read elsewhere.
+        for off in (0, 200 * KIB):
+            with pytest.raises(errors.NotFound):
+                await read(r, off, 4096)
+        r.close()
+    assert len(fake.ranges) == 1
 
 
 async def test_unchanged_version_is_not_stale_and_empty_version_is_ignored() -> None:
