@@ -141,13 +141,13 @@ class ListingSource(Protocol):
 class DirectoryScans:
     def __init__(self, aio: AisApi, spawn: Spawn, listings: ListingSource,
                  budget: MemoryBudget, *, batch_bytes: int, hold: float) -> None:
-        """``batch_bytes``: bytes per Get-Batch (0: no batches); ``hold``: seconds fetched
-        bytes wait for their open."""
+        """``batch_bytes``: bytes per Get-Batch (0: no batches), at most a ``DEPTH``-th of the
+        budget; ``hold``: seconds fetched bytes wait for their open."""
         self.aio = aio
         self.spawn = spawn
         self.listings = listings
         self.budget = budget
-        self.batch_bytes = batch_bytes
+        self.batch_bytes = min(batch_bytes, budget.limit // DEPTH)
         self.hold = hold
         self._scans: OrderedDict[tuple[str, str], Scan] = OrderedDict()
         self._changes = 0  # changes made through the mount (see _hand_over)
@@ -278,7 +278,6 @@ class DirectoryScans:
             return  # the reader finds its files in the kernel's page cache
         wanted = scan.ahead_wanted()
         per_batch = min(BATCH_FILES, max(MIN_AHEAD // DEPTH, wanted // DEPTH))
-        batch_bytes = min(self.batch_bytes, self.budget.limit // DEPTH)
         while len(scan.pending) < DEPTH and len(scan.held) < wanted:
             picked: list[tuple[int, Child]] = []
             total = 0
@@ -290,7 +289,7 @@ class DirectoryScans:
                     assert child.stat is not None
                     size = child.stat.size
                     if 0 < size <= SMALL_FILE:
-                        if picked and total + size > batch_bytes:
+                        if picked and total + size > self.batch_bytes:
                             break
                         picked.append((pos, child))
                         total += size
